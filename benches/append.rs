@@ -1,0 +1,163 @@
+#![allow(missing_docs)] // criterion_group! generates undocumented functions.
+//! Append throughput: Annals against raw RocksDB in the same group.
+//!
+//! Matrix: writers 1/16/64 × events per append 1/10/100 × `Fsync`/`Buffered`, ~300-byte
+//! payloads. Each Annals writer appends to its own stream with exact expected versions, the
+//! realistic event-sourcing shape. The baseline writes the same number of ~300-byte
+//! records from the same number of threads, one `WriteBatch` of the same size per write,
+//! with `set_sync` matching the durability. Throughput is in events (records) per second.
+//!
+//! `cargo bench --bench append` runs it all; `cargo bench --bench append -- 'fsync/.*w64'`
+//! runs a part. Set `ANNALS_BENCH_QUICK=1` for a short smoke run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use annals_store::{
+    Durability, EventStore, ExpectedVersion, NewEvent, RocksEventStore, StoreOptions, StreamId,
+};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+const PAYLOAD_BYTES: usize = 300;
+
+fn payload() -> Vec<u8> {
+    // A JSON object of about 300 bytes, like a typical domain event.
+    let filler = "x".repeat(PAYLOAD_BYTES - 40);
+    format!(r#"{{"order_id":"o-1","total_cents":1234,"note":"{filler}"}}"#).into_bytes()
+}
+
+fn annals_round(
+    rt: &tokio::runtime::Runtime,
+    store: &RocksEventStore,
+    config: &str,
+    writers: u64,
+    per_append: u64,
+    iters: u64,
+) -> Duration {
+    let payload = payload();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        let start = Instant::now();
+        for w in 0..writers {
+            let store = store.clone();
+            let payload = payload.clone();
+            let stream = StreamId::new(format!("{config}-{w}")).unwrap();
+            tasks.push(tokio::spawn(async move {
+                let mut version = store.stream_version(&stream).await.unwrap();
+                for _ in 0..iters {
+                    let events = (0..per_append)
+                        .map(|_| NewEvent {
+                            event_id: None,
+                            event_type: "OrderPlaced".into(),
+                            schema_version: 1,
+                            metadata: Default::default(),
+                            payload: payload.clone(),
+                        })
+                        .collect();
+                    let r = store
+                        .append(stream.clone(), ExpectedVersion::Exact(version), events)
+                        .await
+                        .unwrap();
+                    version = r.last_version;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        start.elapsed()
+    })
+}
+
+fn raw_round(
+    db: &rocksdb::DB,
+    next_key: &AtomicU64,
+    sync: bool,
+    writers: u64,
+    per_append: u64,
+    iters: u64,
+) -> Duration {
+    let payload = payload();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..writers {
+            s.spawn(|| {
+                let mut opts = rocksdb::WriteOptions::default();
+                opts.set_sync(sync);
+                for _ in 0..iters {
+                    let mut batch = rocksdb::WriteBatch::default();
+                    for _ in 0..per_append {
+                        let key = next_key.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+                        batch.put(key, &payload);
+                    }
+                    db.write_opt(batch, &opts).unwrap();
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+fn append_matrix(c: &mut Criterion) {
+    let quick = std::env::var("ANNALS_BENCH_QUICK").is_ok();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for durability in [Durability::Fsync, Durability::Buffered] {
+        let name = match durability {
+            Durability::Fsync => "fsync",
+            Durability::Buffered => "buffered",
+        };
+        let annals_dir = tempfile::tempdir().unwrap();
+        let raw_dir = tempfile::tempdir().unwrap();
+        let store =
+            RocksEventStore::open(annals_dir.path(), StoreOptions::with_durability(durability))
+                .unwrap();
+        let mut raw_opts = rocksdb::Options::default();
+        raw_opts.create_if_missing(true);
+        let raw = Arc::new(rocksdb::DB::open(&raw_opts, raw_dir.path()).unwrap());
+        let next_key = AtomicU64::new(0);
+
+        let mut group = c.benchmark_group(format!("append/{name}"));
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(if quick { 100 } else { 1000 }))
+            .measurement_time(Duration::from_millis(if quick { 300 } else { 4000 }));
+        for writers in [1u64, 16, 64] {
+            for per_append in [1u64, 10, 100] {
+                let label = format!("w{writers}xe{per_append}");
+                group.throughput(Throughput::Elements(writers * per_append));
+                group.bench_function(BenchmarkId::new("annals", &label), |b| {
+                    b.iter_custom(|iters| {
+                        annals_round(&rt, &store, &label, writers, per_append, iters)
+                    })
+                });
+                group.bench_function(BenchmarkId::new("rocksdb", &label), |b| {
+                    b.iter_custom(|iters| {
+                        raw_round(
+                            &raw,
+                            &next_key,
+                            durability == Durability::Fsync,
+                            writers,
+                            per_append,
+                            iters,
+                        )
+                    })
+                });
+            }
+        }
+        group.finish();
+        let stats = store.stats();
+        eprintln!(
+            "append/{name}: {} commits, {:.1} events per group commit",
+            stats.commits,
+            stats.mean_commit_events()
+        );
+    }
+}
+
+criterion_group!(benches, append_matrix);
+criterion_main!(benches);

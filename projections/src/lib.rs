@@ -1,0 +1,1 @@
+//! Annals read models and projection runtime (arrives with the projections issue).

@@ -1,0 +1,351 @@
+//! The e-commerce reference domain: products with inventory, and orders.
+//!
+//! Single-aggregate commands go straight through `CommandBus::execute`. Placing and
+//! cancelling an order span several aggregates: the order and the stock of every product
+//! on it change in **one atomic commit**, each stream at its own exact expected version,
+//! so two orders racing for the last unit cannot both win.
+
+mod order;
+mod product;
+
+use annals_store::{
+    Aggregate, CommandBus, CommandContext, CommandOutcome, Decision, DomainError, EventStore,
+    SnapshotStore, StoreError, Transaction, Upcasters,
+};
+use serde_json::Value;
+
+pub use order::{Order, OrderCommand, OrderEvent, OrderLine, OrderStatus};
+pub use product::{Product, ProductCommand, ProductEvent};
+
+/// Why the domain refused a command. Codes are stable: clients match on them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommerceError {
+    /// Not enough units available for a reservation.
+    #[error(
+        "insufficient stock for product {product_id}: requested {requested}, available {available}"
+    )]
+    InsufficientStock {
+        /// The product.
+        product_id: String,
+        /// Units asked for.
+        requested: u64,
+        /// Units available.
+        available: u64,
+    },
+    /// The aggregate is not in a state that allows the command.
+    #[error("{reason}")]
+    InvalidState {
+        /// What state forbids what.
+        reason: String,
+    },
+    /// An order line names a product that is not registered.
+    #[error("unknown product {product_id}")]
+    UnknownProduct {
+        /// The product.
+        product_id: String,
+    },
+    /// The order does not exist.
+    #[error("order not found")]
+    NotFound,
+    /// The command's input breaks a rule (empty name, non-positive quantity, ...).
+    #[error("{reason}")]
+    Validation {
+        /// Which rule.
+        reason: String,
+    },
+}
+
+impl DomainError for CommerceError {
+    fn code(&self) -> &'static str {
+        match self {
+            CommerceError::InsufficientStock { .. } => "INSUFFICIENT_STOCK",
+            CommerceError::InvalidState { .. } => "INVALID_STATE",
+            CommerceError::UnknownProduct { .. } => "UNKNOWN_PRODUCT",
+            CommerceError::NotFound => "NOT_FOUND",
+            CommerceError::Validation { .. } => "VALIDATION_ERROR",
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl CommerceError {
+    /// Names the product in errors that the Product aggregate raised without knowing its id.
+    fn for_product(self, id: &str) -> Self {
+        match self {
+            CommerceError::InsufficientStock {
+                requested,
+                available,
+                ..
+            } => CommerceError::InsufficientStock {
+                product_id: id.to_string(),
+                requested,
+                available,
+            },
+            CommerceError::UnknownProduct { .. } => CommerceError::UnknownProduct {
+                product_id: id.to_string(),
+            },
+            other => other,
+        }
+    }
+}
+
+fn rejected(error: CommerceError) -> StoreError {
+    StoreError::Rejected(Box::new(error))
+}
+
+/// The upcasters of the domain's old event versions.
+///
+/// `OrderPlaced` v1 (early releases) had no `total_cents`; v2 adds it, computed from the
+/// lines exactly as the aggregate computes it today.
+pub fn upcasters() -> Upcasters {
+    Upcasters::new().register("OrderPlaced", 1, |mut payload: Value| {
+        let lines = payload
+            .get("lines")
+            .and_then(Value::as_array)
+            .ok_or("OrderPlaced v1 without lines")?;
+        let mut total: u64 = 0;
+        for line in lines {
+            let quantity = line.get("quantity").and_then(Value::as_u64);
+            let price = line.get("unit_price_cents").and_then(Value::as_u64);
+            let (Some(quantity), Some(price)) = (quantity, price) else {
+                return Err("OrderPlaced v1 line without quantity or unit_price_cents".into());
+            };
+            total = quantity
+                .checked_mul(price)
+                .and_then(|t| t.checked_add(total))
+                .ok_or("OrderPlaced v1 total overflows")?;
+        }
+        payload["total_cents"] = Value::from(total);
+        Ok(payload)
+    })
+}
+
+/// A line as the client asks for it: the price comes from the product.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineRequest {
+    /// The product.
+    pub product_id: String,
+    /// Units (positive).
+    pub quantity: u64,
+}
+
+/// The domain's commands, as the API sends them.
+#[derive(Debug)]
+pub struct Commerce<S> {
+    bus: CommandBus<S>,
+}
+
+impl<S: EventStore + SnapshotStore> Commerce<S> {
+    /// The domain over a command bus (which should carry [`upcasters`]).
+    pub fn new(bus: CommandBus<S>) -> Self {
+        Self { bus }
+    }
+
+    /// The command bus underneath.
+    pub fn bus(&self) -> &CommandBus<S> {
+        &self.bus
+    }
+
+    /// Registers a product.
+    pub async fn register_product(
+        &self,
+        product_id: &str,
+        sku: String,
+        name: String,
+        price_cents: u64,
+        ctx: &CommandContext,
+    ) -> Result<CommandOutcome, StoreError> {
+        let command = ProductCommand::Register {
+            sku,
+            name,
+            price_cents,
+        };
+        self.bus.execute::<Product>(product_id, command, ctx).await
+    }
+
+    /// Records units arriving for a product.
+    pub async fn receive_stock(
+        &self,
+        product_id: &str,
+        quantity: u64,
+        ctx: &CommandContext,
+    ) -> Result<CommandOutcome, StoreError> {
+        self.product_command(product_id, ProductCommand::ReceiveStock { quantity }, ctx)
+            .await
+    }
+
+    /// Changes a product's price (orders already placed keep their prices).
+    pub async fn change_price(
+        &self,
+        product_id: &str,
+        price_cents: u64,
+        ctx: &CommandContext,
+    ) -> Result<CommandOutcome, StoreError> {
+        self.product_command(product_id, ProductCommand::ChangePrice { price_cents }, ctx)
+            .await
+    }
+
+    async fn product_command(
+        &self,
+        product_id: &str,
+        command: ProductCommand,
+        ctx: &CommandContext,
+    ) -> Result<CommandOutcome, StoreError> {
+        self.bus
+            .execute::<Product>(product_id, command, ctx)
+            .await
+            .map_err(|e| match e.rejection::<CommerceError>() {
+                Some(c) => rejected(c.clone().for_product(product_id)),
+                None => e,
+            })
+    }
+
+    /// Places an order: prices every line from its product, and reserves the stock of
+    /// every line in the same atomic commit as `OrderPlaced`.
+    pub async fn place_order(
+        &self,
+        order_id: &str,
+        customer_id: &str,
+        lines: &[LineRequest],
+        ctx: &CommandContext,
+    ) -> Result<CommandOutcome, StoreError> {
+        let decision = PlaceOrder {
+            order_id,
+            customer_id,
+            lines,
+        };
+        self.bus.run(ctx, &decision).await
+    }
+
+    /// Confirms a placed order.
+    pub async fn confirm_order(
+        &self,
+        order_id: &str,
+        ctx: &CommandContext,
+    ) -> Result<CommandOutcome, StoreError> {
+        self.bus
+            .execute::<Order>(order_id, OrderCommand::Confirm, ctx)
+            .await
+    }
+
+    /// Ships a confirmed order.
+    pub async fn ship_order(
+        &self,
+        order_id: &str,
+        tracking_number: String,
+        ctx: &CommandContext,
+    ) -> Result<CommandOutcome, StoreError> {
+        self.bus
+            .execute::<Order>(order_id, OrderCommand::Ship { tracking_number }, ctx)
+            .await
+    }
+
+    /// Cancels a placed or confirmed order and releases its stock in the same commit.
+    pub async fn cancel_order(
+        &self,
+        order_id: &str,
+        reason: String,
+        ctx: &CommandContext,
+    ) -> Result<CommandOutcome, StoreError> {
+        self.bus
+            .run(
+                ctx,
+                &CancelOrder {
+                    order_id,
+                    reason: &reason,
+                },
+            )
+            .await
+    }
+}
+
+/// Places an order over the order and every product on it.
+struct PlaceOrder<'a> {
+    order_id: &'a str,
+    customer_id: &'a str,
+    lines: &'a [LineRequest],
+}
+
+impl<S: EventStore + SnapshotStore> Decision<S> for PlaceOrder<'_> {
+    async fn decide(&self, tx: &mut Transaction<'_, S>) -> Result<(), StoreError> {
+        let order = tx.load::<Order>(self.order_id).await?;
+        if order.state.status != OrderStatus::New {
+            return Err(rejected(CommerceError::InvalidState {
+                reason: format!("order {} already exists", self.order_id),
+            }));
+        }
+        let mut priced = Vec::with_capacity(self.lines.len());
+        let mut products = Vec::with_capacity(self.lines.len());
+        for line in self.lines {
+            let unknown = || {
+                rejected(CommerceError::UnknownProduct {
+                    product_id: line.product_id.clone(),
+                })
+            };
+            // The id must make a valid stream before it can name a product.
+            Product::stream_id(&line.product_id).map_err(|_| unknown())?;
+            let product = tx.load::<Product>(&line.product_id).await?;
+            if !product.state.registered {
+                return Err(unknown());
+            }
+            priced.push(OrderLine {
+                product_id: line.product_id.clone(),
+                quantity: line.quantity,
+                unit_price_cents: product.state.price_cents,
+            });
+            products.push(product);
+        }
+        let placed = order
+            .state
+            .handle(OrderCommand::Place {
+                customer_id: self.customer_id.to_string(),
+                lines: priced,
+            })
+            .map_err(rejected)?;
+        tx.emit(&order, placed)?;
+        for (product, line) in products.iter().zip(self.lines) {
+            let reserved = product
+                .state
+                .handle(ProductCommand::Reserve {
+                    order_id: self.order_id.to_string(),
+                    quantity: line.quantity,
+                })
+                .map_err(|e| rejected(e.for_product(&line.product_id)))?;
+            tx.emit(product, reserved)?;
+        }
+        Ok(())
+    }
+}
+
+/// Cancels an order and releases every reservation it holds.
+struct CancelOrder<'a> {
+    order_id: &'a str,
+    reason: &'a str,
+}
+
+impl<S: EventStore + SnapshotStore> Decision<S> for CancelOrder<'_> {
+    async fn decide(&self, tx: &mut Transaction<'_, S>) -> Result<(), StoreError> {
+        let order = tx.load::<Order>(self.order_id).await?;
+        let cancelled = order
+            .state
+            .handle(OrderCommand::Cancel {
+                reason: self.reason.to_string(),
+            })
+            .map_err(rejected)?;
+        tx.emit(&order, cancelled)?;
+        for line in &order.state.lines {
+            let product = tx.load::<Product>(&line.product_id).await?;
+            let released = product
+                .state
+                .handle(ProductCommand::Release {
+                    order_id: self.order_id.to_string(),
+                })
+                .map_err(|e| rejected(e.for_product(&line.product_id)))?;
+            tx.emit(&product, released)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,18 @@
+//! # annals: the event-sourced CQRS backend
+//!
+//! The `annals` package puts the pieces together: the e-commerce reference domain, its read
+//! models, the GraphQL schema, the axum server and the `annals` command line. The engine
+//! lives in `annals-store` (the event log) and `annals-projections` (read models).
+//!
+//! ## Invariants
+//!
+//! - The write path (commands → `annals_store::EventStore::append_multi`) and the read
+//!   path (projections → read models) share nothing but the event log.
+//! - Errors reach clients through one translation point; no internal detail leaks.
+//!
+//! ## Dependencies
+//!
+//! Depends on both engine crates; nothing depends on it.
+
+pub mod cli;
+pub mod domain;

@@ -1,0 +1,584 @@
+//! The command bus: load aggregates, decide, append with exact expected versions, retry on
+//! conflicts, and make retried commands idempotent.
+//!
+//! A command runs as a [`Transaction`]: it loads any number of aggregates (each remembers
+//! the version it was loaded at), emits events for some of them, and commits them all in
+//! one `append_multi`, each stream with `ExpectedVersion::Exact(loaded version)`. If another
+//! writer got there first, the store refuses the commit and the command runs again on fresh
+//! state, up to `max_attempts` times.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use uuid::Uuid;
+
+use crate::aggregate::{Aggregate, DomainEvent, decode_event};
+use crate::cache::GenerationalCache;
+use crate::error::StoreError;
+use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::store::EventStore;
+use crate::types::{
+    AppendResult, Direction, ExpectedVersion, Metadata, NewEvent, Position, StreamAppend, StreamId,
+};
+use crate::upcast::Upcasters;
+
+/// The namespace of deterministic event ids derived from idempotency keys.
+pub const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6a1e_5c0d_7d1b_4f38_9a0e_1c2b_3d4e_5f60);
+
+/// Events read per page while rehydrating.
+const LOAD_PAGE: usize = 1024;
+
+/// Who sent a command and why: flows into the metadata of every event it produces.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommandContext {
+    /// Makes the command idempotent: a retry with the same key (and actor) returns the
+    /// first result instead of acting twice.
+    pub idempotency_key: Option<String>,
+    /// Ties the command's events to the request that caused them; generated when absent.
+    pub correlation_id: Option<Uuid>,
+    /// The command or event that caused this command.
+    pub causation_id: Option<Uuid>,
+    /// The user, API key or component that sent the command.
+    pub actor: Option<String>,
+    /// Free key/values copied into every event's metadata.
+    pub extra: BTreeMap<String, String>,
+}
+
+impl CommandContext {
+    /// A context with an actor.
+    pub fn by(actor: impl Into<String>) -> Self {
+        Self {
+            actor: Some(actor.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The same context with an idempotency key.
+    pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// The deterministic id of the `index`-th event of the command, if it has a key.
+    /// The actor is part of the name so two clients cannot collide on a key.
+    pub fn event_id(&self, index: usize) -> Option<Uuid> {
+        let key = self.idempotency_key.as_deref()?;
+        let actor = self.actor.as_deref().unwrap_or("");
+        let name = format!("{actor}\u{0}{key}\u{0}{index}");
+        Some(Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()))
+    }
+}
+
+/// What a command did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandOutcome {
+    /// One result per stream appended to (empty when the command decided nothing).
+    pub streams: Vec<AppendResult>,
+    /// The commit's last position: read your own write by waiting for it.
+    pub position: Position,
+    /// True when this was a retry of a command that had already been executed.
+    pub duplicate: bool,
+}
+
+/// An aggregate as loaded: its state and the stream version that state includes.
+#[derive(Clone, Debug)]
+pub struct Loaded<A> {
+    /// The aggregate's id (the stream id without its category).
+    pub id: String,
+    /// The aggregate's stream.
+    pub stream: StreamId,
+    /// The state.
+    pub state: A,
+    /// The stream version the state includes (0: the aggregate does not exist yet).
+    pub version: u64,
+    /// The version of the snapshot the state was built on (0: none), which decides when
+    /// the next snapshot is due.
+    pub snapshot_version: u64,
+}
+
+/// Tuning of the command bus.
+#[derive(Clone, Debug)]
+pub struct BusOptions {
+    /// How many times a command runs before a conflict is reported (1 + retries).
+    pub max_attempts: u32,
+    /// Take a snapshot once a stream has this many events past its last snapshot (0: never).
+    pub snapshot_every: u64,
+    /// How many aggregate states are kept in memory.
+    pub cache_capacity: usize,
+}
+
+impl Default for BusOptions {
+    fn default() -> Self {
+        Self {
+            max_attempts: 4,
+            snapshot_every: 500,
+            cache_capacity: 10_000,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Cached {
+    version: u64,
+    snapshot_version: u64,
+    state: Arc<dyn Any + Send + Sync>,
+}
+
+type SnapshotFn = fn(&(dyn Any + Send + Sync)) -> Option<(u16, Vec<u8>)>;
+
+fn snapshot_of<A: Aggregate>(state: &(dyn Any + Send + Sync)) -> Option<(u16, Vec<u8>)> {
+    let state = state.downcast_ref::<A>()?;
+    serde_json::to_vec(state)
+        .ok()
+        .map(|bytes| (A::SNAPSHOT_VERSION, bytes))
+}
+
+/// Runs commands against aggregates stored in `S`.
+pub struct CommandBus<S> {
+    store: Arc<S>,
+    upcasters: Upcasters,
+    options: BusOptions,
+    /// Recently used states by stream. An entry may be stale (another process or a lost
+    /// race wrote since); the exact expected version of the commit catches that, and the
+    /// retry loads from the store.
+    cache: Mutex<GenerationalCache<StreamId, Cached>>,
+}
+
+impl<S> std::fmt::Debug for CommandBus<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandBus")
+            .field("options", &self.options)
+            .field("upcasters", &self.upcasters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: EventStore + SnapshotStore> CommandBus<S> {
+    /// A bus over `store` with default options and no upcasters.
+    pub fn new(store: S) -> Self {
+        Self::with_options(Arc::new(store), Upcasters::new(), BusOptions::default())
+    }
+
+    /// A bus with everything chosen.
+    pub fn with_options(store: Arc<S>, upcasters: Upcasters, options: BusOptions) -> Self {
+        Self {
+            cache: Mutex::new(GenerationalCache::new(options.cache_capacity.max(2))),
+            store,
+            upcasters,
+            options,
+        }
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// The upcasters applied when events are loaded.
+    pub fn upcasters(&self) -> &Upcasters {
+        &self.upcasters
+    }
+
+    /// The options.
+    pub fn options(&self) -> &BusOptions {
+        &self.options
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, GenerationalCache<StreamId, Cached>> {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Loads an aggregate: from the cache if it has it, otherwise from its latest usable
+    /// snapshot plus the events after it.
+    pub async fn load<A: Aggregate>(&self, id: &str) -> Result<Loaded<A>, StoreError> {
+        self.load_with(id, true).await
+    }
+
+    /// Loads an aggregate from the store alone (no cache), replaying every event after the
+    /// snapshot if `use_snapshot`, or from the first event otherwise.
+    pub async fn load_uncached<A: Aggregate>(
+        &self,
+        id: &str,
+        use_snapshot: bool,
+    ) -> Result<Loaded<A>, StoreError> {
+        let stream = A::stream_id(id)?;
+        let (mut state, mut version, mut snapshot_version) = (A::default(), 0, 0);
+        if use_snapshot {
+            if let Some(snapshot) = self.store.load_snapshot(&stream).await? {
+                if snapshot.schema_version == A::SNAPSHOT_VERSION {
+                    match serde_json::from_slice::<A>(&snapshot.state) {
+                        Ok(s) => {
+                            (state, version, snapshot_version) =
+                                (s, snapshot.version, snapshot.version);
+                        }
+                        Err(error) => {
+                            tracing::warn!(%stream, %error, "ignoring undecodable snapshot")
+                        }
+                    }
+                }
+            }
+        }
+        loop {
+            let events = self
+                .store
+                .read_stream(&stream, version + 1, Direction::Forward, LOAD_PAGE)
+                .await?;
+            for recorded in &events {
+                let event: A::Event = decode_event(&self.upcasters, recorded)?;
+                state.apply(&event);
+                version = recorded.stream_version;
+            }
+            if events.len() < LOAD_PAGE {
+                break;
+            }
+        }
+        Ok(Loaded {
+            id: id.to_string(),
+            stream,
+            state,
+            version,
+            snapshot_version,
+        })
+    }
+
+    async fn load_with<A: Aggregate>(
+        &self,
+        id: &str,
+        use_cache: bool,
+    ) -> Result<Loaded<A>, StoreError> {
+        let stream = A::stream_id(id)?;
+        if use_cache {
+            let cached = self.cache().get(&stream).cloned();
+            if let Some(cached) = cached {
+                if let Some(state) = cached.state.downcast_ref::<A>() {
+                    return Ok(Loaded {
+                        id: id.to_string(),
+                        stream,
+                        state: state.clone(),
+                        version: cached.version,
+                        snapshot_version: cached.snapshot_version,
+                    });
+                }
+            }
+        }
+        let loaded = self.load_uncached::<A>(id, true).await?;
+        self.cache().insert(
+            loaded.stream.clone(),
+            Cached {
+                version: loaded.version,
+                snapshot_version: loaded.snapshot_version,
+                state: Arc::new(loaded.state.clone()),
+            },
+        );
+        Ok(loaded)
+    }
+
+    /// Starts a transaction for one attempt of a command. `attempt > 0` bypasses the
+    /// cache, because the previous attempt found it stale.
+    pub fn transaction<'b>(&'b self, ctx: &'b CommandContext, attempt: u32) -> Transaction<'b, S> {
+        Transaction {
+            bus: self,
+            ctx,
+            fresh: attempt > 0,
+            emitted: Vec::new(),
+        }
+    }
+
+    /// The outcome of an earlier execution of this command, if its idempotency key has
+    /// been used (found by the deterministic ids of its events).
+    pub async fn already_executed(
+        &self,
+        ctx: &CommandContext,
+    ) -> Result<Option<CommandOutcome>, StoreError> {
+        let mut streams: Vec<AppendResult> = Vec::new();
+        let mut index = 0;
+        while let Some(id) = ctx.event_id(index) {
+            let Some(event) = self.store.find_event(id).await? else {
+                break;
+            };
+            match streams.iter_mut().find(|s| s.stream_id == event.stream_id) {
+                Some(s) => {
+                    s.last_version = event.stream_version;
+                    s.last_position = event.position;
+                }
+                None => streams.push(AppendResult {
+                    stream_id: event.stream_id.clone(),
+                    first_version: event.stream_version,
+                    last_version: event.stream_version,
+                    first_position: event.position,
+                    last_position: event.position,
+                    duplicate: true,
+                }),
+            }
+            index += 1;
+        }
+        if streams.is_empty() {
+            return Ok(None);
+        }
+        let position = streams
+            .iter()
+            .map(|s| s.last_position)
+            .max()
+            .unwrap_or_default();
+        Ok(Some(CommandOutcome {
+            streams,
+            position,
+            duplicate: true,
+        }))
+    }
+
+    /// Runs a command against one aggregate: load, decide, append, retrying on conflicts.
+    pub async fn execute<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+    ) -> Result<CommandOutcome, StoreError> {
+        self.run(ctx, &Single::<A> { id, command }).await
+    }
+
+    /// Runs a decision over any number of aggregates with the bus's retry and idempotency
+    /// rules: the decision loads through the transaction and emits events; the bus commits,
+    /// and runs the decision again on fresh state when the commit loses a race.
+    pub async fn run<D: Decision<S>>(
+        &self,
+        ctx: &CommandContext,
+        decision: &D,
+    ) -> Result<CommandOutcome, StoreError> {
+        if let Some(done) = self.already_executed(ctx).await? {
+            return Ok(done);
+        }
+        let attempts = self.options.max_attempts.max(1);
+        let mut last_conflict = None;
+        for attempt in 0..attempts {
+            let mut tx = self.transaction(ctx, attempt);
+            decision.decide(&mut tx).await?;
+            match tx.commit().await {
+                Err(StoreError::WrongExpectedVersion { stream, .. }) => {
+                    last_conflict = Some(stream);
+                }
+                Err(error @ StoreError::IdempotencyConflict { .. })
+                    if ctx.idempotency_key.is_some() =>
+                {
+                    // A concurrent retry of the same command committed first.
+                    return match self.already_executed(ctx).await? {
+                        Some(done) => Ok(done),
+                        None => Err(error),
+                    };
+                }
+                other => return other,
+            }
+        }
+        Err(StoreError::Conflict {
+            stream: last_conflict.expect("every failed attempt recorded its stream"),
+            attempts,
+        })
+    }
+}
+
+/// A command's decision over one or more aggregates, run by [`CommandBus::run`].
+///
+/// `decide` loads what it needs through the transaction and emits events; it must not
+/// append by itself. It may run more than once (on fresh state) when a commit loses a race.
+pub trait Decision<S>: Sync {
+    /// Loads and emits for one attempt.
+    fn decide(
+        &self,
+        tx: &mut Transaction<'_, S>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+struct Single<'a, A: Aggregate> {
+    id: &'a str,
+    command: A::Command,
+}
+
+impl<S: EventStore + SnapshotStore, A: Aggregate> Decision<S> for Single<'_, A> {
+    async fn decide(&self, tx: &mut Transaction<'_, S>) -> Result<(), StoreError> {
+        let loaded = tx.load::<A>(self.id).await?;
+        let events = loaded
+            .state
+            .handle(self.command.clone())
+            .map_err(|e| StoreError::Rejected(Box::new(e)))?;
+        tx.emit(&loaded, events)
+    }
+}
+
+struct Emitted {
+    stream: StreamId,
+    loaded_version: u64,
+    snapshot_version: u64,
+    events: Vec<NewEvent>,
+    new_state: Arc<dyn Any + Send + Sync>,
+    snapshot: SnapshotFn,
+}
+
+/// One attempt of a command: loads remember their versions, emits collect events, and
+/// `commit` appends everything atomically.
+pub struct Transaction<'b, S> {
+    bus: &'b CommandBus<S>,
+    ctx: &'b CommandContext,
+    fresh: bool,
+    emitted: Vec<Emitted>,
+}
+
+impl<S: EventStore + SnapshotStore> Transaction<'_, S> {
+    /// Loads an aggregate for this attempt.
+    pub async fn load<A: Aggregate>(&self, id: &str) -> Result<Loaded<A>, StoreError> {
+        self.bus.load_with(id, !self.fresh).await
+    }
+
+    /// Records events decided for a loaded aggregate; they are appended at `commit` with
+    /// `ExpectedVersion::Exact(loaded.version)`. Emitting nothing is allowed.
+    pub fn emit<A: Aggregate>(
+        &mut self,
+        loaded: &Loaded<A>,
+        events: Vec<A::Event>,
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut state = loaded.state.clone();
+        let mut new_events = Vec::with_capacity(events.len());
+        for event in &events {
+            state.apply(event);
+            new_events.push(NewEvent {
+                event_id: None,
+                event_type: event.event_type().to_string(),
+                schema_version: event.schema_version(),
+                metadata: Metadata::default(),
+                payload: event.encode()?,
+            });
+        }
+        self.emitted.push(Emitted {
+            stream: loaded.stream.clone(),
+            loaded_version: loaded.version,
+            snapshot_version: loaded.snapshot_version,
+            events: new_events,
+            new_state: Arc::new(state),
+            snapshot: snapshot_of::<A>,
+        });
+        Ok(())
+    }
+
+    /// Appends everything emitted in one atomic commit.
+    pub async fn commit(self) -> Result<CommandOutcome, StoreError> {
+        let bus = self.bus;
+        if self.emitted.is_empty() {
+            return Ok(CommandOutcome {
+                streams: Vec::new(),
+                position: bus.store.head(),
+                duplicate: false,
+            });
+        }
+        let metadata = Metadata {
+            correlation_id: Some(self.ctx.correlation_id.unwrap_or_else(Uuid::now_v7)),
+            causation_id: self.ctx.causation_id,
+            actor: self.ctx.actor.clone(),
+            extra: self.ctx.extra.clone(),
+        };
+        let mut index = 0;
+        let mut appends = Vec::with_capacity(self.emitted.len());
+        let mut after = Vec::with_capacity(self.emitted.len());
+        for emitted in self.emitted {
+            let mut events = emitted.events;
+            for event in &mut events {
+                event.event_id = self.ctx.event_id(index);
+                event.metadata = metadata.clone();
+                index += 1;
+            }
+            appends.push(StreamAppend::new(
+                emitted.stream.clone(),
+                ExpectedVersion::Exact(emitted.loaded_version),
+                events,
+            ));
+            after.push((
+                emitted.stream,
+                emitted.snapshot_version,
+                emitted.new_state,
+                emitted.snapshot,
+            ));
+        }
+        let result = match bus.store.append_multi(appends).await {
+            Ok(result) => result,
+            Err(error) => {
+                if let StoreError::WrongExpectedVersion { stream, .. } = &error {
+                    bus.cache().remove(stream);
+                }
+                return Err(error);
+            }
+        };
+        let every = bus.options.snapshot_every;
+        for ((stream, mut snapshot_version, state, snapshot), appended) in
+            after.into_iter().zip(&result.streams)
+        {
+            let due = every > 0 && appended.last_version - snapshot_version >= every;
+            if due {
+                snapshot_version = appended.last_version;
+            }
+            bus.cache().insert(
+                stream.clone(),
+                Cached {
+                    version: appended.last_version,
+                    snapshot_version,
+                    state: state.clone(),
+                },
+            );
+            if due {
+                bus.spawn_snapshot(stream, appended.last_version, state, snapshot);
+            }
+        }
+        Ok(CommandOutcome {
+            position: result.last_position,
+            duplicate: result.duplicate,
+            streams: result.streams,
+        })
+    }
+}
+
+impl<S: EventStore + SnapshotStore> CommandBus<S> {
+    /// Saves a snapshot off the command's critical path.
+    fn spawn_snapshot(
+        &self,
+        stream: StreamId,
+        version: u64,
+        state: Arc<dyn Any + Send + Sync>,
+        encode: SnapshotFn,
+    ) {
+        let store = self.store.clone();
+        let save = async move {
+            let Some((schema_version, state)) = encode(state.as_ref()) else {
+                return;
+            };
+            let snapshot = Snapshot {
+                version,
+                schema_version,
+                state,
+            };
+            if let Err(error) = store.save_snapshot(&stream, snapshot).await {
+                tracing::warn!(%stream, %error, "snapshot not saved");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(save);
+            }
+            Err(_) => tracing::debug!("no runtime: snapshot skipped"),
+        }
+    }
+}
+
+/// Encodes the payload of a domain event (for tests and fixtures).
+pub fn encode_event<E: DomainEvent>(event: &E) -> Result<NewEvent, StoreError> {
+    Ok(NewEvent {
+        event_id: None,
+        event_type: event.event_type().to_string(),
+        schema_version: event.schema_version(),
+        metadata: Metadata::default(),
+        payload: event.encode()?,
+    })
+}

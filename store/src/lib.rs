@@ -1,0 +1,87 @@
+//! # annals-store: the Annals event log engine
+//!
+//! An embedded, append-only event log on RocksDB: gapless global positions, per-stream
+//! versions with optimistic concurrency, idempotent appends, a blake3 hash chain over every
+//! record, and group commit so that one fsync acknowledges many appends.
+//!
+//! ## Key types
+//!
+//! - [`EventStore`]: the role every log implements — `append`, `append_multi`,
+//!   `read_stream`, `read_all`, `stream_version`, `head`, `subscribe_head`, `verify_chain`.
+//! - [`RocksEventStore`]: the product implementation; [`InMemoryEventStore`]: the model the
+//!   property tests compare it with.
+//! - [`StreamId`], [`Position`], [`ExpectedVersion`]: newtypes of the log's vocabulary;
+//!   [`NewEvent`] goes in, [`RecordedEvent`] comes out.
+//! - [`StoreError`]: the one error type, with a stable [`StoreError::code`] per variant.
+//!
+//! ## Invariants
+//!
+//! - **Gapless order.** Positions start at 1 and every committed event gets the next one;
+//!   the writer thread is the only place positions are assigned.
+//! - **Atomic appends.** All events of one append (or multi-stream append) commit in one
+//!   RocksDB `WriteBatch`, with consecutive stream versions and consecutive positions.
+//! - **Acknowledged means durable.** With [`Durability::Fsync`] (the default) an append is
+//!   answered only after the WAL sync of its group returned; [`EventStore::head`] and
+//!   [`EventStore::subscribe_head`] move only then, so no reader sees an event that could
+//!   still be lost.
+//! - **Hash chain.** `hash = blake3(prev_hash ‖ canonical body)` with an all-zero genesis;
+//!   the encoding is pinned in [`codec`] and by committed fixtures.
+//! - **Idempotency.** Re-sending the same event ids to the same stream in the same order
+//!   returns the original result and writes nothing; any other reuse of an id is an
+//!   [`StoreError::IdempotencyConflict`].
+//!
+//! ## Dependencies
+//!
+//! This crate knows nothing of GraphQL, HTTP or any business domain, and must never depend
+//! on `annals-projections` or the `annals` package: they depend on it. bincode is used only
+//! inside [`codec`], RocksDB only inside `rocks` and [`StoreError::Storage`].
+//!
+//! ## Example
+//!
+//! ```
+//! use annals_store::{EventStore, ExpectedVersion, NewEvent, RocksEventStore, StoreOptions, StreamId};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), annals_store::StoreError> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let store = RocksEventStore::open(dir.path(), StoreOptions::default())?;
+//! let stream = StreamId::new("order-1")?;
+//! let event = NewEvent::json("OrderPlaced", &serde_json::json!({"total_cents": 1200}));
+//! let result = store.append(stream.clone(), ExpectedVersion::NoStream, vec![event]).await?;
+//! assert_eq!(result.last_version, 1);
+//! assert_eq!(store.head(), result.last_position);
+//! # Ok(())
+//! # }
+//! ```
+
+mod aggregate;
+mod cache;
+pub mod codec;
+mod command;
+mod error;
+pub mod keys;
+mod memory;
+mod rocks;
+mod snapshot;
+mod store;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testkit;
+mod types;
+mod upcast;
+
+pub use aggregate::{Aggregate, DomainEvent, decode_event};
+pub use command::{
+    BusOptions, CommandBus, CommandContext, CommandOutcome, Decision, IDEMPOTENCY_NAMESPACE,
+    Loaded, Transaction, encode_event,
+};
+pub use error::{DomainError, StoreError};
+pub use memory::InMemoryEventStore;
+pub use rocks::{RocksEventStore, StoreStats};
+pub use snapshot::{Snapshot, SnapshotStore};
+pub use store::{Durability, EventStore, MAX_SCAN_PER_READ, StoreOptions};
+pub use types::{
+    AppendResult, ChainFault, ChainReport, Direction, EventPage, ExpectedVersion, Hash,
+    MAX_EVENT_TYPE_BYTES, MAX_STREAM_ID_BYTES, Metadata, MultiAppendResult, NewEvent, Position,
+    ReadFilter, RecordedEvent, StreamAppend, StreamId, Timestamp, category_of, validate_event_type,
+};
+pub use upcast::{UpcastFn, Upcasters};

@@ -1,0 +1,677 @@
+//! `RocksEventStore`: the event log on RocksDB.
+//!
+//! Reads go straight to RocksDB from the calling task, bounded by the durable head. Writes
+//! go through one writer thread (see [`writer`]) that turns whatever is queued into one
+//! `WriteBatch` and one WAL sync.
+
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
+use rocksdb::{
+    BlockBasedOptions, ColumnFamilyDescriptor, DB, DBCompressionType, Options, ReadOptions,
+    SliceTransform,
+};
+use tokio::sync::{Mutex as AsyncMutex, Semaphore, oneshot, watch};
+use uuid::Uuid;
+
+use crate::codec::{self, GENESIS_HASH};
+use crate::error::StoreError;
+use crate::keys::{self, CF_EVENTS, CF_META, CF_SNAPSHOTS, CF_STREAMS, EventIdEntry, StreamRun};
+use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::store::{EventStore, MAX_SCAN_PER_READ, StoreOptions, validate_appends};
+use crate::types::{
+    ChainFault, ChainReport, Direction, EventPage, Hash, MultiAppendResult, Position, ReadFilter,
+    RecordedEvent, StreamAppend, StreamId,
+};
+
+use writer::{WriteRequest, Writer};
+
+/// Counters of the write path, for benchmarks and metrics.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Group commits written (one WAL write and, with `Fsync`, one fsync each).
+    pub commits: AtomicU64,
+    /// Append requests answered successfully (including duplicates).
+    pub appends: AtomicU64,
+    /// Events written.
+    pub events: AtomicU64,
+    /// Append requests that failed (expectation, idempotency or storage).
+    pub failed_appends: AtomicU64,
+}
+
+/// A point-in-time copy of [`WriterStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Group commits written.
+    pub commits: u64,
+    /// Append requests answered successfully.
+    pub appends: u64,
+    /// Events written.
+    pub events: u64,
+    /// Append requests that failed.
+    pub failed_appends: u64,
+}
+
+impl StoreStats {
+    /// Mean events per group commit.
+    pub fn mean_commit_events(&self) -> f64 {
+        if self.commits == 0 {
+            0.0
+        } else {
+            self.events as f64 / self.commits as f64
+        }
+    }
+}
+
+/// The RocksDB event store. Cheap to clone: clones share one database and one writer.
+#[derive(Clone)]
+pub struct RocksEventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<DB>,
+    path: PathBuf,
+    options: StoreOptions,
+    requests: Sender<WriteRequest>,
+    /// Bounds the requests in flight to the channel's capacity, so a caller waits
+    /// asynchronously for room instead of blocking a runtime thread on a full channel.
+    permits: Arc<Semaphore>,
+    head: watch::Receiver<Position>,
+    stats: Arc<WriterStats>,
+    closed: AtomicBool,
+    writer: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Serialises snapshot writes so an older snapshot never replaces a newer one.
+    snapshot_lock: AsyncMutex<()>,
+}
+
+impl std::fmt::Debug for RocksEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksEventStore")
+            .field("path", &self.inner.path)
+            .field("head", &*self.inner.head.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+fn db_options() -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_max_background_jobs(2);
+    opts.set_bytes_per_sync(1024 * 1024);
+    opts.set_wal_bytes_per_sync(0);
+    opts
+}
+
+fn cf_options(name: &str) -> Options {
+    let mut opts = Options::default();
+    opts.set_compression_type(DBCompressionType::Lz4);
+    let mut table = BlockBasedOptions::default();
+    match name {
+        CF_STREAMS => {
+            // Every stream lookup names its stream hash: a prefix bloom filter turns a
+            // lookup of a stream that is not in a file into no read at all.
+            opts.set_prefix_extractor(SliceTransform::create_fixed_prefix(keys::STREAM_HASH_LEN));
+            table.set_bloom_filter(10.0, false);
+            table.set_whole_key_filtering(false);
+        }
+        keys::CF_EVENT_IDS => {
+            table.set_bloom_filter(10.0, false);
+        }
+        _ => {}
+    }
+    opts.set_block_based_table_factory(&table);
+    opts
+}
+
+impl RocksEventStore {
+    /// Opens (or creates) the event log in `path` and starts its writer thread.
+    pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        std::fs::create_dir_all(&path).map_err(|source| StoreError::Io {
+            what: format!("cannot create {}", path.display()),
+            source,
+        })?;
+        let cfs = keys::ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
+        let db = DB::open_cf_descriptors(&db_options(), &path, cfs).map_err(|e| {
+            if e.as_ref().contains("lock") {
+                StoreError::Locked { path: path.clone() }
+            } else {
+                StoreError::Storage(e)
+            }
+        })?;
+        check_format(&db)?;
+        let (head, tip) = recover_tip(&db)?;
+        let db = Arc::new(db);
+
+        let (head_tx, head_rx) = watch::channel(head);
+        let (tx, rx) = crossbeam_channel::bounded(options.queue_capacity);
+        let stats = Arc::new(WriterStats::default());
+        let writer = Writer::new(
+            db.clone(),
+            options.clone(),
+            head,
+            tip,
+            head_tx,
+            stats.clone(),
+        );
+        let handle = std::thread::Builder::new()
+            .name("annals-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|source| StoreError::Io {
+                what: "cannot start the writer thread".into(),
+                source,
+            })?;
+        tracing::info!(path = %path.display(), head = head.0, "event store opened");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                path,
+                permits: Arc::new(Semaphore::new(options.queue_capacity)),
+                options,
+                requests: tx,
+                head: head_rx,
+                stats,
+                closed: AtomicBool::new(false),
+                writer: std::sync::Mutex::new(Some(handle)),
+                snapshot_lock: AsyncMutex::new(()),
+            }),
+        })
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.options
+    }
+
+    /// Counters of the write path.
+    pub fn stats(&self) -> StoreStats {
+        let s = &self.inner.stats;
+        StoreStats {
+            commits: s.commits.load(Ordering::Relaxed),
+            appends: s.appends.load(Ordering::Relaxed),
+            events: s.events.load(Ordering::Relaxed),
+            failed_appends: s.failed_appends.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops taking appends, lets the writer finish what it was given and joins it.
+    /// Appends after this fail with [`StoreError::Closed`]; reads keep working.
+    pub fn close(&self) {
+        self.inner.shutdown();
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        cf(&self.inner.db, name)
+    }
+
+    fn get_event(&self, position: Position) -> Result<Option<RecordedEvent>, StoreError> {
+        let Some(bytes) = self
+            .inner
+            .db
+            .get_pinned_cf(self.cf(CF_EVENTS), keys::position_key(position))?
+        else {
+            return Ok(None);
+        };
+        decode_at(position, &bytes).map(Some)
+    }
+
+    fn read_stream_sync(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let head = self.head();
+        let positions = stream_positions(&self.inner.db, stream, from_version, direction, limit)?;
+        let cf = self.cf(CF_EVENTS);
+        let keys: Vec<[u8; 8]> = positions
+            .iter()
+            .filter(|p| **p <= head)
+            .map(|p| keys::position_key(*p))
+            .collect();
+        let values =
+            self.inner
+                .db
+                .batched_multi_get_cf(cf, keys.iter(), direction == Direction::Forward);
+        let mut events = Vec::with_capacity(keys.len());
+        for (key, value) in keys.iter().zip(values) {
+            let position = Position(u64::from_be_bytes(*key));
+            let value = value?.ok_or(StoreError::Corruption { position })?;
+            let event = decode_at(position, &value)?;
+            if &event.stream_id != stream {
+                return Err(StoreError::Corruption { position });
+            }
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    fn read_all_sync(
+        &self,
+        from: Position,
+        limit: usize,
+        filter: &ReadFilter,
+    ) -> Result<EventPage, StoreError> {
+        let head = self.head();
+        let from = from.max(Position::FIRST);
+        let mut page = EventPage {
+            events: Vec::new(),
+            next: from,
+            head,
+        };
+        if limit == 0 || from > head {
+            return Ok(page);
+        }
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(keys::position_key(head.next()));
+        opts.set_readahead_size(2 * 1024 * 1024);
+        let mut iter = self.inner.db.raw_iterator_cf_opt(self.cf(CF_EVENTS), opts);
+        iter.seek(keys::position_key(from));
+        let mut examined = 0usize;
+        while let Some((key, value)) = iter.item() {
+            let position = keys::decode_position_key(key).ok_or(StoreError::Corruption {
+                position: page.next,
+            })?;
+            if position != page.next {
+                // Positions are gapless: a missing key is damage, not a skip.
+                return Err(StoreError::Corruption {
+                    position: page.next,
+                });
+            }
+            let event = decode_at(position, value)?;
+            page.next = position.next();
+            examined += 1;
+            if filter.matches(event.stream_id.as_str(), &event.event_type) {
+                page.events.push(event);
+                if page.events.len() >= limit {
+                    break;
+                }
+            }
+            if examined >= MAX_SCAN_PER_READ {
+                break;
+            }
+            iter.next();
+        }
+        iter.status()?;
+        if page.next <= head && examined == 0 {
+            // The iterator found nothing although the head says events exist.
+            return Err(StoreError::Corruption {
+                position: page.next,
+            });
+        }
+        Ok(page)
+    }
+
+    fn verify_chain_sync(&self, from: Position, to: Position) -> Result<ChainReport, StoreError> {
+        let head = self.head();
+        let from = from.max(Position::FIRST);
+        let to = to.min(head);
+        let mut report = ChainReport {
+            checked: 0,
+            first_fault: None,
+        };
+        if from > to {
+            return Ok(report);
+        }
+        let mut prev: Hash = if from == Position::FIRST {
+            GENESIS_HASH
+        } else {
+            let before = Position(from.0 - 1);
+            match self.get_event(before) {
+                Ok(Some(event)) => event.hash,
+                Ok(None) => {
+                    report.first_fault = Some((before, ChainFault::Missing));
+                    return Ok(report);
+                }
+                Err(_) => {
+                    report.first_fault = Some((before, ChainFault::Undecodable));
+                    return Ok(report);
+                }
+            }
+        };
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(keys::position_key(to.next()));
+        opts.set_readahead_size(2 * 1024 * 1024);
+        let mut iter = self.inner.db.raw_iterator_cf_opt(self.cf(CF_EVENTS), opts);
+        iter.seek(keys::position_key(from));
+        let mut expected = from;
+        while let Some((key, value)) = iter.item() {
+            let fault = match keys::decode_position_key(key) {
+                Some(p) if p != expected => Some(ChainFault::Missing),
+                None => Some(ChainFault::Undecodable),
+                Some(_) => match codec::decode_record(value) {
+                    Err(_) => Some(ChainFault::Undecodable),
+                    Ok(event) if event.position != expected => Some(ChainFault::Undecodable),
+                    Ok(event) if event.prev_hash != prev => Some(ChainFault::BrokenLink),
+                    Ok(event) if codec::recompute_hash(&event) != event.hash => {
+                        Some(ChainFault::HashMismatch)
+                    }
+                    Ok(event) => {
+                        prev = event.hash;
+                        None
+                    }
+                },
+            };
+            if let Some(fault) = fault {
+                report.first_fault = Some((expected, fault));
+                return Ok(report);
+            }
+            report.checked += 1;
+            expected = expected.next();
+            iter.next();
+        }
+        iter.status()?;
+        if expected <= to {
+            report.first_fault = Some((expected, ChainFault::Missing));
+        }
+        Ok(report)
+    }
+}
+
+impl Inner {
+    fn shutdown(&self) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let _ = self.requests.send(WriteRequest::Shutdown);
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!("the writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl EventStore for RocksEventStore {
+    async fn append_multi(
+        &self,
+        appends: Vec<StreamAppend>,
+    ) -> Result<MultiAppendResult, StoreError> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let (events, bytes) = validate_appends(&appends, &inner.options)?;
+        let permit = inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        inner
+            .requests
+            .send(WriteRequest::Append {
+                appends,
+                events,
+                bytes,
+                reply,
+                _permit: permit,
+            })
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read_stream_sync(stream, from_version, direction, limit)
+    }
+
+    async fn read_all(
+        &self,
+        from: Position,
+        limit: usize,
+        filter: &ReadFilter,
+    ) -> Result<EventPage, StoreError> {
+        self.read_all_sync(from, limit, filter)
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
+        indexed_stream_version(&self.inner.db, &keys::stream_key(stream.as_str()))
+    }
+
+    async fn find_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+        let Some(value) = self
+            .inner
+            .db
+            .get_pinned_cf(self.cf(keys::CF_EVENT_IDS), keys::event_id_key(&event_id))?
+        else {
+            return Ok(None);
+        };
+        let entry = EventIdEntry::decode(&value).ok_or(StoreError::Corruption {
+            position: Position::ZERO,
+        })?;
+        if entry.position > self.head() {
+            return Ok(None);
+        }
+        let event = self
+            .get_event(entry.position)?
+            .ok_or(StoreError::Corruption {
+                position: entry.position,
+            })?;
+        if event.event_id != event_id {
+            return Err(StoreError::Corruption {
+                position: entry.position,
+            });
+        }
+        Ok(Some(event))
+    }
+
+    fn head(&self) -> Position {
+        *self.inner.head.borrow()
+    }
+
+    fn subscribe_head(&self) -> watch::Receiver<Position> {
+        self.inner.head.clone()
+    }
+
+    async fn verify_chain(&self, from: Position, to: Position) -> Result<ChainReport, StoreError> {
+        self.verify_chain_sync(from, to)
+    }
+}
+
+impl SnapshotStore for RocksEventStore {
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        let value = self
+            .inner
+            .db
+            .get_pinned_cf(self.cf(CF_SNAPSHOTS), keys::stream_key(stream.as_str()))?;
+        // A snapshot this build cannot read is as good as none: the events are the truth.
+        Ok(value.and_then(|v| codec::decode_snapshot(&v)))
+    }
+
+    async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError> {
+        // Snapshots are saved off the command path by concurrent tasks: serialise them so
+        // an older one never overwrites a newer one.
+        let _guard = self.inner.snapshot_lock.lock().await;
+        if let Some(existing) = self.load_snapshot(stream).await? {
+            if existing.version >= snapshot.version
+                && existing.schema_version == snapshot.schema_version
+            {
+                return Ok(());
+            }
+        }
+        self.inner.db.put_cf(
+            self.cf(CF_SNAPSHOTS),
+            keys::stream_key(stream.as_str()),
+            codec::encode_snapshot(&snapshot),
+        )?;
+        Ok(())
+    }
+}
+
+pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    // Every CF in keys::ALL_CFS is created on open, so a missing handle is a bug here.
+    db.cf_handle(name)
+        .unwrap_or_else(|| panic!("column family {name} is opened with the database"))
+}
+
+fn decode_at(position: Position, bytes: &[u8]) -> Result<RecordedEvent, StoreError> {
+    match codec::decode_record(bytes) {
+        Ok(event) if event.position == position => Ok(event),
+        _ => Err(StoreError::Corruption { position }),
+    }
+}
+
+fn check_format(db: &DB) -> Result<(), StoreError> {
+    let meta = cf(db, CF_META);
+    match db.get_cf(meta, keys::META_FORMAT_VERSION)? {
+        Some(bytes) => {
+            let found = <[u8; 4]>::try_from(bytes.as_slice())
+                .map(u32::from_be_bytes)
+                .unwrap_or(u32::MAX);
+            if found > keys::FORMAT_VERSION {
+                return Err(StoreError::UnsupportedFormat {
+                    found,
+                    supported: keys::FORMAT_VERSION,
+                });
+            }
+        }
+        None => db.put_cf(
+            meta,
+            keys::META_FORMAT_VERSION,
+            keys::FORMAT_VERSION.to_be_bytes(),
+        )?,
+    }
+    Ok(())
+}
+
+/// The head and chain tip, read from the last record of the log.
+fn recover_tip(db: &DB) -> Result<(Position, Hash), StoreError> {
+    let mut iter = db.raw_iterator_cf(cf(db, CF_EVENTS));
+    iter.seek_to_last();
+    let result = match iter.item() {
+        None => (Position::ZERO, GENESIS_HASH),
+        Some((key, value)) => {
+            let position = keys::decode_position_key(key).ok_or(StoreError::Corruption {
+                position: Position::ZERO,
+            })?;
+            let event = decode_at(position, value)?;
+            (position, event.hash)
+        }
+    };
+    iter.status()?;
+    Ok(result)
+}
+
+/// The positions of up to `limit` events of a stream from `from_version` in `direction`,
+/// read from the run-length stream index.
+pub(crate) fn stream_positions(
+    db: &DB,
+    stream: &StreamId,
+    from_version: u64,
+    direction: Direction,
+    limit: usize,
+) -> Result<Vec<Position>, StoreError> {
+    let stream_key = keys::stream_key(stream.as_str());
+    let mut opts = ReadOptions::default();
+    opts.set_prefix_same_as_start(true);
+    opts.set_iterate_lower_bound(keys::stream_index_key(&stream_key, 0));
+    opts.set_iterate_upper_bound(keys::stream_index_key(&stream_key, u64::MAX));
+    let mut iter = db.raw_iterator_cf_opt(cf(db, CF_STREAMS), opts);
+    let mut positions = Vec::new();
+    // The run holding `from_version` is the last run starting at or before it.
+    iter.seek_for_prev(keys::stream_index_key(&stream_key, from_version));
+    if direction == Direction::Forward && !iter.valid() {
+        iter.seek(keys::stream_index_key(&stream_key, from_version));
+    }
+    while positions.len() < limit {
+        let Some((key, value)) = iter.item() else {
+            break;
+        };
+        let (Some(first_version), Some(run)) = (
+            keys::decode_stream_index_version(key),
+            StreamRun::decode(value),
+        ) else {
+            return Err(StoreError::Corruption {
+                position: Position::ZERO,
+            });
+        };
+        let last_version = first_version + u64::from(run.count) - 1;
+        let at = |v: u64| Position(run.first_position.0 + (v - first_version));
+        match direction {
+            Direction::Forward => {
+                let mut v = first_version.max(from_version);
+                while v <= last_version && positions.len() < limit {
+                    positions.push(at(v));
+                    v += 1;
+                }
+                iter.next();
+            }
+            Direction::Backward => {
+                let mut v = last_version.min(from_version);
+                while v >= first_version && positions.len() < limit {
+                    positions.push(at(v));
+                    v -= 1;
+                }
+                iter.prev();
+            }
+        }
+    }
+    iter.status()?;
+    Ok(positions)
+}
+
+/// The stream's last version according to the index.
+///
+/// The index can be ahead of the announced head by the one commit being acknowledged; that
+/// commit is already durable, so reporting its version is safe.
+pub(crate) fn indexed_stream_version(db: &DB, stream_key: &[u8]) -> Result<u64, StoreError> {
+    let mut opts = ReadOptions::default();
+    opts.set_prefix_same_as_start(true);
+    opts.set_iterate_lower_bound(keys::stream_index_key(stream_key, 0));
+    opts.set_iterate_upper_bound(keys::stream_index_key(stream_key, u64::MAX));
+    let mut iter = db.raw_iterator_cf_opt(cf(db, CF_STREAMS), opts);
+    iter.seek_for_prev(keys::stream_index_key(stream_key, u64::MAX));
+    let version = match iter.item() {
+        None => 0,
+        Some((key, value)) => {
+            let first = keys::decode_stream_index_version(key);
+            let run = StreamRun::decode(value);
+            match (first, run) {
+                (Some(first), Some(run)) => first + u64::from(run.count) - 1,
+                _ => {
+                    return Err(StoreError::Corruption {
+                        position: Position::ZERO,
+                    });
+                }
+            }
+        }
+    };
+    iter.status()?;
+    Ok(version)
+}

@@ -1,0 +1,203 @@
+//! The `EventStore` role and what every implementation shares: options and input validation.
+
+use std::collections::HashSet;
+use std::future::Future;
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::types::{
+    AppendResult, ChainReport, Direction, EventPage, ExpectedVersion, MultiAppendResult, NewEvent,
+    Position, ReadFilter, RecordedEvent, StreamAppend, StreamId, validate_event_type,
+};
+
+/// How an acknowledged append survives failures.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum Durability {
+    /// Acknowledged means fsynced: the append survives a power loss. One fsync covers a
+    /// whole group commit, so this costs latency, not throughput. The default.
+    #[default]
+    Fsync,
+    /// Acknowledged means written to the WAL in the operating system's page cache: it
+    /// survives a crash of the process but not of the machine. For bulk imports and
+    /// benchmarks of the engine without the disk.
+    Buffered,
+}
+
+/// Tuning and limits of a store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// When an append is acknowledged.
+    pub durability: Durability,
+    /// Most events one group commit takes (a single larger append still commits alone).
+    pub max_commit_events: usize,
+    /// Most payload bytes one group commit takes (a single larger append still commits alone).
+    pub max_commit_bytes: usize,
+    /// How many streams' current versions the writer keeps in memory.
+    pub stream_cache_capacity: usize,
+    /// Largest payload of one event.
+    pub max_payload_bytes: usize,
+    /// Most events in one append (all streams of a multi-stream append together).
+    pub max_events_per_append: usize,
+    /// Appends waiting for the writer before callers wait for room (backpressure).
+    pub queue_capacity: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Fsync,
+            max_commit_events: 4096,
+            max_commit_bytes: 8 * 1024 * 1024,
+            stream_cache_capacity: 100_000,
+            max_payload_bytes: 1024 * 1024,
+            max_events_per_append: 1000,
+            queue_capacity: 4096,
+        }
+    }
+}
+
+impl StoreOptions {
+    /// The defaults with another durability.
+    pub fn with_durability(durability: Durability) -> Self {
+        Self {
+            durability,
+            ..Self::default()
+        }
+    }
+}
+
+/// An append-only, gapless, hash-chained event log.
+///
+/// Implementations: [`crate::RocksEventStore`] (the product) and
+/// [`crate::InMemoryEventStore`] (the model the property tests compare against). Both pass
+/// one conformance suite (`store/tests/conformance.rs`).
+///
+/// Every method that can wait is `async`; the returned futures are `Send` so they can be
+/// spawned.
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends events to several streams in one atomic commit: either every stream's
+    /// expectation holds and all events are written with consecutive positions, or nothing
+    /// is written and the error names the failing stream.
+    fn append_multi(
+        &self,
+        appends: Vec<StreamAppend>,
+    ) -> impl Future<Output = Result<MultiAppendResult, StoreError>> + Send;
+
+    /// Appends events to one stream atomically, with consecutive versions and positions.
+    fn append(
+        &self,
+        stream: StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<AppendResult, StoreError>> + Send {
+        async move {
+            let mut result = self
+                .append_multi(vec![StreamAppend::new(stream, expected, events)])
+                .await?;
+            Ok(result.streams.swap_remove(0))
+        }
+    }
+
+    /// Reads up to `limit` events of one stream starting at `from_version` (inclusive) in
+    /// the given direction. Reading backward from `u64::MAX` reads from the end.
+    fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// Reads up to `limit` events of the global log at or after `from` that pass `filter`,
+    /// never past the durable head.
+    fn read_all(
+        &self,
+        from: Position,
+        limit: usize,
+        filter: &ReadFilter,
+    ) -> impl Future<Output = Result<EventPage, StoreError>> + Send;
+
+    /// The stream's current version (0 when it has no events).
+    fn stream_version(
+        &self,
+        stream: &StreamId,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The event with this id, if it is in the log (up to the durable head).
+    fn find_event(
+        &self,
+        event_id: Uuid,
+    ) -> impl Future<Output = Result<Option<RecordedEvent>, StoreError>> + Send;
+
+    /// The last durable position (0 for an empty log).
+    fn head(&self) -> Position;
+
+    /// A receiver that changes only after a commit is durable: readers following it never
+    /// see an event that could still be lost.
+    fn subscribe_head(&self) -> watch::Receiver<Position>;
+
+    /// Checks the hash chain over `from..=to` (clamped to the log) and reports the first
+    /// broken position.
+    fn verify_chain(
+        &self,
+        from: Position,
+        to: Position,
+    ) -> impl Future<Output = Result<ChainReport, StoreError>> + Send;
+}
+
+/// Most events a filtered `read_all` examines in one call, so that a filter that matches
+/// rarely still returns promptly with a cursor that moved on.
+pub const MAX_SCAN_PER_READ: usize = 65_536;
+
+/// The input checks every implementation makes before an append reaches its writer.
+/// Returns the number of events and their payload bytes.
+pub(crate) fn validate_appends(
+    appends: &[StreamAppend],
+    options: &StoreOptions,
+) -> Result<(usize, usize), StoreError> {
+    if appends.is_empty() {
+        return Err(StoreError::EmptyAppend);
+    }
+    let mut events = 0usize;
+    let mut bytes = 0usize;
+    let mut streams = HashSet::with_capacity(appends.len());
+    let mut ids = HashSet::new();
+    for append in appends {
+        if !streams.insert(append.stream_id.as_str()) {
+            return Err(StoreError::DuplicateStream {
+                stream: append.stream_id.clone(),
+            });
+        }
+        if append.events.is_empty() {
+            return Err(StoreError::EmptyAppend);
+        }
+        events += append.events.len();
+        if events > options.max_events_per_append {
+            return Err(StoreError::TooManyEvents {
+                count: appends.iter().map(|a| a.events.len()).sum(),
+                limit: options.max_events_per_append,
+            });
+        }
+        for event in &append.events {
+            validate_event_type(&event.event_type)?;
+            if event.payload.len() > options.max_payload_bytes {
+                return Err(StoreError::PayloadTooLarge {
+                    size: event.payload.len(),
+                    limit: options.max_payload_bytes,
+                });
+            }
+            bytes += event.payload.len();
+            if let Some(id) = event.event_id {
+                if !ids.insert(id) {
+                    return Err(StoreError::IdempotencyConflict {
+                        event_id: id,
+                        existing: Position::ZERO,
+                    });
+                }
+            }
+        }
+    }
+    Ok((events, bytes))
+}
