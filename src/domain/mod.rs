@@ -72,6 +72,17 @@ impl DomainError for CommerceError {
 }
 
 impl CommerceError {
+    /// `Ok` when the rule holds, a `Validation` error naming it otherwise.
+    pub(crate) fn check(rule_holds: bool, reason: &str) -> Result<(), CommerceError> {
+        if rule_holds {
+            Ok(())
+        } else {
+            Err(CommerceError::Validation {
+                reason: reason.to_string(),
+            })
+        }
+    }
+
     /// Names the product in errors that the Product aggregate raised without knowing its id.
     fn for_product(self, id: &str) -> Self {
         match self {

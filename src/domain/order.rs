@@ -167,15 +167,15 @@ impl Aggregate for Order {
                 if self.status != OrderStatus::New {
                     return Err(invalid("place"));
                 }
-                validate(
+                CommerceError::check(
                     !customer_id.trim().is_empty(),
                     "customer_id must not be empty",
                 )?;
-                validate(!lines.is_empty(), "an order needs at least one line")?;
+                CommerceError::check(!lines.is_empty(), "an order needs at least one line")?;
                 let mut total: u64 = 0;
                 for (i, line) in lines.iter().enumerate() {
-                    validate(line.quantity > 0, "quantity must be positive")?;
-                    validate(
+                    CommerceError::check(line.quantity > 0, "quantity must be positive")?;
+                    CommerceError::check(
                         !lines[..i].iter().any(|l| l.product_id == line.product_id),
                         "each product may appear on one line only",
                     )?;
@@ -200,7 +200,7 @@ impl Aggregate for Order {
             },
             OrderCommand::Ship { tracking_number } => match self.status {
                 OrderStatus::Confirmed => {
-                    validate(
+                    CommerceError::check(
                         !tracking_number.trim().is_empty(),
                         "tracking_number must not be empty",
                     )?;
@@ -217,15 +217,5 @@ impl Aggregate for Order {
                 _ => Err(invalid("cancel")),
             },
         }
-    }
-}
-
-fn validate(condition: bool, reason: &str) -> Result<(), CommerceError> {
-    if condition {
-        Ok(())
-    } else {
-        Err(CommerceError::Validation {
-            reason: reason.to_string(),
-        })
     }
 }

@@ -172,9 +172,9 @@ impl Aggregate for Product {
                         reason: "product is already registered".into(),
                     });
                 }
-                require(!sku.trim().is_empty(), "sku must not be empty")?;
-                require(!name.trim().is_empty(), "name must not be empty")?;
-                require(price_cents > 0, "price_cents must be positive")?;
+                CommerceError::check(!sku.trim().is_empty(), "sku must not be empty")?;
+                CommerceError::check(!name.trim().is_empty(), "name must not be empty")?;
+                CommerceError::check(price_cents > 0, "price_cents must be positive")?;
                 Ok(vec![ProductEvent::ProductRegistered {
                     sku,
                     name,
@@ -182,22 +182,22 @@ impl Aggregate for Product {
                 }])
             }
             ProductCommand::ReceiveStock { quantity } => {
-                require(quantity > 0, "quantity must be positive")?;
-                require(
+                CommerceError::check(quantity > 0, "quantity must be positive")?;
+                CommerceError::check(
                     self.on_hand.checked_add(quantity).is_some(),
                     "quantity is too large",
                 )?;
                 Ok(vec![ProductEvent::StockReceived { quantity }])
             }
             ProductCommand::ChangePrice { price_cents } => {
-                require(price_cents > 0, "price_cents must be positive")?;
+                CommerceError::check(price_cents > 0, "price_cents must be positive")?;
                 if price_cents == self.price_cents {
                     return Ok(Vec::new());
                 }
                 Ok(vec![ProductEvent::PriceChanged { price_cents }])
             }
             ProductCommand::Reserve { order_id, quantity } => {
-                require(quantity > 0, "quantity must be positive")?;
+                CommerceError::check(quantity > 0, "quantity must be positive")?;
                 if self.reservations.contains_key(&order_id) || self.released.contains(&order_id) {
                     return Err(CommerceError::InvalidState {
                         reason: format!("order {order_id} already reserved this product"),
@@ -222,15 +222,5 @@ impl Aggregate for Product {
                 }),
             },
         }
-    }
-}
-
-fn require(condition: bool, reason: &str) -> Result<(), CommerceError> {
-    if condition {
-        Ok(())
-    } else {
-        Err(CommerceError::Validation {
-            reason: reason.to_string(),
-        })
     }
 }

@@ -207,18 +207,16 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
     ) -> Result<Loaded<A>, StoreError> {
         let stream = A::stream_id(id)?;
         let (mut state, mut version, mut snapshot_version) = (A::default(), 0, 0);
-        if use_snapshot {
-            if let Some(snapshot) = self.store.load_snapshot(&stream).await? {
-                if snapshot.schema_version == A::SNAPSHOT_VERSION {
-                    match serde_json::from_slice::<A>(&snapshot.state) {
-                        Ok(s) => {
-                            (state, version, snapshot_version) =
-                                (s, snapshot.version, snapshot.version);
-                        }
-                        Err(error) => {
-                            tracing::warn!(%stream, %error, "ignoring undecodable snapshot")
-                        }
-                    }
+        if use_snapshot
+            && let Some(snapshot) = self.store.load_snapshot(&stream).await?
+            && snapshot.schema_version == A::SNAPSHOT_VERSION
+        {
+            match serde_json::from_slice::<A>(&snapshot.state) {
+                Ok(s) => {
+                    (state, version, snapshot_version) = (s, snapshot.version, snapshot.version);
+                }
+                Err(error) => {
+                    tracing::warn!(%stream, %error, "ignoring undecodable snapshot")
                 }
             }
         }
@@ -253,16 +251,16 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
         let stream = A::stream_id(id)?;
         if use_cache {
             let cached = self.cache().get(&stream).cloned();
-            if let Some(cached) = cached {
-                if let Some(state) = cached.state.downcast_ref::<A>() {
-                    return Ok(Loaded {
-                        id: id.to_string(),
-                        stream,
-                        state: state.clone(),
-                        version: cached.version,
-                        snapshot_version: cached.snapshot_version,
-                    });
-                }
+            if let Some(cached) = cached
+                && let Some(state) = cached.state.downcast_ref::<A>()
+            {
+                return Ok(Loaded {
+                    id: id.to_string(),
+                    stream,
+                    state: state.clone(),
+                    version: cached.version,
+                    snapshot_version: cached.snapshot_version,
+                });
             }
         }
         let loaded = self.load_uncached::<A>(id, true).await?;

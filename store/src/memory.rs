@@ -115,7 +115,7 @@ impl InMemoryEventStore {
         }
         if !any_new {
             let streams: Vec<AppendResult> = originals.into_iter().flatten().collect();
-            return Ok(summarise(streams, true));
+            return Ok(MultiAppendResult::from_streams(streams, true));
         }
         if let Some(index) = originals.iter().position(Option::is_some) {
             // Part of this commit is already in the log: not a retry of it.
@@ -175,24 +175,7 @@ impl InMemoryEventStore {
                 duplicate: false,
             });
         }
-        Ok(summarise(results, false))
-    }
-}
-
-fn summarise(streams: Vec<AppendResult>, duplicate: bool) -> MultiAppendResult {
-    MultiAppendResult {
-        first_position: streams
-            .iter()
-            .map(|s| s.first_position)
-            .min()
-            .unwrap_or_default(),
-        last_position: streams
-            .iter()
-            .map(|s| s.last_position)
-            .max()
-            .unwrap_or_default(),
-        streams,
-        duplicate,
+        Ok(MultiAppendResult::from_streams(results, false))
     }
 }
 

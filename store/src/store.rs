@@ -189,13 +189,13 @@ pub(crate) fn validate_appends(
                 });
             }
             bytes += event.payload.len();
-            if let Some(id) = event.event_id {
-                if !ids.insert(id) {
-                    return Err(StoreError::IdempotencyConflict {
-                        event_id: id,
-                        existing: Position::ZERO,
-                    });
-                }
+            if let Some(id) = event.event_id
+                && !ids.insert(id)
+            {
+                return Err(StoreError::IdempotencyConflict {
+                    event_id: id,
+                    existing: Position::ZERO,
+                });
             }
         }
     }

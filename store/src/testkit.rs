@@ -1,10 +1,12 @@
 //! A given/when/then kit for aggregates (feature `test-utils`).
 //!
+//! ```text
+//! given::<Product>(vec![registered(), received(5)])
+//!     .when(ProductCommand::Reserve { order_id: "o-1".into(), quantity: 9 })
+//!     .then_expect_error_code("INSUFFICIENT_STOCK");
 //! ```
-//! # use annals_store::testkit::given;
-//! # // See the domain tests of the `annals` package for real use:
-//! # // given::<Product>(vec![registered()]).when(ReceiveStock { .. }).then_expect_events(vec![..]);
-//! ```
+//!
+//! `tests/domain_rules.rs` of the `annals` package uses it for every rule of the domain.
 
 use std::fmt::Debug;
 

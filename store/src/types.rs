@@ -377,6 +377,26 @@ pub struct MultiAppendResult {
     pub duplicate: bool,
 }
 
+impl MultiAppendResult {
+    /// Summarises per-stream results: the commit spans their lowest to highest position.
+    pub fn from_streams(streams: Vec<AppendResult>, duplicate: bool) -> Self {
+        Self {
+            first_position: streams
+                .iter()
+                .map(|s| s.first_position)
+                .min()
+                .unwrap_or_default(),
+            last_position: streams
+                .iter()
+                .map(|s| s.last_position)
+                .max()
+                .unwrap_or_default(),
+            streams,
+            duplicate,
+        }
+    }
+}
+
 /// Which way to read a stream.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Direction {

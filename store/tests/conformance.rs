@@ -551,7 +551,7 @@ async fn invalid_input<S: EventStore>(store: S) {
         }
         other => panic!("10 KB stream id accepted: {other:?}"),
     }
-    assert!(matches!(serde_json::from_str::<StreamId>("\"\""), Err(_)));
+    assert!(serde_json::from_str::<StreamId>("\"\"").is_err());
 
     for bad_type in ["", "has space", "emoji😀", &"T".repeat(129)] {
         let r = store

@@ -397,10 +397,10 @@ impl Inner {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        if let Some(handle) = handle {
-            if handle.join().is_err() {
-                tracing::error!("the writer thread panicked");
-            }
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            tracing::error!("the writer thread panicked");
         }
     }
 }
@@ -518,12 +518,11 @@ impl SnapshotStore for RocksEventStore {
         // Snapshots are saved off the command path by concurrent tasks: serialise them so
         // an older one never overwrites a newer one.
         let _guard = self.inner.snapshot_lock.lock().await;
-        if let Some(existing) = self.load_snapshot(stream).await? {
-            if existing.version >= snapshot.version
-                && existing.schema_version == snapshot.schema_version
-            {
-                return Ok(());
-            }
+        if let Some(existing) = self.load_snapshot(stream).await?
+            && existing.version >= snapshot.version
+            && existing.schema_version == snapshot.schema_version
+        {
+            return Ok(());
         }
         self.inner.db.put_cf(
             self.cf(CF_SNAPSHOTS),

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::Receiver;
 use rocksdb::{DB, WriteBatch, WriteOptions};
 use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 use uuid::Uuid;
@@ -131,10 +131,7 @@ impl Writer {
                 {
                     break;
                 }
-                next = match requests.try_recv() {
-                    Ok(request) => Some(request),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-                };
+                next = requests.try_recv().ok();
             }
             if !group.is_empty() {
                 self.commit(&mut group);
@@ -245,7 +242,7 @@ impl Writer {
         }
         if duplicates.iter().all(Option::is_some) {
             let streams: Vec<AppendResult> = duplicates.into_iter().flatten().collect();
-            return Ok(multi_result(streams, true));
+            return Ok(MultiAppendResult::from_streams(streams, true));
         }
         if let Some(index) = duplicates.iter().position(Option::is_some) {
             // Part of this commit is already in the log: not a retry of it.
@@ -342,7 +339,7 @@ impl Writer {
             });
             group.versions.insert(append.stream_id, last_version);
         }
-        Ok(multi_result(results, false))
+        Ok(MultiAppendResult::from_streams(results, false))
     }
 
     /// The stream's version as of the group built so far: the group's own writes, then the
@@ -443,24 +440,5 @@ impl Writer {
             last_position: Position(first.position.0 + n as u64 - 1),
             duplicate: true,
         }))
-    }
-}
-
-fn multi_result(streams: Vec<AppendResult>, duplicate: bool) -> MultiAppendResult {
-    let first_position = streams
-        .iter()
-        .map(|s| s.first_position)
-        .min()
-        .unwrap_or_default();
-    let last_position = streams
-        .iter()
-        .map(|s| s.last_position)
-        .max()
-        .unwrap_or_default();
-    MultiAppendResult {
-        streams,
-        first_position,
-        last_position,
-        duplicate,
     }
 }

@@ -1,0 +1,83 @@
+//! Committed fixtures of the on-disk record format.
+//!
+//! `fixtures/record-v1.hex` holds a record encoded by format 1 and its chain hash. A build
+//! that encodes it differently, or cannot decode it, would break every existing data
+//! directory and every exported hash chain, so this test must fail first.
+//! Regenerate only for a deliberate format change: `ANNALS_REGENERATE_FIXTURES=1`.
+
+use annals_store::codec::{self, RecordFields};
+use annals_store::{Metadata, Position, RecordedEvent, StreamId, Timestamp};
+use uuid::Uuid;
+
+fn sample() -> RecordedEvent {
+    let mut event = RecordedEvent {
+        position: Position(42),
+        stream_id: StreamId::new("order-7f3a").unwrap(),
+        stream_version: 3,
+        event_id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001),
+        event_type: "OrderPlaced".into(),
+        schema_version: 2,
+        recorded_at: Timestamp(1_763_900_000_123_456),
+        metadata: Metadata {
+            correlation_id: Some(Uuid::from_u128(0xc0)),
+            causation_id: None,
+            actor: Some("api-key:reader-1".into()),
+            extra: [("ip".to_string(), "127.0.0.1".to_string())].into(),
+        },
+        payload: br#"{"customer_id":"c-1","lines":[],"total_cents":0}"#.to_vec(),
+        prev_hash: [7; 32],
+        hash: [0; 32],
+    };
+    event.hash = codec::recompute_hash(&event);
+    event
+}
+
+fn encode(event: &RecordedEvent) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    codec::encode_record(
+        &RecordFields::of(event),
+        &event.prev_hash,
+        &event.hash,
+        &mut bytes,
+    );
+    bytes
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    let s = s.trim();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn record_format_v1_is_stable() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/record-v1.hex");
+    let event = sample();
+    if std::env::var("ANNALS_REGENERATE_FIXTURES").is_ok() {
+        std::fs::write(
+            path,
+            format!("{}\n{}\n", hex(&encode(&event)), hex(&event.hash)),
+        )
+        .unwrap();
+    }
+    let fixture = std::fs::read_to_string(path).unwrap();
+    let mut lines = fixture.lines();
+    let bytes = unhex(lines.next().unwrap());
+    let hash = unhex(lines.next().unwrap());
+
+    let decoded = codec::decode_record(&bytes).expect("the committed record decodes");
+    assert_eq!(decoded, event, "decoding format 1 changed");
+    assert_eq!(decoded.hash.as_slice(), hash.as_slice());
+    assert_eq!(
+        codec::recompute_hash(&decoded).as_slice(),
+        hash.as_slice(),
+        "hash rule changed"
+    );
+    assert_eq!(encode(&event), bytes, "encoding format 1 changed");
+}
