@@ -54,7 +54,18 @@ async fn product_with_stock(app: &Commerce<RocksEventStore>, id: &str, price: u6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_buyers_for_ten_units() {
     let dir = tempfile::tempdir().unwrap();
-    let app = Arc::new(commerce(open(dir.path())));
+    // 64 buyers racing for one stream: with the default 4 attempts some buyers can run out
+    // of attempts while units are left (they get CONFLICT). Enough attempts for the race
+    // to settle make the outcome exact.
+    let bus = CommandBus::with_options(
+        open(dir.path()),
+        domain::upcasters(),
+        BusOptions {
+            max_attempts: 64,
+            ..BusOptions::default()
+        },
+    );
+    let app = Arc::new(Commerce::new(bus));
     product_with_stock(&app, "last", 500, 10).await;
 
     let mut tasks = Vec::new();

@@ -358,6 +358,9 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
             match tx.commit().await {
                 Err(StoreError::WrongExpectedVersion { stream, .. }) => {
                     last_conflict = Some(stream);
+                    if attempt + 1 < attempts {
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
                 }
                 Err(error @ StoreError::IdempotencyConflict { .. })
                     if ctx.idempotency_key.is_some() =>
@@ -376,6 +379,15 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
             attempts,
         })
     }
+}
+
+/// The pause before retry `attempt + 1`: random in `0..=2^attempt ms`, capped at 64 ms.
+/// Losers of a race that retried in lockstep would collide again; the jitter spreads them
+/// over the next commits so a hot aggregate keeps making progress.
+fn backoff(attempt: u32) -> std::time::Duration {
+    let ceiling_us = 1_000u64 << attempt.min(6);
+    let random = (Uuid::new_v4().as_u128() as u64) % (ceiling_us + 1);
+    std::time::Duration::from_micros(random)
 }
 
 /// A command's decision over one or more aggregates, run by [`CommandBus::run`].

@@ -364,6 +364,10 @@ impl Writer {
         append: &StreamAppend,
         group: &Group,
     ) -> Result<Option<AppendResult>, StoreError> {
+        // Generated ids cannot be in the log yet: the common case needs no lookup at all.
+        if append.events.iter().all(|e| e.event_id.is_none()) {
+            return Ok(None);
+        }
         let n = append.events.len();
         let mut found: Vec<Option<(EventIdEntry, Uuid)>> = Vec::with_capacity(n);
         let mut first_known: Option<(Uuid, Position)> = None;
