@@ -162,10 +162,12 @@ pub(crate) fn validate_appends(
     }
     let mut events = 0usize;
     let mut bytes = 0usize;
-    let mut streams = HashSet::with_capacity(appends.len());
+    // Most appends name one stream: only a multi-stream append needs the duplicate check,
+    // so the common case allocates nothing here.
+    let mut streams = HashSet::with_capacity(if appends.len() > 1 { appends.len() } else { 0 });
     let mut ids = HashSet::new();
     for append in appends {
-        if !streams.insert(append.stream_id.as_str()) {
+        if appends.len() > 1 && !streams.insert(append.stream_id.as_str()) {
             return Err(StoreError::DuplicateStream {
                 stream: append.stream_id.clone(),
             });

@@ -161,13 +161,15 @@ impl Writer {
             recorded_at: Timestamp::now(),
             events: 0,
         };
-        let mut outcomes: Vec<(Reply, Result<MultiAppendResult, StoreError>)> =
-            Vec::with_capacity(requests.len());
-        let mut permits = Vec::with_capacity(requests.len());
+        // Each permit travels with its reply and is released when the caller is answered.
+        let mut outcomes: Vec<(
+            Reply,
+            Result<MultiAppendResult, StoreError>,
+            OwnedSemaphorePermit,
+        )> = Vec::with_capacity(requests.len());
         for (appends, reply, permit) in requests.drain(..) {
             let outcome = self.stage(appends, &mut group);
-            outcomes.push((reply, outcome));
-            permits.push(permit);
+            outcomes.push((reply, outcome, permit));
         }
 
         if group.events > 0 {
@@ -188,7 +190,7 @@ impl Writer {
                 }
                 Err(error) => {
                     tracing::error!(%error, "group commit failed; no append of it is acknowledged");
-                    for (_, outcome) in &mut outcomes {
+                    for (_, outcome, _) in &mut outcomes {
                         if outcome.is_ok() {
                             *outcome = Err(StoreError::Storage(error.clone()));
                         }
@@ -197,7 +199,7 @@ impl Writer {
                 }
             }
         }
-        for (reply, outcome) in outcomes {
+        for (reply, outcome, permit) in outcomes {
             let counter = if outcome.is_ok() {
                 &self.stats.appends
             } else {
@@ -206,8 +208,8 @@ impl Writer {
             counter.fetch_add(1, Ordering::Relaxed);
             // A caller that stopped waiting is no reason to fail the others.
             let _ = reply.send(outcome);
+            drop(permit);
         }
-        drop(permits);
     }
 
     /// After a failed write RocksDB may or may not hold part of the batch (a WAL write that
