@@ -1,16 +1,55 @@
 //! # annals-projections: projection runtime and read-model storage
 //!
-//! Workers that tail the event log of `annals-store` and keep read models current. The
-//! runtime arrives with the projections issue; this crate holds its place in the workspace
-//! so the dependency direction is fixed from the start.
+//! Workers that tail the event log of `annals-store` and keep read models current, in a
+//! RocksDB instance of their own (`<data-dir>/read`).
 //!
-//! ## Invariants (to hold once built)
+//! ## Key types
 //!
-//! - A read model reflects exactly the events up to its checkpoint: the read-model changes
-//!   of a batch and its checkpoint are written in one `WriteBatch`.
-//! - Workers never read past the store's durable head.
+//! - [`Projection`]: the role of a read-model builder — a name, a version, an event filter,
+//!   a [`PoisonPolicy`] and `handle(&RecordedEvent, &mut ReadModelTx)`.
+//! - [`ReadModelStore`]: the read-model database; [`ReadView`] reads the generation that
+//!   serves a projection, [`ReadModelTx`] is all a handler may write through.
+//! - [`ProjectionRuntime`]: one worker per projection; status, pause/resume/rewind,
+//!   blue/green [`rebuild`](ProjectionRuntime::rebuild), parked events, and
+//!   [`wait_for`](ProjectionRuntime::wait_for) for reading one's own writes.
+//! - [`ProjectionError`]: the one error type, with a stable [`ProjectionError::code`].
+//!
+//! ## Invariants
+//!
+//! - **Exactly the events up to the checkpoint.** A worker writes a batch's read-model
+//!   changes and the checkpoint in one `WriteBatch`: after any crash a read model is the
+//!   fold of the events up to its checkpoint, none applied twice, none skipped.
+//! - **Never past the durable head.** Workers read through `EventStore::read_all`, which
+//!   stops at the durable head, and wake on `subscribe_head`, which moves only after a
+//!   commit is durable. Positions are gapless, so there is no gap detection.
+//! - **Blue/green rebuilds.** A rebuild fills a new keyspace generation while the serving
+//!   generation keeps answering and following the log; the take-over is one batch (active
+//!   generation, rebuild record) followed by one in-memory switch, and the serving
+//!   checkpoint never moves backwards in it. The old generation is dropped after a delay.
+//! - **A bad event does not stop the world.** A failing (or panicking) handler is retried
+//!   with backoff, then its event is parked (continue policy) or the projection stops
+//!   before it (stop policy), per projection.
 //!
 //! ## Dependencies
 //!
-//! Depends on `annals-store` only; must never depend on the `annals` package, GraphQL or
-//! HTTP.
+//! Depends on `annals-store` only; must never depend on the `annals` package, on GraphQL or
+//! on HTTP, and knows no business domain.
+
+mod error;
+pub mod keys;
+mod projection;
+mod runtime;
+mod storage;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testkit;
+
+pub use error::{HandlerError, ProjectionError};
+pub use keys::Generation;
+pub use projection::{PoisonPolicy, Projection, validate_name};
+pub use runtime::{
+    ProjectionRuntime, ProjectionState, ProjectionStatus, RebuildProgress, RuntimeOptions,
+    build_until,
+};
+pub use storage::{
+    ActiveRecord, ParkedEvent, ReadModelStore, ReadModelTx, ReadView, RebuildRecord,
+};

@@ -1,0 +1,122 @@
+//! Column families and key encodings of the read-model database, in one place.
+//!
+//! The read models live in their own RocksDB instance (`<data-dir>/read`), never in the
+//! event log's. Each projection writes into a *keyspace*: the projection's name and a
+//! generation number prefix every key it writes, so a rebuild can fill generation N+1 next
+//! to the generation N that keeps serving, and dropping a generation is one range delete.
+
+use annals_store::Position;
+
+/// Read-model rows of every projection and generation: `keyspace_prefix ‖ user key`.
+pub const CF_DATA: &str = "data";
+/// Checkpoints, active generations, rebuild states, parked events, the format version.
+pub const CF_META: &str = "meta";
+/// Every column family, in the order they are opened.
+pub const ALL_CFS: [&str; 2] = [CF_DATA, CF_META];
+
+/// Version of the layout described here; a directory with a newer one is refused.
+pub const FORMAT_VERSION: u8 = 1;
+/// Meta key of the format version.
+pub const FORMAT_KEY: &[u8] = b"format";
+
+/// The generation a projection's keyspace was built as; bumped by every rebuild.
+pub type Generation = u32;
+
+/// Prefix of every key of one projection generation: `name ‖ 0x00 ‖ generation (BE u32)`.
+/// Names never contain 0x00, so no prefix is a prefix of another projection's.
+pub fn keyspace_prefix(name: &str, generation: Generation) -> Vec<u8> {
+    let mut key = Vec::with_capacity(name.len() + 5);
+    key.extend_from_slice(name.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&generation.to_be_bytes());
+    key
+}
+
+/// The first key after every key that starts with `prefix` (for range deletes and upper
+/// bounds); `None` when no such key exists (all bytes 0xff).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn meta_key(kind: &str, name: &str, suffix: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(kind.len() + name.len() + 2 + suffix.len());
+    key.extend_from_slice(kind.as_bytes());
+    key.push(0);
+    key.extend_from_slice(name.as_bytes());
+    key.push(0);
+    key.extend_from_slice(suffix);
+    key
+}
+
+/// Meta key of the generation that serves a projection's readers (JSON `ActiveRecord`).
+pub fn active_key(name: &str) -> Vec<u8> {
+    meta_key("active", name, &[])
+}
+
+/// Meta key of the rebuild in progress of a projection, if any (JSON `RebuildRecord`).
+pub fn rebuild_key(name: &str) -> Vec<u8> {
+    meta_key("rebuild", name, &[])
+}
+
+/// Meta key of the checkpoint of one generation: the last position applied (BE u64).
+pub fn checkpoint_key(name: &str, generation: Generation) -> Vec<u8> {
+    meta_key("ckpt", name, &generation.to_be_bytes())
+}
+
+/// Meta key of a generation waiting to be dropped (written in the take-over's batch).
+pub fn drop_key(name: &str, generation: Generation) -> Vec<u8> {
+    meta_key("drop", name, &generation.to_be_bytes())
+}
+
+/// Prefix of every pending drop of a projection.
+pub fn drop_prefix(name: &str) -> Vec<u8> {
+    meta_key("drop", name, &[])
+}
+
+/// Meta key of a parked (dead-lettered) event: big-endian position, so they list in order.
+pub fn parked_key(name: &str, position: Position) -> Vec<u8> {
+    meta_key("parked", name, &position.0.to_be_bytes())
+}
+
+/// Prefix of every parked event of a projection.
+pub fn parked_prefix(name: &str) -> Vec<u8> {
+    meta_key("parked", name, &[])
+}
+
+/// Encodes a checkpoint value.
+pub fn encode_position(position: Position) -> [u8; 8] {
+    position.0.to_be_bytes()
+}
+
+/// Decodes a checkpoint value.
+pub fn decode_position(bytes: &[u8]) -> Option<Position> {
+    Some(Position(u64::from_be_bytes(bytes.try_into().ok()?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyspaces_of_different_projections_never_nest() {
+        let a = keyspace_prefix("orders", 1);
+        let b = keyspace_prefix("orders2", 1);
+        assert!(!b.starts_with(&a));
+        assert!(!a.starts_with(&b));
+        assert!(keyspace_prefix("orders", 2) > a);
+    }
+
+    #[test]
+    fn prefix_end_is_the_next_key() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+    }
+}

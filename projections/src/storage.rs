@@ -1,0 +1,439 @@
+//! `ReadModelStore`: the RocksDB instance that holds every read model, and the two ways
+//! into it — [`ReadView`] for readers and [`ReadModelTx`] for projection handlers.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use annals_store::Position;
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Direction, IteratorMode, Options,
+    ReadOptions, WriteBatch,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ProjectionError;
+use crate::keys::{self, CF_DATA, CF_META, Generation};
+
+/// Which generation serves a projection's readers, and which projection version built it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveRecord {
+    /// The keyspace generation.
+    pub generation: Generation,
+    /// The projection version whose handler built it.
+    pub version: u32,
+}
+
+/// A blue/green rebuild in progress: the generation being filled and the version filling it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildRecord {
+    /// The keyspace generation being built.
+    pub generation: Generation,
+    /// The projection version whose handler builds it.
+    pub version: u32,
+    /// When the rebuild started (microseconds since the Unix epoch).
+    pub started_at_micros: i64,
+}
+
+/// An event a projection could not apply after its retries, set aside so the projection
+/// could move on. It can be listed and replayed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParkedEvent {
+    /// The projection that parked it.
+    pub projection: String,
+    /// The event's global position.
+    pub position: u64,
+    /// The event's id.
+    pub event_id: String,
+    /// The event's stream.
+    pub stream_id: String,
+    /// The event's type.
+    pub event_type: String,
+    /// The handler's last error.
+    pub error: String,
+    /// How many times the handler was tried.
+    pub attempts: u32,
+    /// When it was parked (microseconds since the Unix epoch).
+    pub parked_at_micros: i64,
+}
+
+/// The read-model database (`<data-dir>/read`): one RocksDB instance, separate from the
+/// event log, with a keyspace per projection generation (see [`crate::keys`]).
+pub struct ReadModelStore {
+    db: DB,
+    path: PathBuf,
+    /// The generation each projection's readers use; changed only by a take-over, after
+    /// the take-over's batch is written.
+    active: RwLock<HashMap<String, Generation>>,
+}
+
+impl std::fmt::Debug for ReadModelStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadModelStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn db_options() -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_max_background_jobs(2);
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts
+}
+
+impl ReadModelStore {
+    /// Opens (or creates) the read-model database in `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, ProjectionError> {
+        let path = path.as_ref().to_path_buf();
+        std::fs::create_dir_all(&path).map_err(|e| ProjectionError::Corruption {
+            what: path.display().to_string(),
+            reason: format!("cannot create the directory: {e}"),
+        })?;
+        let opts = db_options();
+        let cfs = keys::ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, db_options_for(name)));
+        let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| {
+            if e.as_ref().contains("lock") {
+                ProjectionError::Locked { path: path.clone() }
+            } else {
+                ProjectionError::Storage(e)
+            }
+        })?;
+        let meta = db
+            .cf_handle(CF_META)
+            .expect("meta column family was just opened");
+        match db.get_cf(meta, keys::FORMAT_KEY)? {
+            None => db.put_cf(meta, keys::FORMAT_KEY, [keys::FORMAT_VERSION])?,
+            Some(v) if v.as_slice() == [keys::FORMAT_VERSION] => {}
+            Some(v) => {
+                return Err(ProjectionError::UnsupportedFormat {
+                    found: v.first().copied().unwrap_or(0),
+                    supported: keys::FORMAT_VERSION,
+                });
+            }
+        }
+        Ok(Self {
+            db,
+            path,
+            active: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The directory of the database.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("every column family is opened with the database")
+    }
+
+    /// A reader over the generation that currently serves `projection`.
+    pub fn view(&self, projection: &str) -> Result<ReadView<'_>, ProjectionError> {
+        let generation = self.active_generation(projection).ok_or_else(|| {
+            ProjectionError::UnknownProjection {
+                name: projection.to_string(),
+            }
+        })?;
+        Ok(self.view_generation(projection, generation))
+    }
+
+    /// A reader over one generation of a projection.
+    pub(crate) fn view_generation(&self, projection: &str, generation: Generation) -> ReadView<'_> {
+        ReadView {
+            store: self,
+            prefix: keys::keyspace_prefix(projection, generation),
+        }
+    }
+
+    /// The generation serving `projection`'s readers, if the projection is known.
+    pub fn active_generation(&self, projection: &str) -> Option<Generation> {
+        if let Some(g) = self.active.read().expect("active map lock").get(projection) {
+            return Some(*g);
+        }
+        let record: ActiveRecord = self.meta_json(&keys::active_key(projection)).ok()??;
+        Some(record.generation)
+    }
+
+    pub(crate) fn set_active(&self, projection: &str, generation: Generation) {
+        self.active
+            .write()
+            .expect("active map lock")
+            .insert(projection.to_string(), generation);
+    }
+
+    /// The last position a generation of a projection has applied (0 when none).
+    pub fn checkpoint(
+        &self,
+        projection: &str,
+        generation: Generation,
+    ) -> Result<Position, ProjectionError> {
+        let key = keys::checkpoint_key(projection, generation);
+        match self.db.get_pinned_cf(self.cf(CF_META), &key)? {
+            None => Ok(Position::ZERO),
+            Some(v) => keys::decode_position(&v).ok_or_else(|| ProjectionError::Corruption {
+                what: format!("checkpoint of {projection}"),
+                reason: "not an 8-byte position".into(),
+            }),
+        }
+    }
+
+    pub(crate) fn meta_json<T: DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, ProjectionError> {
+        match self.db.get_pinned_cf(self.cf(CF_META), key)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+        }
+    }
+
+    pub(crate) fn meta_scan(
+        &self,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProjectionError> {
+        scan_raw(&self.db, self.cf(CF_META), prefix, None, usize::MAX)
+    }
+
+    pub(crate) fn write(&self, batch: WriteBatch) -> Result<(), ProjectionError> {
+        // No fsync: a read model is rebuildable, and its checkpoint is in the same batch, so
+        // after a crash it resumes from the last batch the WAL kept.
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Deletes every row of one generation and its pending-drop marker.
+    pub(crate) fn drop_generation(
+        &self,
+        projection: &str,
+        generation: Generation,
+    ) -> Result<(), ProjectionError> {
+        let prefix = keys::keyspace_prefix(projection, generation);
+        let mut batch = WriteBatch::default();
+        if let Some(end) = keys::prefix_end(&prefix) {
+            batch.delete_range_cf(self.cf(CF_DATA), &prefix, &end);
+        }
+        batch.delete_cf(self.cf(CF_META), keys::drop_key(projection, generation));
+        batch.delete_cf(
+            self.cf(CF_META),
+            keys::checkpoint_key(projection, generation),
+        );
+        self.write(batch)
+    }
+
+    /// The parked events of a projection, in position order.
+    pub fn parked(&self, projection: &str) -> Result<Vec<ParkedEvent>, ProjectionError> {
+        self.meta_scan(&keys::parked_prefix(projection))?
+            .into_iter()
+            .map(|(_, v)| Ok(serde_json::from_slice(&v)?))
+            .collect()
+    }
+
+    /// Every row of the generation serving `projection`, keys without the keyspace prefix:
+    /// for comparing two builds of one read model.
+    pub fn dump(&self, projection: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProjectionError> {
+        self.view(projection)?.scan(&[], None, usize::MAX)
+    }
+}
+
+fn db_options_for(name: &str) -> Options {
+    let mut opts = Options::default();
+    opts.set_compression_type(DBCompressionType::Lz4);
+    if name == CF_DATA {
+        // Point lookups dominate (order by id, product by id): a bloom filter saves reads.
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        opts.set_block_based_table_factory(&table);
+    }
+    opts
+}
+
+/// Up to `limit` rows whose keys start with `prefix` and sort after `after` (exclusive,
+/// a full key), keys returned whole.
+fn scan_raw(
+    db: &DB,
+    cf: &ColumnFamily,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProjectionError> {
+    let mut opts = ReadOptions::default();
+    if let Some(end) = keys::prefix_end(prefix) {
+        opts.set_iterate_upper_bound(end);
+    }
+    let start = match after {
+        Some(after) if after >= prefix => after.to_vec(),
+        _ => prefix.to_vec(),
+    };
+    let mut rows = Vec::new();
+    for item in db.iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward)) {
+        let (key, value) = item?;
+        if !key.starts_with(prefix) {
+            break;
+        }
+        if after.is_some_and(|a| key.as_ref() <= a) {
+            continue;
+        }
+        rows.push((key.into_vec(), value.into_vec()));
+        if rows.len() >= limit {
+            break;
+        }
+    }
+    Ok(rows)
+}
+
+/// A reader over one projection generation. Keys are the projection's own keys, without
+/// the keyspace prefix.
+pub struct ReadView<'a> {
+    store: &'a ReadModelStore,
+    prefix: Vec<u8>,
+}
+
+impl ReadView<'_> {
+    fn full_key(&self, key: &[u8]) -> Vec<u8> {
+        let mut full = Vec::with_capacity(self.prefix.len() + key.len());
+        full.extend_from_slice(&self.prefix);
+        full.extend_from_slice(key);
+        full
+    }
+
+    /// The value stored under `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
+        Ok(self
+            .store
+            .db
+            .get_pinned_cf(self.store.cf(CF_DATA), self.full_key(key))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// The JSON value stored under `key`.
+    pub fn get_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, ProjectionError> {
+        match self
+            .store
+            .db
+            .get_pinned_cf(self.store.cf(CF_DATA), self.full_key(key))?
+        {
+            None => Ok(None),
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+        }
+    }
+
+    /// Up to `limit` rows whose keys start with `prefix`, in key order, after the key
+    /// `after` (exclusive) when given: the building block of cursor pagination.
+    pub fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProjectionError> {
+        let full_prefix = self.full_key(prefix);
+        let after = after.map(|a| self.full_key(a));
+        let rows = scan_raw(
+            &self.store.db,
+            self.store.cf(CF_DATA),
+            &full_prefix,
+            after.as_deref(),
+            limit,
+        )?;
+        let strip = self.prefix.len();
+        Ok(rows
+            .into_iter()
+            .map(|(mut k, v)| {
+                k.drain(..strip);
+                (k, v)
+            })
+            .collect())
+    }
+}
+
+/// What a projection handler writes through: reads see the handler's own writes (of this
+/// event and of the earlier events of the batch), and nothing reaches the database until
+/// the worker commits the whole batch together with the checkpoint.
+pub struct ReadModelTx<'a> {
+    view: ReadView<'a>,
+    /// Changes of the events of this batch that were applied successfully.
+    batch: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Changes of the event being applied; dropped if its handler fails.
+    staged: HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> ReadModelTx<'a> {
+    pub(crate) fn new(view: ReadView<'a>) -> Self {
+        Self {
+            view,
+            batch: HashMap::new(),
+            staged: HashMap::new(),
+        }
+    }
+
+    /// The value under `key` as this batch has left it.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
+        if let Some(v) = self.staged.get(key).or_else(|| self.batch.get(key)) {
+            return Ok(v.clone());
+        }
+        self.view.get(key)
+    }
+
+    /// The JSON value under `key` as this batch has left it.
+    pub fn get_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, ProjectionError> {
+        if let Some(v) = self.staged.get(key).or_else(|| self.batch.get(key)) {
+            return match v {
+                None => Ok(None),
+                Some(bytes) => Ok(Some(serde_json::from_slice(bytes)?)),
+            };
+        }
+        self.view.get_json(key)
+    }
+
+    /// Stores `value` under `key`.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.staged.insert(key.into(), Some(value.into()));
+    }
+
+    /// Stores `value` as JSON under `key`.
+    pub fn put_json<T: Serialize>(
+        &mut self,
+        key: impl Into<Vec<u8>>,
+        value: &T,
+    ) -> Result<(), ProjectionError> {
+        let bytes = serde_json::to_vec(value)?;
+        self.put(key, bytes);
+        Ok(())
+    }
+
+    /// Removes `key`.
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
+        self.staged.insert(key.into(), None);
+    }
+
+    /// Keeps the staged changes of the event just applied.
+    pub(crate) fn accept(&mut self) {
+        self.batch.extend(self.staged.drain());
+    }
+
+    /// Drops the staged changes of an event whose handler failed.
+    pub(crate) fn discard(&mut self) {
+        self.staged.clear();
+    }
+
+    /// Turns the accepted changes into a write batch.
+    pub(crate) fn into_batch(self) -> WriteBatch {
+        let mut batch = WriteBatch::default();
+        let cf = self.view.store.cf(CF_DATA);
+        for (key, value) in self.batch {
+            let full = self.view.full_key(&key);
+            match value {
+                Some(v) => batch.put_cf(cf, full, v),
+                None => batch.delete_cf(cf, full),
+            }
+        }
+        batch
+    }
+}
