@@ -16,3 +16,4 @@
 
 pub mod cli;
 pub mod domain;
+pub mod read_models;

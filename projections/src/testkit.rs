@@ -99,6 +99,13 @@ impl<P: Projection> Given<P> {
     /// Applies the events in one batch and hands the resulting read model to `check`.
     /// Panics (fails the test) if the batch could not be written or an event was parked.
     pub fn then_read_model(self, check: impl FnOnce(&ReadView<'_>)) {
+        let name = self.projection.name().to_string();
+        self.then_store(|read| check(&read.view(&name).expect("projection is active")));
+    }
+
+    /// Like [`Self::then_read_model`], handing over the whole read-model database (for
+    /// query layers built on [`ReadModelStore`]).
+    pub fn then_store(self, check: impl FnOnce(&Arc<ReadModelStore>)) {
         let dir = tempfile::tempdir().expect("temporary directory");
         let read = ReadModelStore::open(dir.path()).expect("read-model database opens");
         let name = self.projection.name().to_string();
@@ -121,6 +128,6 @@ impl<P: Projection> Given<P> {
         if let Some(error) = applied.last_error {
             panic!("an event was not applied: {error}");
         }
-        check(&read.view(&name).expect("projection is active"));
+        check(&Arc::new(read));
     }
 }

@@ -1,0 +1,275 @@
+//! The read models of the reference domain, built by two projections:
+//!
+//! - `orders`: order details; orders by customer, by status, by both and all orders, each
+//!   an index ordered by the position the order was placed at; per-customer statistics.
+//! - `products`: stock per product (on hand, reserved, available) and a low-stock index
+//!   ordered by available units.
+//!
+//! [`CommerceReadModels`] answers the queries over them, with cursor pagination done in
+//! the read-model store (a cursor is the hex of the index key it stopped at).
+
+mod orders;
+mod products;
+
+use std::sync::Arc;
+
+use annals_projections::{Projection, ProjectionError, ReadModelStore, ReadView};
+use serde::{Deserialize, Serialize};
+
+pub use orders::{CustomerStats, OrderLineView, OrderView, OrdersProjection};
+pub use products::{ProductView, ProductsProjection};
+
+use crate::domain::OrderStatus;
+
+/// Name of the orders projection.
+pub const ORDERS: &str = "orders";
+/// Name of the products projection.
+pub const PRODUCTS: &str = "products";
+
+/// The projections of the reference domain, in the order the runtime starts them.
+pub fn projections() -> Vec<Arc<dyn Projection>> {
+    vec![Arc::new(OrdersProjection), Arc::new(ProductsProjection)]
+}
+
+/// Page-size limits of list queries.
+#[derive(Clone, Copy, Debug)]
+pub struct PageLimits {
+    /// Page size when the client gives none.
+    pub default: usize,
+    /// Largest page a client may ask for.
+    pub max: usize,
+}
+
+impl Default for PageLimits {
+    fn default() -> Self {
+        Self {
+            default: 20,
+            max: 100,
+        }
+    }
+}
+
+/// One page of a list query.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// The items, each with the cursor that resumes after it.
+    pub items: Vec<(String, T)>,
+    /// Whether more items follow the last one.
+    pub has_next_page: bool,
+}
+
+impl<T> Page<T> {
+    /// The cursor of the last item.
+    pub fn end_cursor(&self) -> Option<&str> {
+        self.items.last().map(|(c, _)| c.as_str())
+    }
+}
+
+/// Why a read-model query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// A cursor that this API did not hand out.
+    #[error("invalid cursor")]
+    InvalidCursor,
+    /// A page size of zero or above the maximum.
+    #[error("page size must be between 1 and {max}")]
+    InvalidPageSize {
+        /// The maximum.
+        max: usize,
+    },
+    /// The read models failed.
+    #[error(transparent)]
+    ReadModel(#[from] ProjectionError),
+}
+
+impl QueryError {
+    /// The stable code of this error for API clients.
+    pub fn code(&self) -> &'static str {
+        match self {
+            QueryError::InvalidCursor | QueryError::InvalidPageSize { .. } => "BAD_USER_INPUT",
+            QueryError::ReadModel(e) => e.code(),
+        }
+    }
+}
+
+/// Which orders to list.
+#[derive(Clone, Debug, Default)]
+pub struct OrderFilter {
+    /// Only this customer's orders.
+    pub customer_id: Option<String>,
+    /// Only orders in this status.
+    pub status: Option<OrderStatus>,
+}
+
+/// The queries of the reference domain over its read models.
+#[derive(Clone, Debug)]
+pub struct CommerceReadModels {
+    read: Arc<ReadModelStore>,
+    limits: PageLimits,
+}
+
+impl CommerceReadModels {
+    /// Queries over `read` with these page limits.
+    pub fn new(read: Arc<ReadModelStore>, limits: PageLimits) -> Self {
+        Self { read, limits }
+    }
+
+    /// The page limits.
+    pub fn limits(&self) -> PageLimits {
+        self.limits
+    }
+
+    fn page_size(&self, first: Option<usize>) -> Result<usize, QueryError> {
+        let size = first.unwrap_or(self.limits.default);
+        if size == 0 || size > self.limits.max {
+            return Err(QueryError::InvalidPageSize {
+                max: self.limits.max,
+            });
+        }
+        Ok(size)
+    }
+
+    /// One order.
+    pub fn order(&self, id: &str) -> Result<Option<OrderView>, QueryError> {
+        Ok(self.read.view(ORDERS)?.get_json(&orders::order_key(id))?)
+    }
+
+    /// Orders by placement, filtered by customer and/or status.
+    pub fn orders(
+        &self,
+        filter: &OrderFilter,
+        first: Option<usize>,
+        after: Option<&str>,
+    ) -> Result<Page<OrderView>, QueryError> {
+        let size = self.page_size(first)?;
+        let view = self.read.view(ORDERS)?;
+        let prefix = orders::index_prefix(filter.customer_id.as_deref(), filter.status);
+        let ids = paginate(&view, &prefix, after, size)?;
+        let mut items = Vec::with_capacity(ids.items.len());
+        for (cursor, id) in ids.items {
+            let id = String::from_utf8(id).map_err(|_| corrupt("order index"))?;
+            let order = view
+                .get_json(&orders::order_key(&id))?
+                .ok_or_else(|| corrupt("order index names a missing order"))?;
+            items.push((cursor, order));
+        }
+        Ok(Page {
+            items,
+            has_next_page: ids.has_next_page,
+        })
+    }
+
+    /// A customer's order statistics.
+    pub fn customer_stats(&self, customer_id: &str) -> Result<Option<CustomerStats>, QueryError> {
+        Ok(self
+            .read
+            .view(ORDERS)?
+            .get_json(&orders::customer_stats_key(customer_id))?)
+    }
+
+    /// One product's stock.
+    pub fn product(&self, id: &str) -> Result<Option<ProductView>, QueryError> {
+        Ok(self
+            .read
+            .view(PRODUCTS)?
+            .get_json(&products::product_key(id))?)
+    }
+
+    /// Every product, by id.
+    pub fn products(
+        &self,
+        first: Option<usize>,
+        after: Option<&str>,
+    ) -> Result<Page<ProductView>, QueryError> {
+        let size = self.page_size(first)?;
+        let view = self.read.view(PRODUCTS)?;
+        let rows = paginate(&view, products::PRODUCT_PREFIX, after, size)?;
+        let items = rows
+            .items
+            .into_iter()
+            .map(|(cursor, value)| {
+                Ok((
+                    cursor,
+                    serde_json::from_slice(&value).map_err(ProjectionError::from)?,
+                ))
+            })
+            .collect::<Result<_, QueryError>>()?;
+        Ok(Page {
+            items,
+            has_next_page: rows.has_next_page,
+        })
+    }
+
+    /// Products with fewer than `threshold` units available, fewest first (at most the
+    /// maximum page size).
+    pub fn low_stock(&self, threshold: u64) -> Result<Vec<ProductView>, QueryError> {
+        let view = self.read.view(PRODUCTS)?;
+        let end = products::low_stock_bound(threshold);
+        let mut out = Vec::new();
+        for (key, id) in view.scan(products::LOW_STOCK_PREFIX, None, self.limits.max)? {
+            if key >= end {
+                break;
+            }
+            let id = String::from_utf8(id).map_err(|_| corrupt("low-stock index"))?;
+            if let Some(product) = view.get_json(&products::product_key(&id))? {
+                out.push(product);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn corrupt(what: &str) -> QueryError {
+    QueryError::ReadModel(ProjectionError::Corruption {
+        what: what.to_string(),
+        reason: "inconsistent read model".into(),
+    })
+}
+
+/// A page of `(cursor, value)` rows under `prefix` after the cursor `after`.
+fn paginate(
+    view: &ReadView<'_>,
+    prefix: &[u8],
+    after: Option<&str>,
+    size: usize,
+) -> Result<Page<Vec<u8>>, QueryError> {
+    let after_key = match after {
+        None => None,
+        Some(cursor) => {
+            let suffix = decode_hex(cursor).ok_or(QueryError::InvalidCursor)?;
+            let mut key = prefix.to_vec();
+            key.extend_from_slice(&suffix);
+            Some(key)
+        }
+    };
+    let mut rows = view.scan(prefix, after_key.as_deref(), size + 1)?;
+    let has_next_page = rows.len() > size;
+    rows.truncate(size);
+    let items = rows
+        .into_iter()
+        .map(|(key, value)| (encode_hex(&key[prefix.len()..]), value))
+        .collect();
+    Ok(Page {
+        items,
+        has_next_page,
+    })
+}
+
+fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 || text.len() > 2048 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The id of an aggregate from its stream id (`order-42` → `42`).
+fn aggregate_id(stream_id: &str) -> &str {
+    stream_id.split_once('-').map_or("", |(_, id)| id)
+}
