@@ -18,6 +18,22 @@ pub struct Cli {
 pub enum Command {
     /// Serve the GraphQL API over HTTP.
     Serve(ServeArgs),
+    /// Rebuild read models offline from the event log (refuses while a server runs).
+    Replay(ReplayArgs),
+}
+
+/// Options of `annals replay`.
+#[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["projection", "all"]))]
+pub struct ReplayArgs {
+    /// Where the event log and the read models live.
+    #[arg(long, env = "ANNALS_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// The projection to rebuild.
+    pub projection: Option<String>,
+    /// Rebuild every projection.
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// Options of `annals serve`.

@@ -17,3 +17,4 @@
 pub mod cli;
 pub mod domain;
 pub mod read_models;
+pub mod replay;

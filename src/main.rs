@@ -26,6 +26,14 @@ fn main() -> anyhow::Result<()> {
             );
             store.close();
         }
+        Command::Replay(args) => {
+            let names: Vec<String> = args.projection.into_iter().collect();
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let report = runtime.block_on(annals::replay::replay(&args.data_dir, &names))?;
+            for (name, checkpoint) in report.rebuilt {
+                println!("{name}: rebuilt at position {checkpoint}");
+            }
+        }
     }
     Ok(())
 }

@@ -418,6 +418,14 @@ impl ProjectionRuntime {
         Ok(())
     }
 
+    /// Whether a rebuild of the projection is requested or running (false again once the
+    /// new generation has taken over).
+    pub fn is_rebuilding(&self, name: &str) -> Result<bool, ProjectionError> {
+        let worker = self.worker(name)?;
+        let requested = worker.control.lock().expect("control lock").rebuild;
+        Ok(requested || worker.observe(|o| o.rebuild.is_some()))
+    }
+
     /// The parked events of a projection.
     pub fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, ProjectionError> {
         self.worker(name)?;
