@@ -91,7 +91,7 @@ async fn append_orders(store: &RocksEventStore, tag: &str, orders: usize) {
             ])
             .await
             .unwrap();
-        if j % 3 == 0 {
+        if j.is_multiple_of(3) {
             store
                 .append(
                     order.clone(),

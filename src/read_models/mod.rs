@@ -260,7 +260,7 @@ fn encode_hex(bytes: &[u8]) -> String {
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || text.len() > 2048 {
+    if !text.len().is_multiple_of(2) || text.len() > 2048 {
         return None;
     }
     (0..text.len())

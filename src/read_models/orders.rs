@@ -184,13 +184,19 @@ impl Projection for OrdersProjection {
         order.updated_at_micros = event.recorded_at.as_micros();
         order.version = event.stream_version;
         order.last_position = event.position.0;
-        if let Some(previous) = previous {
-            for key in index_keys(&previous) {
-                tx.delete(key);
+        // Only the index entries whose key changed are rewritten: the customer and all-orders
+        // indexes do not depend on the status.
+        let old_keys = previous.as_ref().map(index_keys);
+        let new_keys = index_keys(&order);
+        for (i, key) in new_keys.into_iter().enumerate() {
+            match &old_keys {
+                Some(old) if old[i] == key => {}
+                Some(old) => {
+                    tx.delete(old[i].clone());
+                    tx.put(key, order.id.as_bytes().to_vec());
+                }
+                None => tx.put(key, order.id.as_bytes().to_vec()),
             }
-        }
-        for key in index_keys(&order) {
-            tx.put(key, order.id.as_bytes().to_vec());
         }
         tx.put_json(key, &order)?;
         Ok(())

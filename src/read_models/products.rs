@@ -105,10 +105,15 @@ impl Projection for ProductsProjection {
         product.available = product.on_hand.saturating_sub(product.reserved);
         product.version = event.stream_version;
         product.updated_at_micros = event.recorded_at.as_micros();
-        if let Some(previous) = previous {
-            tx.delete(low_stock_key(&previous));
+        let low_stock = low_stock_key(&product);
+        match previous.map(|p| low_stock_key(&p)) {
+            Some(old) if old == low_stock => {}
+            Some(old) => {
+                tx.delete(old);
+                tx.put(low_stock, product.id.as_bytes().to_vec());
+            }
+            None => tx.put(low_stock, product.id.as_bytes().to_vec()),
         }
-        tx.put(low_stock_key(&product), product.id.as_bytes().to_vec());
         tx.put_json(key, &product)?;
         Ok(())
     }
