@@ -12,17 +12,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use annals::{domain, read_models};
+use annals::{bench, domain, read_models};
 use annals_projections::{ProjectionRuntime, ReadModelStore, RuntimeOptions};
-use annals_store::{
-    Durability, EventStore, ExpectedVersion, NewEvent, Position, RocksEventStore, StoreOptions,
-    StreamAppend, StreamId,
-};
+use annals_store::{EventStore, Position, RocksEventStore};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use serde_json::json;
-
-const PRODUCTS: usize = 200;
-const ORDERS_PER_COMMIT: usize = 100;
 
 fn quick() -> bool {
     std::env::var("ANNALS_BENCH_QUICK").is_ok_and(|v| v == "1")
@@ -36,87 +29,14 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Writes about `target` events of the reference domain in large multi-stream commits.
-async fn build_log(store: &RocksEventStore, target: u64) {
-    for p in 0..PRODUCTS {
-        store
-            .append(
-                StreamId::new(format!("product-p{p}")).unwrap(),
-                ExpectedVersion::NoStream,
-                vec![
-                    NewEvent::json("ProductRegistered", &json!({"sku": format!("SKU-{p}"), "name": format!("Product {p}"), "price_cents": 250})),
-                    NewEvent::json("StockReceived", &json!({"quantity": 100_000_000u64})),
-                ],
-            )
-            .await
-            .unwrap();
-    }
-    let mut order = 0usize;
-    while store.head().0 < target {
-        // One commit: ORDERS_PER_COMMIT orders, each placed (some confirmed or cancelled
-        // in the same commit), and the reservations/releases grouped per product.
-        let mut appends = Vec::new();
-        let mut per_product: Vec<Vec<NewEvent>> = vec![Vec::new(); PRODUCTS];
-        for _ in 0..ORDERS_PER_COMMIT {
-            let p = order % PRODUCTS;
-            let quantity = 1 + (order % 3) as u64;
-            let mut events = vec![NewEvent::json(
-                "OrderPlaced",
-                &json!({"customer_id": format!("c{}", order % 5_000), "lines": [{"product_id": format!("p{p}"), "quantity": quantity, "unit_price_cents": 250}], "total_cents": 250 * quantity}),
-            )];
-            per_product[p].push(NewEvent::json(
-                "StockReserved",
-                &json!({"order_id": format!("o{order}"), "quantity": quantity}),
-            ));
-            if order.is_multiple_of(3) {
-                events.push(NewEvent::json("OrderConfirmed", &json!({})));
-            }
-            if order % 5 == 1 {
-                events.push(NewEvent::json(
-                    "OrderCancelled",
-                    &json!({"reason": "bench"}),
-                ));
-                per_product[p].push(NewEvent::json(
-                    "StockReleased",
-                    &json!({"order_id": format!("o{order}"), "quantity": quantity}),
-                ));
-            }
-            appends.push(StreamAppend::new(
-                StreamId::new(format!("order-o{order}")).unwrap(),
-                ExpectedVersion::NoStream,
-                events,
-            ));
-            order += 1;
-        }
-        for (p, events) in per_product.into_iter().enumerate() {
-            if !events.is_empty() {
-                appends.push(StreamAppend::new(
-                    StreamId::new(format!("product-p{p}")).unwrap(),
-                    ExpectedVersion::Any,
-                    events,
-                ));
-            }
-        }
-        store.append_multi(appends).await.unwrap();
-    }
-}
-
 fn catchup(c: &mut Criterion) {
     let events: u64 = if quick() { 100_000 } else { 1_000_000 };
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        RocksEventStore::open(
-            dir.path().join("log"),
-            StoreOptions {
-                max_events_per_append: 10_000,
-                ..StoreOptions::with_durability(Durability::Buffered)
-            },
-        )
-        .unwrap(),
-    );
+    let store =
+        Arc::new(RocksEventStore::open(dir.path().join("log"), bench::log_options()).unwrap());
     let started = Instant::now();
-    rt.block_on(build_log(&store, events));
+    rt.block_on(bench::build_log(&store, events)).unwrap();
     let head = store.head();
     eprintln!(
         "catchup bench: log of {} events built in {:.1}s",

@@ -20,6 +20,128 @@ pub enum Command {
     Serve(ServeArgs),
     /// Rebuild read models offline from the event log (refuses while a server runs).
     Replay(ReplayArgs),
+    /// Measure throughput and latency (on a fresh temporary data directory by default).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Appends from concurrent writers, optionally against raw RocksDB in the same run.
+    Append(BenchAppendArgs),
+    /// The full command path (placeOrder) on the reference domain.
+    Command(BenchCommandArgs),
+    /// Projection catch-up of the reference read models over a generated log.
+    Catchup(BenchCatchupArgs),
+}
+
+/// Durability of a benchmark's appends.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DurabilityArg {
+    /// Acknowledged means fsynced.
+    Fsync,
+    /// Acknowledged means in the OS page cache.
+    Buffered,
+}
+
+impl From<DurabilityArg> for annals_store::Durability {
+    fn from(d: DurabilityArg) -> Self {
+        match d {
+            DurabilityArg::Fsync => annals_store::Durability::Fsync,
+            DurabilityArg::Buffered => annals_store::Durability::Buffered,
+        }
+    }
+}
+
+/// How long a benchmark runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Run this many seconds (default 10 when --events is not given).
+    #[arg(long, conflicts_with = "events")]
+    pub duration: Option<f64>,
+    /// Run until this many events are written.
+    #[arg(long)]
+    pub events: Option<u64>,
+}
+
+impl LimitArgs {
+    /// The limit these options ask for.
+    pub fn limit(&self) -> crate::bench::Limit {
+        match (self.events, self.duration) {
+            (Some(events), _) => crate::bench::Limit::Events(events),
+            (None, Some(secs)) => {
+                crate::bench::Limit::Duration(std::time::Duration::from_secs_f64(secs.max(0.0)))
+            }
+            (None, None) => crate::bench::Limit::Duration(std::time::Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Options of `annals bench append`.
+#[derive(Debug, clap::Args)]
+pub struct BenchAppendArgs {
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 1)]
+    pub writers: usize,
+    /// Events per append.
+    #[arg(long, default_value_t = 1)]
+    pub events_per_append: usize,
+    /// Payload bytes per event.
+    #[arg(long, default_value_t = 300)]
+    pub payload_bytes: usize,
+    /// Writers share this many streams (contention) instead of one stream each.
+    #[arg(long)]
+    pub streams: Option<usize>,
+    /// When an append is acknowledged.
+    #[arg(long, value_enum, default_value = "fsync")]
+    pub durability: DurabilityArg,
+    /// How long to run.
+    #[command(flatten)]
+    pub limit: LimitArgs,
+    /// Data directory (default: a fresh temporary directory, removed afterwards).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Also run the same workload on raw RocksDB, alternating, and print the ratio.
+    #[arg(long)]
+    pub baseline: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `annals bench command`.
+#[derive(Debug, clap::Args)]
+pub struct BenchCommandArgs {
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 1)]
+    pub writers: usize,
+    /// When an append is acknowledged.
+    #[arg(long, value_enum, default_value = "fsync")]
+    pub durability: DurabilityArg,
+    /// How long to run.
+    #[command(flatten)]
+    pub limit: LimitArgs,
+    /// Data directory (default: a fresh temporary directory, removed afterwards).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `annals bench catchup`.
+#[derive(Debug, clap::Args)]
+pub struct BenchCatchupArgs {
+    /// Events in the generated log.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Data directory (default: a fresh temporary directory, removed afterwards).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `annals replay`.

@@ -3,7 +3,8 @@
 use anyhow::Context;
 use clap::Parser;
 
-use annals::cli::{Cli, Command};
+use annals::bench;
+use annals::cli::{BenchCommand, Cli, Command};
 use annals_store::{EventStore, RocksEventStore, StoreOptions};
 
 fn main() -> anyhow::Result<()> {
@@ -34,6 +35,48 @@ fn main() -> anyhow::Result<()> {
                 println!("{name}: rebuilt at position {checkpoint}");
             }
         }
+        Command::Bench(BenchCommand::Append(args)) => {
+            let report = bench::run_append(&bench::AppendBench {
+                writers: args.writers,
+                events_per_append: args.events_per_append,
+                payload_bytes: args.payload_bytes,
+                streams: args.streams,
+                durability: args.durability.into(),
+                limit: args.limit.limit(),
+                data_dir: args.data_dir,
+                baseline: args.baseline,
+            })?;
+            print_report(&report, args.json, || report.table())?;
+        }
+        Command::Bench(BenchCommand::Command(args)) => {
+            let report = bench::run_command(&bench::CommandBench {
+                writers: args.writers,
+                durability: args.durability.into(),
+                limit: args.limit.limit(),
+                data_dir: args.data_dir,
+            })?;
+            print_report(&report, args.json, || report.table())?;
+        }
+        Command::Bench(BenchCommand::Catchup(args)) => {
+            let report = bench::run_catchup(&bench::CatchupBench {
+                events: args.events,
+                data_dir: args.data_dir,
+            })?;
+            print_report(&report, args.json, || report.table())?;
+        }
+    }
+    Ok(())
+}
+
+fn print_report<T: serde::Serialize>(
+    report: &T,
+    json: bool,
+    table: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        print!("{}", table());
     }
     Ok(())
 }

@@ -416,7 +416,11 @@ impl<'a> ReadModelTx<'a> {
 
     /// Keeps the staged changes of the event just applied.
     pub(crate) fn accept(&mut self) {
-        self.batch.append(&mut self.staged);
+        // `BTreeMap::append` rebuilds the whole map; inserting the few staged keys is what
+        // keeps a batch linear.
+        for (key, value) in std::mem::take(&mut self.staged) {
+            self.batch.insert(key, value);
+        }
     }
 
     /// Drops the staged changes of an event whose handler failed.

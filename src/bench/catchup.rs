@@ -1,0 +1,198 @@
+//! `annals bench catchup`: how fast the reference read models are built from a log of
+//! domain events (generated first, in large commits, with `Buffered` durability).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use annals_projections::{ProjectionRuntime, ReadModelStore, RuntimeOptions};
+use annals_store::{
+    Durability, EventStore, ExpectedVersion, NewEvent, RocksEventStore, StoreError, StoreOptions,
+    StreamAppend, StreamId,
+};
+use serde::Serialize;
+use serde_json::json;
+
+use super::stats::{self, Meter, RunFigures};
+use super::{BenchDir, BenchError, Machine};
+use crate::{domain, read_models};
+
+const PRODUCTS: usize = 200;
+const ORDERS_PER_COMMIT: usize = 100;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct CatchupBench {
+    /// Events in the generated log.
+    pub events: u64,
+    /// Where to write (a fresh temporary directory when none).
+    pub data_dir: Option<PathBuf>,
+}
+
+/// What `annals bench catchup` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct CatchupReport {
+    /// Always `catchup`.
+    pub benchmark: &'static str,
+    /// The machine and build.
+    pub machine: Machine,
+    /// The projections built.
+    pub projections: Vec<String>,
+    /// Seconds it took to generate the log (not part of the figures).
+    pub log_build_seconds: f64,
+    /// Figures: events are log positions caught up by every projection; one operation is
+    /// the whole catch-up.
+    pub annals: RunFigures,
+    /// The store's head: the log the projections caught up with.
+    pub store_head: u64,
+}
+
+/// Writes at least `target` events of the reference domain in large multi-stream commits:
+/// placed, confirmed and cancelled orders with their reservations and releases over 200
+/// products.
+pub async fn build_log(store: &RocksEventStore, target: u64) -> Result<(), StoreError> {
+    for p in 0..PRODUCTS {
+        let stream = StreamId::new(format!("product-p{p}"))?;
+        if store.stream_version(&stream).await? > 0 {
+            continue;
+        }
+        store
+            .append(
+                stream,
+                ExpectedVersion::NoStream,
+                vec![
+                    NewEvent::json("ProductRegistered", &json!({"sku": format!("SKU-{p}"), "name": format!("Product {p}"), "price_cents": 250})),
+                    NewEvent::json("StockReceived", &json!({"quantity": 100_000_000u64})),
+                ],
+            )
+            .await?;
+    }
+    let mut order = store.head().0 as usize;
+    while store.head().0 < target {
+        let mut appends = Vec::new();
+        let mut per_product: Vec<Vec<NewEvent>> = vec![Vec::new(); PRODUCTS];
+        for _ in 0..ORDERS_PER_COMMIT {
+            let p = order % PRODUCTS;
+            let quantity = 1 + (order % 3) as u64;
+            let mut events = vec![NewEvent::json(
+                "OrderPlaced",
+                &json!({"customer_id": format!("c{}", order % 5_000), "lines": [{"product_id": format!("p{p}"), "quantity": quantity, "unit_price_cents": 250}], "total_cents": 250 * quantity}),
+            )];
+            per_product[p].push(NewEvent::json(
+                "StockReserved",
+                &json!({"order_id": format!("o{order}"), "quantity": quantity}),
+            ));
+            if order.is_multiple_of(3) {
+                events.push(NewEvent::json("OrderConfirmed", &json!({})));
+            }
+            if order % 5 == 1 {
+                events.push(NewEvent::json(
+                    "OrderCancelled",
+                    &json!({"reason": "bench"}),
+                ));
+                per_product[p].push(NewEvent::json(
+                    "StockReleased",
+                    &json!({"order_id": format!("o{order}"), "quantity": quantity}),
+                ));
+            }
+            appends.push(StreamAppend::new(
+                StreamId::new(format!("order-o{order}"))?,
+                ExpectedVersion::NoStream,
+                events,
+            ));
+            order += 1;
+        }
+        for (p, events) in per_product.into_iter().enumerate() {
+            if !events.is_empty() {
+                appends.push(StreamAppend::new(
+                    StreamId::new(format!("product-p{p}"))?,
+                    ExpectedVersion::Any,
+                    events,
+                ));
+            }
+        }
+        store.append_multi(appends).await?;
+    }
+    Ok(())
+}
+
+/// Options for the store a generated log is written with: big commits, no fsync.
+pub fn log_options() -> StoreOptions {
+    StoreOptions {
+        max_events_per_append: 10_000,
+        ..StoreOptions::with_durability(Durability::Buffered)
+    }
+}
+
+/// Runs the benchmark.
+pub fn run_catchup(bench: &CatchupBench) -> Result<CatchupReport, BenchError> {
+    if bench.events == 0 {
+        return Err(BenchError::Invalid("--events must be at least 1".into()));
+    }
+    let dir = BenchDir::new(bench.data_dir.as_deref())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let store = match RocksEventStore::open(dir.path().join("log"), log_options()) {
+        Ok(store) => Arc::new(store),
+        Err(StoreError::Locked { path }) => {
+            return Err(BenchError::InUse(path.display().to_string()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let started = Instant::now();
+    rt.block_on(build_log(&store, bench.events))?;
+    let log_build_seconds = started.elapsed().as_secs_f64();
+    let head = store.head();
+    let read_dir = tempfile::Builder::new()
+        .prefix("annals-bench-read-")
+        .tempdir_in(dir.path())?;
+    let read = Arc::new(ReadModelStore::open(read_dir.path())?);
+    let meter = Meter::new();
+    let (elapsed, names) = rt.block_on(async {
+        let started = Instant::now();
+        let runtime = ProjectionRuntime::start(
+            store.clone(),
+            read,
+            read_models::projections(),
+            Arc::new(domain::upcasters()),
+            RuntimeOptions::default(),
+        )?;
+        let mut last = Instant::now();
+        loop {
+            match runtime.wait_for_all(head, Duration::from_secs(1)).await {
+                Ok(()) => break,
+                Err(annals_projections::ProjectionError::StaleRead { .. }) => {
+                    if last.elapsed() >= Duration::from_secs(1) {
+                        let done: u64 = runtime
+                            .status()
+                            .iter()
+                            .map(|s| s.checkpoint.0)
+                            .min()
+                            .unwrap_or(0);
+                        super::progress(&format!("catch-up: {done}/{} events", head.0));
+                        last = Instant::now();
+                    }
+                }
+                Err(e) => return Err(BenchError::from(e)),
+            }
+        }
+        let elapsed = started.elapsed();
+        let names = runtime.names();
+        runtime.shutdown().await;
+        Ok::<_, BenchError>((elapsed, names))
+    })?;
+    super::progress_done();
+    meter.record(head.0);
+    let mut latency = stats::histogram();
+    stats::record(&mut latency, elapsed);
+    store.close();
+    Ok(CatchupReport {
+        benchmark: "catchup",
+        machine: Machine::current(),
+        projections: names,
+        log_build_seconds,
+        annals: stats::figures(&meter, elapsed, &latency, &[]),
+        store_head: head.0,
+    })
+}

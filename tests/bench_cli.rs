@@ -1,0 +1,249 @@
+//! `annals bench`: every subcommand runs (small sizes), reports its fields, prints JSON
+//! that parses, and reports exactly the events that are in the store afterwards.
+
+use std::process::Command;
+
+use annals_store::{EventStore, RocksEventStore, StoreOptions};
+use serde_json::Value;
+
+fn annals(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_annals"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the annals binary runs")
+}
+
+fn json(args: &[&str]) -> Value {
+    let out = annals(args);
+    assert!(
+        out.status.success(),
+        "annals {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
+}
+
+fn head(dir: &std::path::Path) -> u64 {
+    let store = RocksEventStore::open(dir.join("log"), StoreOptions::default()).unwrap();
+    let head = store.head().0;
+    store.close();
+    head
+}
+
+fn assert_figures(f: &Value) {
+    for field in [
+        "events",
+        "operations",
+        "seconds",
+        "events_per_second",
+        "operations_per_second",
+    ] {
+        assert!(f[field].as_f64().is_some_and(|v| v > 0.0), "{field} in {f}");
+    }
+    for field in ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
+        assert!(
+            f["latency"][field].as_u64().is_some_and(|v| v > 0),
+            "latency.{field} in {f}"
+        );
+    }
+    let l = &f["latency"];
+    assert!(
+        l["p50_us"].as_u64() <= l["p99_us"].as_u64()
+            && l["p99_us"].as_u64() <= l["max_us"].as_u64()
+    );
+    assert!(f["first_second_events_per_second"].as_f64().is_some());
+    assert!(f["last_second_events_per_second"].as_f64().is_some());
+}
+
+#[test]
+fn append_with_baseline_reports_both_sides_and_the_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let report = json(&[
+        "bench",
+        "append",
+        "--writers",
+        "3",
+        "--events-per-append",
+        "2",
+        "--events",
+        "60",
+        "--durability",
+        "buffered",
+        "--baseline",
+        "--json",
+        "--data-dir",
+        data,
+    ]);
+    assert_eq!(report["benchmark"], "append");
+    let c = &report["conditions"];
+    assert_eq!(
+        (c["writers"].as_u64(), c["events_per_append"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(c["payload_bytes"], 300);
+    assert_eq!(c["durability"], "buffered");
+    assert!(c["machine"]["cpus"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        c["machine"]["rocksdb_version"],
+        annals::bench::ROCKSDB_VERSION
+    );
+    assert_figures(&report["annals"]);
+    assert_figures(&report["baseline"]);
+    assert_eq!(report["annals"]["events"], 60);
+    assert_eq!(report["annals"]["operations"], 30);
+    assert_eq!(report["baseline"]["events"], 60);
+    assert!(report["ratio"].as_f64().unwrap() > 0.0);
+    assert!(report["mean_group_commit_events"].as_f64().unwrap() >= 2.0);
+    assert_eq!(report["store_head"], 60);
+    assert_eq!(
+        head(dir.path()),
+        60,
+        "the store holds exactly the reported events"
+    );
+}
+
+#[test]
+fn append_on_shared_streams_counts_conflicts_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let report = json(&[
+        "bench",
+        "append",
+        "--writers",
+        "4",
+        "--streams",
+        "2",
+        "--events",
+        "80",
+        "--durability",
+        "buffered",
+        "--json",
+        "--data-dir",
+        data,
+    ]);
+    assert_eq!(report["conditions"]["shared_streams"], 2);
+    assert!(report["conflicts"].as_u64().is_some());
+    assert!(report["baseline"].is_null() && report["ratio"].is_null());
+    assert_eq!(report["annals"]["events"], 80);
+    assert_eq!(head(dir.path()), 80);
+}
+
+#[test]
+fn append_table_shows_conditions_figures_and_ratio() {
+    let out = annals(&[
+        "bench",
+        "append",
+        "--writers",
+        "2",
+        "--events",
+        "20",
+        "--durability",
+        "buffered",
+        "--baseline",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "2 writers",
+        "buffered",
+        "annals",
+        "raw rocksdb",
+        "p99.9",
+        "ratio annals / raw RocksDB",
+        "CPUs",
+        "RocksDB 11",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn command_bench_runs_the_full_command_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let report = json(&[
+        "bench",
+        "command",
+        "--writers",
+        "2",
+        "--events",
+        "20",
+        "--durability",
+        "buffered",
+        "--json",
+        "--data-dir",
+        data,
+    ]);
+    assert_eq!(report["benchmark"], "command");
+    assert_figures(&report["annals"]);
+    assert_eq!(report["annals"]["events"], 20);
+    assert_eq!(report["annals"]["operations"], 10);
+    // Setup: two products registered and stocked (2 events each), then 10 orders × 2.
+    assert_eq!(report["store_head"], 24);
+    assert_eq!(head(dir.path()), 24);
+}
+
+#[test]
+fn catchup_bench_builds_the_read_models_over_the_generated_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let report = json(&[
+        "bench",
+        "catchup",
+        "--events",
+        "3000",
+        "--json",
+        "--data-dir",
+        data,
+    ]);
+    assert_eq!(report["benchmark"], "catchup");
+    let events = report["annals"]["events"].as_u64().unwrap();
+    assert!(events >= 3000);
+    assert_eq!(report["store_head"].as_u64(), Some(events));
+    assert_eq!(head(dir.path()), events);
+    assert_eq!(
+        report["projections"],
+        serde_json::json!(["orders", "products"])
+    );
+}
+
+#[test]
+fn a_data_directory_in_use_is_never_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = RocksEventStore::open(dir.path().join("log"), StoreOptions::default()).unwrap();
+    let out = annals(&[
+        "bench",
+        "append",
+        "--events",
+        "10",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in use"), "{stderr}");
+    assert_eq!(held.head().0, 0);
+}
+
+#[test]
+fn bad_options_are_refused_with_a_message() {
+    let out = annals(&["bench", "append", "--writers", "0", "--events", "10"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--writers"));
+    let out = annals(&["bench", "append", "--events", "10", "--duration", "1"]);
+    assert!(!out.status.success(), "--events and --duration conflict");
+}
+
+#[test]
+fn the_reported_rocksdb_version_is_the_one_in_cargo_lock() {
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+    let expected = format!("+{}\"", annals::bench::ROCKSDB_VERSION);
+    let line = lock
+        .lines()
+        .skip_while(|l| *l != "name = \"librocksdb-sys\"")
+        .nth(1)
+        .expect("librocksdb-sys is locked");
+    assert!(line.ends_with(&expected), "{line} vs {expected}");
+}
