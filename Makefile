@@ -4,8 +4,10 @@
 
 CARGO ?= cargo
 DATA_DIR ?= ./data
+# Cases per fuzz target in `make fuzz` (the smoke run in `make test` uses 2,000).
+FUZZ_CASES ?= 200000
 
-.PHONY: run test deps fmt lint unit bench
+.PHONY: run test deps fmt bench fuzz soak
 
 deps:
 	@scripts/install-deps
@@ -21,5 +23,16 @@ test: deps
 fmt:
 	$(CARGO) fmt --all
 
+# The criterion suite (HTML reports under the target directory's criterion/ folder).
 bench: deps
-	$(CARGO) bench --bench append
+	$(CARGO) bench
+
+# The fuzz targets, long: arbitrary inputs against the decoders, validators, upcasters.
+fuzz: deps
+	ANNALS_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release -p annals-store --test fuzz
+	ANNALS_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release --test fuzz_domain
+
+# The crash loops, long: 100+ kills each.
+soak: deps
+	ANNALS_CRASH_ROUNDS=100 $(CARGO) test --release -p annals-store --test crash
+	ANNALS_PROJECTION_CRASH_ROUNDS=100 $(CARGO) test --release --test projection_crash
