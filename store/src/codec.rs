@@ -209,6 +209,49 @@ pub fn decode_record(bytes: &[u8]) -> Result<RecordedEvent, DecodeError> {
     })
 }
 
+/// The fields a read filter looks at, borrowed from a stored record without decoding the
+/// rest (metadata, payload, hashes): lets a filtered read skip the records it does not
+/// return for a fraction of a full decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHead<'a> {
+    /// Global position.
+    pub position: u64,
+    /// Stream id.
+    pub stream_id: &'a str,
+    /// Event type name.
+    pub event_type: &'a str,
+}
+
+#[derive(Deserialize)]
+struct HeadRef<'a> {
+    position: u64,
+    #[serde(borrow)]
+    stream_id: &'a str,
+    #[allow(dead_code)] // Decoded only to get past it: fields are read in order.
+    stream_version: u64,
+    #[allow(dead_code)]
+    event_id: Uuid,
+    #[serde(borrow)]
+    event_type: &'a str,
+}
+
+/// Decodes the head of a stored record (the body's first fields, which the encoding puts
+/// first). Like [`decode_record`], arbitrary bytes give an error, never a panic.
+pub fn peek_head(bytes: &[u8]) -> Result<RecordHead<'_>, DecodeError> {
+    let (&format, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if format != RECORD_FORMAT_V1 {
+        return Err(DecodeError::UnknownFormat(format));
+    }
+    let (head, _): (HeadRef<'_>, usize) =
+        bincode::serde::borrow_decode_from_slice(rest, bincode_config())
+            .map_err(|_| DecodeError::Malformed)?;
+    Ok(RecordHead {
+        position: head.position,
+        stream_id: head.stream_id,
+        event_type: head.event_type,
+    })
+}
+
 /// The format byte of snapshots written by this build.
 pub const SNAPSHOT_FORMAT_V1: u8 = 1;
 
@@ -268,6 +311,19 @@ mod tests {
         encode_record(&RecordFields::of(&ev), &ev.prev_hash, &ev.hash, &mut buf);
         assert_eq!(buf[0], RECORD_FORMAT_V1);
         assert_eq!(decode_record(&buf).unwrap(), ev);
+    }
+
+    #[test]
+    fn peeked_head_matches_the_full_decode() {
+        let ev = sample();
+        let mut buf = Vec::new();
+        encode_record(&RecordFields::of(&ev), &ev.prev_hash, &ev.hash, &mut buf);
+        let head = peek_head(&buf).unwrap();
+        assert_eq!(head.position, ev.position.0);
+        assert_eq!(head.stream_id, ev.stream_id.as_str());
+        assert_eq!(head.event_type, ev.event_type);
+        assert!(peek_head(&buf[..5]).is_err());
+        assert!(peek_head(&[]).is_err());
     }
 
     #[test]

@@ -93,6 +93,17 @@ proptest! {
     }
 
     #[test]
+    fn head_peek_never_panics_and_agrees_with_the_full_decode(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let mut framed = vec![codec::RECORD_FORMAT_V1];
+        framed.extend_from_slice(&bytes);
+        if let (Ok(full), Ok(head)) = (codec::decode_record(&framed), codec::peek_head(&framed)) {
+            prop_assert_eq!(head.position, full.position.0);
+            prop_assert_eq!(head.stream_id, full.stream_id.as_str());
+            prop_assert_eq!(head.event_type, full.event_type.as_str());
+        }
+    }
+
+    #[test]
     fn snapshot_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
         let _ = codec::decode_snapshot(&bytes);
     }

@@ -296,11 +296,12 @@ impl RocksEventStore {
                     position: page.next,
                 });
             }
-            let event = decode_at(position, value)?;
+            // A filtered read decodes only the head of the records it skips.
+            let wanted = filtered_in(filter, position, value)?;
             page.next = position.next();
             examined += 1;
-            if filter.matches(event.stream_id.as_str(), &event.event_type) {
-                page.events.push(event);
+            if wanted {
+                page.events.push(decode_at(position, value)?);
                 if page.events.len() >= limit {
                     break;
                 }
@@ -537,6 +538,19 @@ pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
     // Every CF in keys::ALL_CFS is created on open, so a missing handle is a bug here.
     db.cf_handle(name)
         .unwrap_or_else(|| panic!("column family {name} is opened with the database"))
+}
+
+/// Whether the record at `position` passes `filter`, from its head alone.
+fn filtered_in(filter: &ReadFilter, position: Position, bytes: &[u8]) -> Result<bool, StoreError> {
+    if filter.is_all() {
+        return Ok(true);
+    }
+    match codec::peek_head(bytes) {
+        Ok(head) if head.position == position.0 => {
+            Ok(filter.matches(head.stream_id, head.event_type))
+        }
+        _ => Err(StoreError::Corruption { position }),
+    }
 }
 
 fn decode_at(position: Position, bytes: &[u8]) -> Result<RecordedEvent, StoreError> {
