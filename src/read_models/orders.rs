@@ -1,7 +1,7 @@
 //! The `orders` projection: order details, order indexes and customer statistics.
 
 use annals_projections::{HandlerError, Projection, ReadModelTx};
-use annals_store::{DomainEvent, ReadFilter, RecordedEvent};
+use annals_store::{ReadFilter, RecordedEvent};
 use serde::{Deserialize, Serialize};
 
 use super::aggregate_id;
@@ -115,8 +115,7 @@ impl Projection for OrdersProjection {
     }
 
     fn handle(&self, event: &RecordedEvent, tx: &mut ReadModelTx<'_>) -> Result<(), HandlerError> {
-        let payload = serde_json::from_slice(&event.payload)?;
-        let decoded = OrderEvent::decode(&event.event_type, payload)?;
+        let decoded: OrderEvent = super::decode(event)?;
         let id = aggregate_id(event.stream_id.as_str());
         let key = order_key(id);
         let previous: Option<OrderView> = tx.get_json(&key)?;

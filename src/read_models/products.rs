@@ -1,7 +1,7 @@
 //! The `products` projection: stock per product and the low-stock index.
 
 use annals_projections::{HandlerError, Projection, ReadModelTx};
-use annals_store::{DomainEvent, ReadFilter, RecordedEvent};
+use annals_store::{ReadFilter, RecordedEvent};
 use serde::{Deserialize, Serialize};
 
 use super::aggregate_id;
@@ -67,8 +67,7 @@ impl Projection for ProductsProjection {
     }
 
     fn handle(&self, event: &RecordedEvent, tx: &mut ReadModelTx<'_>) -> Result<(), HandlerError> {
-        let payload = serde_json::from_slice(&event.payload)?;
-        let decoded = ProductEvent::decode(&event.event_type, payload)?;
+        let decoded: ProductEvent = super::decode(event)?;
         let id = aggregate_id(event.stream_id.as_str());
         let key = product_key(id);
         let previous: Option<ProductView> = tx.get_json(&key)?;
