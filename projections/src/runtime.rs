@@ -12,7 +12,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use annals_store::{EventStore, Position, ReadFilter, RecordedEvent, Timestamp, Upcasters};
+use annals_store::{
+    EventPage, EventStore, Position, ReadFilter, RecordedEvent, Timestamp, Upcasters,
+};
 use rocksdb::WriteBatch;
 use serde::Serialize;
 use tokio::sync::{Notify, oneshot, watch};
@@ -706,18 +708,35 @@ fn handle_one(
     }
 }
 
+/// A page read ahead while the previous batch was being applied.
+pub(crate) struct ReadAhead {
+    generation: Generation,
+    from: Position,
+    page: EventPage,
+}
+
 /// Reads the next batch after `checkpoint` and applies it to `generation`, off the async
 /// threads. Returns what was applied (checkpoint unchanged when nothing was there).
+///
+/// While a batch is applied (on a blocking thread) the next page is read (on the async
+/// threads), so one worker keeps two cores busy during a catch-up; the page read ahead is
+/// used only if the next call starts exactly where it does.
 async fn advance<S: EventStore>(
     ctx: &WorkerCtx<S>,
     generation: Generation,
     checkpoint: Position,
     until: Position,
+    ahead: &mut Option<ReadAhead>,
 ) -> Result<Applied, ProjectionError> {
-    let mut page = ctx
-        .store
-        .read_all(checkpoint.next(), ctx.options.batch_size, &ctx.filter)
-        .await?;
+    let from = checkpoint.next();
+    let mut page = match ahead.take() {
+        Some(a) if a.generation == generation && a.from == from => a.page,
+        _ => {
+            ctx.store
+                .read_all(from, ctx.options.batch_size, &ctx.filter)
+                .await?
+        }
+    };
     page.events.retain(|e| e.position <= until);
     let through = Position(page.next.0.saturating_sub(1))
         .min(until)
@@ -730,11 +749,18 @@ async fn advance<S: EventStore>(
             last_error: None,
         });
     }
+    let next_from = through.next();
+    let read_ahead = (through < until).then(|| {
+        let store = ctx.store.clone();
+        let filter = ctx.filter.clone();
+        let limit = ctx.options.batch_size;
+        tokio::spawn(async move { store.read_all(next_from, limit, &filter).await })
+    });
     let read = ctx.read.clone();
     let projection = ctx.worker.projection.clone();
     let upcasters = ctx.upcasters.clone();
     let options = ctx.options.clone();
-    tokio::task::spawn_blocking(move || {
+    let applied = tokio::task::spawn_blocking(move || {
         apply_events(
             &read,
             projection.as_ref(),
@@ -749,7 +775,18 @@ async fn advance<S: EventStore>(
     .map_err(|e| ProjectionError::InvalidState {
         name: ctx.worker.name.clone(),
         reason: format!("batch task failed: {e}"),
-    })?
+    })??;
+    if let Some(handle) = read_ahead
+        && let Ok(Ok(page)) = handle.await
+        && applied.checkpoint == through
+    {
+        *ahead = Some(ReadAhead {
+            generation,
+            from: next_from,
+            page,
+        });
+    }
+    Ok(applied)
 }
 
 /// Everything a worker keeps between iterations.
@@ -758,6 +795,8 @@ struct LoopState {
     checkpoint: Position,
     rebuild: Option<(RebuildRecord, Position)>,
     drops: Vec<(Generation, Instant)>,
+    /// Pages read ahead for the serving generation and for the rebuild.
+    ahead: [Option<ReadAhead>; 2],
 }
 
 async fn run_worker<S: EventStore>(ctx: WorkerCtx<S>) {
@@ -767,6 +806,7 @@ async fn run_worker<S: EventStore>(ctx: WorkerCtx<S>) {
         checkpoint: *ctx.worker.checkpoint.borrow(),
         rebuild,
         drops: Vec::new(),
+        ahead: [None, None],
     };
     let mut head_rx = ctx.store.subscribe_head();
     let mut head_open = true;
@@ -875,7 +915,14 @@ async fn step<S: EventStore>(
     let head = ctx.store.head();
     let mut busy = false;
     if state.checkpoint < head {
-        let applied = advance(ctx, state.active.generation, state.checkpoint, head).await?;
+        let applied = advance(
+            ctx,
+            state.active.generation,
+            state.checkpoint,
+            head,
+            &mut state.ahead[0],
+        )
+        .await?;
         let done = applied.checkpoint.0.saturating_sub(state.checkpoint.0);
         state.checkpoint = applied.checkpoint;
         worker.advance_checkpoint(applied.checkpoint);
@@ -888,7 +935,7 @@ async fn step<S: EventStore>(
     if let Some((record, done)) = state.rebuild {
         let mut done = done;
         if done < head {
-            let applied = advance(ctx, record.generation, done, head).await?;
+            let applied = advance(ctx, record.generation, done, head, &mut state.ahead[1]).await?;
             let moved = applied.checkpoint.0.saturating_sub(done.0);
             done = applied.checkpoint;
             state.rebuild = Some((record, done));
@@ -1105,8 +1152,9 @@ pub async fn build_until<S: EventStore>(
     let generation = worker.observe(|o| o.active.generation);
     let mut checkpoint = *worker.checkpoint.borrow();
     let until = until.min(store.head());
+    let mut ahead = None;
     while checkpoint < until {
-        let applied = advance(&ctx, generation, checkpoint, until).await?;
+        let applied = advance(&ctx, generation, checkpoint, until, &mut ahead).await?;
         if applied.checkpoint == checkpoint || applied.stopped.is_some() {
             break;
         }
