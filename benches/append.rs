@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use annals_store::{
-    Durability, EventStore, ExpectedVersion, NewEvent, RocksEventStore, StoreOptions, StreamId,
+    Durability, EventStore, ExpectedVersion, NewEvent, RocksEventStore, StoreOptions, StoreStats,
+    StreamId,
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
@@ -130,11 +131,20 @@ fn append_matrix(c: &mut Criterion) {
             for per_append in [1u64, 10, 100] {
                 let label = format!("w{writers}xe{per_append}");
                 group.throughput(Throughput::Elements(writers * per_append));
+                let before = store.stats();
+                let wall = std::cell::Cell::new(Duration::ZERO);
                 group.bench_function(BenchmarkId::new("annals", &label), |b| {
                     b.iter_custom(|iters| {
-                        annals_round(&rt, &store, &label, writers, per_append, iters)
+                        let t = annals_round(&rt, &store, &label, writers, per_append, iters);
+                        wall.set(wall.get() + t);
+                        t
                     })
                 });
+                report(
+                    &format!("{name}/{label}"),
+                    &store.stats().since(&before),
+                    wall.get(),
+                );
                 group.bench_function(BenchmarkId::new("rocksdb", &label), |b| {
                     b.iter_custom(|iters| {
                         raw_round(
@@ -157,6 +167,25 @@ fn append_matrix(c: &mut Criterion) {
             stats.mean_commit_events()
         );
     }
+}
+
+/// Where the writer's time went during one configuration: a profile without a profiler.
+fn report(label: &str, s: &StoreStats, wall: Duration) {
+    if s.commits == 0 {
+        return; // Filtered out on the command line.
+    }
+    let per_commit = |nanos: u64| nanos as f64 / s.commits.max(1) as f64 / 1000.0;
+    eprintln!(
+        "profile {label}: {} commits, {:.1} events/commit, {} syncs; per commit (us): \
+         cycle {:.1}, stage {:.1}, write {:.1}, sync {:.1}",
+        s.commits,
+        s.mean_commit_events(),
+        s.syncs,
+        wall.as_nanos() as f64 / s.commits.max(1) as f64 / 1000.0,
+        per_commit(s.stage_nanos),
+        per_commit(s.write_nanos),
+        per_commit(s.sync_nanos),
+    );
 }
 
 criterion_group!(benches, append_matrix);
