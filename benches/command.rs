@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use annals::domain::{self, Product, ProductCommand, ProductEvent};
 use annals_store::{
-    BusOptions, CommandBus, CommandContext, Durability, EventStore, ExpectedVersion, RocksEventStore,
-    SnapshotStore, StoreOptions, StreamId, encode_event,
+    BusOptions, CommandBus, CommandContext, Durability, EventStore, ExpectedVersion,
+    RocksEventStore, SnapshotStore, StoreOptions, StreamId, encode_event,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
