@@ -8,14 +8,17 @@
 //! with `set_sync` matching the durability. Throughput is in events (records) per second.
 //!
 //! `cargo bench --bench append` runs it all; `cargo bench --bench append -- 'fsync/.*w64'`
-//! runs a part. Set `ANNALS_BENCH_QUICK=1` for a short smoke run.
+//! runs a part. Set `ANNALS_BENCH_QUICK=1` for a short smoke run, or `ANNALS_BENCH_PAIRED=1`
+//! for the two target shapes measured in alternating Annals/raw rounds (the robust ratio on
+//! a shared machine; `ANNALS_BENCH_PAIRS=n` pairs, default 9).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use annals_store::{
-    Durability, EventStore, ExpectedVersion, NewEvent, RocksEventStore, StoreOptions, StreamId,
+    Durability, EventStore, ExpectedVersion, NewEvent, RocksEventStore, StoreOptions, StoreStats,
+    StreamId,
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
@@ -99,13 +102,67 @@ fn raw_round(
     start.elapsed()
 }
 
-fn append_matrix(c: &mut Criterion) {
-    let quick = std::env::var("ANNALS_BENCH_QUICK").is_ok();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// The two target shapes (`Fsync`, 64 × 1 and 1 × 100), Annals and raw RocksDB measured in
+/// alternating short rounds, so that a change of load on a shared machine hits both sides
+/// of a pair alike. Prints each pair's ratio and the median.
+fn paired_ratios() {
+    let rt = runtime();
+    let annals_dir = tempfile::tempdir().unwrap();
+    let raw_dir = tempfile::tempdir().unwrap();
+    let store = RocksEventStore::open(annals_dir.path(), StoreOptions::default()).unwrap();
+    let mut raw_opts = rocksdb::Options::default();
+    raw_opts.create_if_missing(true);
+    let raw = rocksdb::DB::open(&raw_opts, raw_dir.path()).unwrap();
+    let next_key = AtomicU64::new(0);
+    let pairs: usize = std::env::var("ANNALS_BENCH_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(9);
+    for (writers, per_append, rounds) in [(64u64, 1u64, 100u64), (1, 100, 100)] {
+        let label = format!("w{writers}xe{per_append}");
+        let events = (writers * per_append * rounds) as f64;
+        let mut ratios = Vec::new();
+        let (mut annals_sum, mut raw_sum) = (0.0, 0.0);
+        for _ in 0..pairs {
+            let before = store.stats();
+            let a = annals_round(&rt, &store, &label, writers, per_append, rounds);
+            let r = raw_round(&raw, &next_key, true, writers, per_append, rounds);
+            report(&format!("paired/{label}"), &store.stats().since(&before), a);
+            let (a, r) = (events / a.as_secs_f64(), events / r.as_secs_f64());
+            annals_sum += a;
+            raw_sum += r;
+            ratios.push(a / r);
+        }
+        ratios.sort_by(f64::total_cmp);
+        eprintln!(
+            "paired fsync/{label}: median ratio {:.2} (pairs: {}); mean annals {:.0} events/s, mean raw {:.0} records/s",
+            ratios[ratios.len() / 2],
+            ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            annals_sum / pairs as f64,
+            raw_sum / pairs as f64,
+        );
+    }
+}
+
+fn append_matrix(c: &mut Criterion) {
+    if std::env::var("ANNALS_BENCH_PAIRED").is_ok() {
+        paired_ratios();
+        return;
+    }
+    let quick = std::env::var("ANNALS_BENCH_QUICK").is_ok();
+    let rt = runtime();
     for durability in [Durability::Fsync, Durability::Buffered] {
         let name = match durability {
             Durability::Fsync => "fsync",
@@ -130,11 +187,20 @@ fn append_matrix(c: &mut Criterion) {
             for per_append in [1u64, 10, 100] {
                 let label = format!("w{writers}xe{per_append}");
                 group.throughput(Throughput::Elements(writers * per_append));
+                let before = store.stats();
+                let wall = std::cell::Cell::new(Duration::ZERO);
                 group.bench_function(BenchmarkId::new("annals", &label), |b| {
                     b.iter_custom(|iters| {
-                        annals_round(&rt, &store, &label, writers, per_append, iters)
+                        let t = annals_round(&rt, &store, &label, writers, per_append, iters);
+                        wall.set(wall.get() + t);
+                        t
                     })
                 });
+                report(
+                    &format!("{name}/{label}"),
+                    &store.stats().since(&before),
+                    wall.get(),
+                );
                 group.bench_function(BenchmarkId::new("rocksdb", &label), |b| {
                     b.iter_custom(|iters| {
                         raw_round(
@@ -157,6 +223,25 @@ fn append_matrix(c: &mut Criterion) {
             stats.mean_commit_events()
         );
     }
+}
+
+/// Where the writer's time went during one configuration: a profile without a profiler.
+fn report(label: &str, s: &StoreStats, wall: Duration) {
+    if s.commits == 0 {
+        return; // Filtered out on the command line.
+    }
+    let per_commit = |nanos: u64| nanos as f64 / s.commits.max(1) as f64 / 1000.0;
+    eprintln!(
+        "profile {label}: {} commits, {:.1} events/commit, {} syncs; per commit (us): \
+         cycle {:.1}, stage {:.1}, write {:.1}, sync {:.1}",
+        s.commits,
+        s.mean_commit_events(),
+        s.syncs,
+        wall.as_nanos() as f64 / s.commits.max(1) as f64 / 1000.0,
+        per_commit(s.stage_nanos),
+        per_commit(s.write_nanos),
+        per_commit(s.sync_nanos),
+    );
 }
 
 criterion_group!(benches, append_matrix);

@@ -6,12 +6,17 @@
 //! one `append_multi`, each stream with `ExpectedVersion::Exact(loaded version)`. If another
 //! writer got there first, the store refuses the commit and the command runs again on fresh
 //! state, up to `max_attempts` times.
+//!
+//! Within one process, commands on the same aggregate queue behind each other instead of
+//! racing (see [`StreamGates`]): a hot aggregate then costs a wait, not a conflict and a
+//! retry. The exact expected version still decides; the queue only makes it win.
 
 use std::any::Any;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 use uuid::Uuid;
 
 use crate::aggregate::{Aggregate, DomainEvent, decode_event};
@@ -107,6 +112,9 @@ pub struct BusOptions {
     pub snapshot_every: u64,
     /// How many aggregate states are kept in memory.
     pub cache_capacity: usize,
+    /// Queue commands on the same aggregate behind each other in this process instead of
+    /// letting them race and retry on conflicts (see [`StreamGates`]).
+    pub queue_per_stream: bool,
 }
 
 impl Default for BusOptions {
@@ -115,6 +123,96 @@ impl Default for BusOptions {
             max_attempts: 4,
             snapshot_every: 500,
             cache_capacity: 10_000,
+            queue_per_stream: true,
+        }
+    }
+}
+
+/// One async lock per stream that a command of this process is working on.
+///
+/// A transaction takes the gate of each aggregate it loads and holds it until it has
+/// committed, so the next command on that aggregate loads the state the previous one left
+/// (from the cache) and commits without a conflict. To stay free of deadlocks a
+/// transaction only *waits* for a gate while it holds none: its first load waits, later
+/// loads take their gate only if it is free and otherwise go on optimistically. A retry
+/// after a conflict first waits for the gate of the stream that conflicted, so a
+/// multi-aggregate command that lost a race on a hot aggregate queues on its second try.
+///
+/// Gates only order commands inside one process; other processes and every correctness
+/// guarantee still rest on the store's exact expected versions. Entries are removed when
+/// nobody holds or waits for them, so the map stays as small as the work in flight.
+#[derive(Debug, Default)]
+pub struct StreamGates {
+    gates: Mutex<HashMap<StreamId, Arc<AsyncMutex<()>>>>,
+}
+
+impl StreamGates {
+    fn gate(&self, stream: &StreamId) -> Arc<AsyncMutex<()>> {
+        let mut gates = self
+            .gates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        gates.entry(stream.clone()).or_default().clone()
+    }
+
+    /// Waits for the stream's gate.
+    async fn enter(self: &Arc<Self>, stream: &StreamId) -> Gate {
+        let guard = self.gate(stream).lock_owned().await;
+        Gate::new(self, stream, guard)
+    }
+
+    /// The stream's gate if it is free right now.
+    fn try_enter(self: &Arc<Self>, stream: &StreamId) -> Option<Gate> {
+        let guard = self.gate(stream).try_lock_owned().ok()?;
+        Some(Gate::new(self, stream, guard))
+    }
+
+    /// How many streams have a gate (held or waited for): for tests.
+    pub fn len(&self) -> usize {
+        self.gates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// True when no stream has a gate.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A held stream gate; leaving it removes the entry if nobody else wants it.
+struct Gate {
+    gates: Arc<StreamGates>,
+    stream: StreamId,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl Gate {
+    fn new(gates: &Arc<StreamGates>, stream: &StreamId, guard: OwnedMutexGuard<()>) -> Self {
+        Self {
+            gates: gates.clone(),
+            stream: stream.clone(),
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut gates = self
+            .gates
+            .gates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Waiters clone the Arc under this same lock, so a count of one (the map's) means
+        // nobody holds or waits for the gate.
+        if gates
+            .get(&self.stream)
+            .is_some_and(|gate| Arc::strong_count(gate) == 1)
+        {
+            gates.remove(&self.stream);
         }
     }
 }
@@ -144,6 +242,7 @@ pub struct CommandBus<S> {
     /// race wrote since); the exact expected version of the commit catches that, and the
     /// retry loads from the store.
     cache: Mutex<GenerationalCache<StreamId, Cached>>,
+    gates: Arc<StreamGates>,
 }
 
 impl<S> std::fmt::Debug for CommandBus<S> {
@@ -165,6 +264,7 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
     pub fn with_options(store: Arc<S>, upcasters: Upcasters, options: BusOptions) -> Self {
         Self {
             cache: Mutex::new(GenerationalCache::new(options.cache_capacity.max(2))),
+            gates: Arc::default(),
             store,
             upcasters,
             options,
@@ -184,6 +284,11 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
     /// The options.
     pub fn options(&self) -> &BusOptions {
         &self.options
+    }
+
+    /// The per-stream queues of this bus.
+    pub fn gates(&self) -> &StreamGates {
+        &self.gates
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, GenerationalCache<StreamId, Cached>> {
@@ -283,6 +388,7 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
             ctx,
             fresh: attempt > 0,
             emitted: Vec::new(),
+            gates: Mutex::new(Vec::new()),
         }
     }
 
@@ -354,11 +460,15 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
         let mut last_conflict = None;
         for attempt in 0..attempts {
             let mut tx = self.transaction(ctx, attempt);
+            if let Some(stream) = &last_conflict {
+                // Lost a race on this stream: queue for it before deciding again.
+                tx.enter(stream).await;
+            }
             decision.decide(&mut tx).await?;
             match tx.commit().await {
                 Err(StoreError::WrongExpectedVersion { stream, .. }) => {
                     last_conflict = Some(stream);
-                    if attempt + 1 < attempts {
+                    if attempt + 1 < attempts && !self.options.queue_per_stream {
                         tokio::time::sleep(backoff(attempt)).await;
                     }
                 }
@@ -434,12 +544,45 @@ pub struct Transaction<'b, S> {
     ctx: &'b CommandContext,
     fresh: bool,
     emitted: Vec<Emitted>,
+    /// The stream gates this attempt holds until it is committed or dropped.
+    gates: Mutex<Vec<Gate>>,
 }
 
 impl<S: EventStore + SnapshotStore> Transaction<'_, S> {
-    /// Loads an aggregate for this attempt.
+    /// Loads an aggregate for this attempt (after taking its stream's gate, see
+    /// [`StreamGates`]).
     pub async fn load<A: Aggregate>(&self, id: &str) -> Result<Loaded<A>, StoreError> {
+        self.enter(&A::stream_id(id)?).await;
         self.bus.load_with(id, !self.fresh).await
+    }
+
+    /// Takes the stream's gate: waits for it if this attempt holds none yet, takes it
+    /// only if free otherwise (never waiting while holding one keeps it deadlock-free).
+    async fn enter(&self, stream: &StreamId) {
+        if !self.bus.options.queue_per_stream {
+            return;
+        }
+        let holds_any = {
+            let held = self.held();
+            if held.iter().any(|gate| &gate.stream == stream) {
+                return;
+            }
+            !held.is_empty()
+        };
+        let gate = if holds_any {
+            self.bus.gates.try_enter(stream)
+        } else {
+            Some(self.bus.gates.enter(stream).await)
+        };
+        if let Some(gate) = gate {
+            self.held().push(gate);
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Vec<Gate>> {
+        self.gates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Records events decided for a loaded aggregate; they are appended at `commit` with
@@ -591,4 +734,102 @@ pub fn encode_event<E: DomainEvent>(event: &E) -> Result<NewEvent, StoreError> {
         metadata: Metadata::default(),
         payload: event.encode()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::InMemoryEventStore;
+
+    #[derive(Clone, Default, Serialize, Deserialize)]
+    struct Counter {
+        value: u64,
+    }
+
+    #[derive(Clone, Debug, Serialize, Deserialize)]
+    #[serde(tag = "type", content = "data")]
+    enum Counted {
+        Incremented { by: u64 },
+    }
+
+    impl DomainEvent for Counted {
+        fn event_type(&self) -> &'static str {
+            "Incremented"
+        }
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("never")]
+    struct Never;
+
+    impl crate::DomainError for Never {
+        fn code(&self) -> &'static str {
+            "NEVER"
+        }
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+    }
+
+    impl Aggregate for Counter {
+        const CATEGORY: &'static str = "counter";
+        type Command = ();
+        type Event = Counted;
+        type Error = Never;
+
+        fn apply(&mut self, event: &Counted) {
+            let Counted::Incremented { by } = event;
+            self.value += by;
+        }
+
+        fn handle(&self, (): ()) -> Result<Vec<Counted>, Never> {
+            Ok(vec![Counted::Incremented { by: 1 }])
+        }
+    }
+
+    /// With one attempt and no retry, 64 concurrent commands on one aggregate all succeed
+    /// because they queue behind each other; without the queue they race, and whatever
+    /// the race gives, every success (and only those) is counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commands_on_a_hot_aggregate_queue_instead_of_conflicting() {
+        for queue_per_stream in [true, false] {
+            let options = BusOptions {
+                max_attempts: 1,
+                queue_per_stream,
+                ..BusOptions::default()
+            };
+            let bus = Arc::new(CommandBus::with_options(
+                Arc::new(InMemoryEventStore::new(crate::StoreOptions::default())),
+                Upcasters::new(),
+                options,
+            ));
+            let tasks: Vec<_> = (0..64)
+                .map(|_| {
+                    let bus = bus.clone();
+                    tokio::spawn(async move {
+                        // Yield first so that the commands really run concurrently.
+                        tokio::task::yield_now().await;
+                        bus.execute::<Counter>("hot", (), &CommandContext::default())
+                            .await
+                    })
+                })
+                .collect();
+            let mut conflicts = 0;
+            for task in tasks {
+                match task.await.unwrap() {
+                    Ok(_) => {}
+                    Err(StoreError::Conflict { .. }) => conflicts += 1,
+                    Err(other) => panic!("unexpected {other:?}"),
+                }
+            }
+            let value = bus.load_uncached::<Counter>("hot", false).await.unwrap();
+            assert_eq!(value.state.value, 64 - conflicts);
+            if queue_per_stream {
+                assert_eq!(conflicts, 0, "queued commands never conflict");
+                assert!(bus.gates().is_empty(), "gates are released");
+            }
+        }
+    }
 }

@@ -72,7 +72,7 @@ mod upcast;
 pub use aggregate::{Aggregate, DomainEvent, decode_event};
 pub use command::{
     BusOptions, CommandBus, CommandContext, CommandOutcome, Decision, IDEMPOTENCY_NAMESPACE,
-    Loaded, Transaction, encode_event,
+    Loaded, StreamGates, Transaction, encode_event,
 };
 pub use error::{DomainError, StoreError};
 pub use memory::InMemoryEventStore;

@@ -23,13 +23,13 @@ use crate::codec::{self, GENESIS_HASH};
 use crate::error::StoreError;
 use crate::keys::{self, CF_EVENTS, CF_META, CF_SNAPSHOTS, CF_STREAMS, EventIdEntry, StreamRun};
 use crate::snapshot::{Snapshot, SnapshotStore};
-use crate::store::{EventStore, MAX_SCAN_PER_READ, StoreOptions, validate_appends};
+use crate::store::{Durability, EventStore, MAX_SCAN_PER_READ, StoreOptions, validate_appends};
 use crate::types::{
     ChainFault, ChainReport, Direction, EventPage, Hash, MultiAppendResult, Position, ReadFilter,
     RecordedEvent, StreamAppend, StreamId,
 };
 
-use writer::{WriteRequest, Writer};
+use writer::{Failure, Syncer, WriteRequest, Writer};
 
 /// Counters of the write path, for benchmarks and metrics.
 #[derive(Debug, Default)]
@@ -42,6 +42,16 @@ pub struct WriterStats {
     pub events: AtomicU64,
     /// Append requests that failed (expectation, idempotency or storage).
     pub failed_appends: AtomicU64,
+    /// Nanoseconds the writer spent waiting for the first request of a group.
+    pub idle_nanos: AtomicU64,
+    /// Nanoseconds the writer spent checking requests and encoding records.
+    pub stage_nanos: AtomicU64,
+    /// Nanoseconds spent in RocksDB writes (memtables and WAL buffer).
+    pub write_nanos: AtomicU64,
+    /// Nanoseconds spent making the WAL durable (fsync), 0 with `Buffered`.
+    pub sync_nanos: AtomicU64,
+    /// WAL syncs made (one may cover several group commits).
+    pub syncs: AtomicU64,
 }
 
 /// A point-in-time copy of [`WriterStats`].
@@ -55,9 +65,34 @@ pub struct StoreStats {
     pub events: u64,
     /// Append requests that failed.
     pub failed_appends: u64,
+    /// Nanoseconds the writer waited for work.
+    pub idle_nanos: u64,
+    /// Nanoseconds the writer spent checking requests and encoding records.
+    pub stage_nanos: u64,
+    /// Nanoseconds spent in RocksDB writes.
+    pub write_nanos: u64,
+    /// Nanoseconds spent in WAL syncs.
+    pub sync_nanos: u64,
+    /// WAL syncs made.
+    pub syncs: u64,
 }
 
 impl StoreStats {
+    /// The counters accumulated since `earlier` (for measuring one phase of a run).
+    pub fn since(&self, earlier: &StoreStats) -> StoreStats {
+        StoreStats {
+            commits: self.commits - earlier.commits,
+            appends: self.appends - earlier.appends,
+            events: self.events - earlier.events,
+            failed_appends: self.failed_appends - earlier.failed_appends,
+            idle_nanos: self.idle_nanos - earlier.idle_nanos,
+            stage_nanos: self.stage_nanos - earlier.stage_nanos,
+            write_nanos: self.write_nanos - earlier.write_nanos,
+            sync_nanos: self.sync_nanos - earlier.sync_nanos,
+            syncs: self.syncs - earlier.syncs,
+        }
+    }
+
     /// Mean events per group commit.
     pub fn mean_commit_events(&self) -> f64 {
         if self.commits == 0 {
@@ -99,8 +134,11 @@ impl std::fmt::Debug for RocksEventStore {
     }
 }
 
-fn db_options() -> Options {
+fn db_options(durability: Durability) -> Options {
     let mut opts = Options::default();
+    // With `Fsync` writes only fill RocksDB's WAL buffer and the syncer thread writes and
+    // syncs it (`flush_wal(true)`), so the writer builds the next group during the fsync.
+    opts.set_manual_wal_flush(durability == Durability::Fsync);
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_max_background_jobs(2);
@@ -141,13 +179,14 @@ impl RocksEventStore {
         let cfs = keys::ALL_CFS
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
-        let db = DB::open_cf_descriptors(&db_options(), &path, cfs).map_err(|e| {
-            if e.as_ref().contains("lock") {
-                StoreError::Locked { path: path.clone() }
-            } else {
-                StoreError::Storage(e)
-            }
-        })?;
+        let db =
+            DB::open_cf_descriptors(&db_options(options.durability), &path, cfs).map_err(|e| {
+                if e.as_ref().contains("lock") {
+                    StoreError::Locked { path: path.clone() }
+                } else {
+                    StoreError::Storage(e)
+                }
+            })?;
         check_format(&db)?;
         let (head, tip) = recover_tip(&db)?;
         let db = Arc::new(db);
@@ -155,13 +194,36 @@ impl RocksEventStore {
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = crossbeam_channel::bounded(options.queue_capacity);
         let stats = Arc::new(WriterStats::default());
+        let failure: Failure = Arc::default();
+        let syncer = match options.durability {
+            Durability::Buffered => None,
+            Durability::Fsync => {
+                let (written_tx, written_rx) = crossbeam_channel::unbounded();
+                let syncer = Syncer::new(
+                    db.clone(),
+                    head,
+                    head_tx.clone(),
+                    stats.clone(),
+                    failure.clone(),
+                );
+                let handle = std::thread::Builder::new()
+                    .name("annals-syncer".into())
+                    .spawn(move || syncer.run(written_rx))
+                    .map_err(|source| StoreError::Io {
+                        what: "cannot start the WAL syncer thread".into(),
+                        source,
+                    })?;
+                Some((written_tx, handle))
+            }
+        };
         let writer = Writer::new(
             db.clone(),
             options.clone(),
-            head,
-            tip,
+            (head, tip),
             head_tx,
             stats.clone(),
+            syncer,
+            failure,
         );
         let handle = std::thread::Builder::new()
             .name("annals-writer".into())
@@ -205,6 +267,11 @@ impl RocksEventStore {
             appends: s.appends.load(Ordering::Relaxed),
             events: s.events.load(Ordering::Relaxed),
             failed_appends: s.failed_appends.load(Ordering::Relaxed),
+            idle_nanos: s.idle_nanos.load(Ordering::Relaxed),
+            stage_nanos: s.stage_nanos.load(Ordering::Relaxed),
+            write_nanos: s.write_nanos.load(Ordering::Relaxed),
+            sync_nanos: s.sync_nanos.load(Ordering::Relaxed),
+            syncs: s.syncs.load(Ordering::Relaxed),
         }
     }
 
@@ -462,7 +529,11 @@ impl EventStore for RocksEventStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
-        indexed_stream_version(&self.inner.db, &keys::stream_key(stream.as_str()))
+        durable_stream_version(
+            &self.inner.db,
+            &keys::stream_key(stream.as_str()),
+            self.head(),
+        )
     }
 
     async fn find_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
@@ -659,32 +730,99 @@ pub(crate) fn stream_positions(
     Ok(positions)
 }
 
-/// The stream's last version according to the index.
-///
-/// The index can be ahead of the announced head by the one commit being acknowledged; that
-/// commit is already durable, so reporting its version is safe.
+/// The stream's last version according to the index, as the writer sees it: including
+/// groups written but not yet synced (the writer builds on them).
 pub(crate) fn indexed_stream_version(db: &DB, stream_key: &[u8]) -> Result<u64, StoreError> {
+    durable_stream_version(db, stream_key, Position(u64::MAX))
+}
+
+/// The stream's last version whose events are at or below `head`.
+///
+/// The index may hold runs of groups that are written but not yet synced (with `Fsync` the
+/// writer runs one fsync ahead); a run is one append, all above or all below the head, so
+/// skipping the runs that start above it gives the durable version.
+pub(crate) fn durable_stream_version(
+    db: &DB,
+    stream_key: &[u8],
+    head: Position,
+) -> Result<u64, StoreError> {
     let mut opts = ReadOptions::default();
     opts.set_prefix_same_as_start(true);
     opts.set_iterate_lower_bound(keys::stream_index_key(stream_key, 0));
     opts.set_iterate_upper_bound(keys::stream_index_key(stream_key, u64::MAX));
     let mut iter = db.raw_iterator_cf_opt(cf(db, CF_STREAMS), opts);
     iter.seek_for_prev(keys::stream_index_key(stream_key, u64::MAX));
-    let version = match iter.item() {
-        None => 0,
-        Some((key, value)) => {
-            let first = keys::decode_stream_index_version(key);
-            let run = StreamRun::decode(value);
-            match (first, run) {
-                (Some(first), Some(run)) => first + u64::from(run.count) - 1,
-                _ => {
-                    return Err(StoreError::Corruption {
-                        position: Position::ZERO,
-                    });
-                }
+    let mut version = 0;
+    while let Some((key, value)) = iter.item() {
+        let first = keys::decode_stream_index_version(key);
+        let run = StreamRun::decode(value);
+        match (first, run) {
+            // Not durable yet: the version before this run is the answer.
+            (Some(_), Some(run)) if run.first_position > head => iter.prev(),
+            (Some(first), Some(run)) => {
+                version = first + u64::from(run.count) - 1;
+                break;
+            }
+            _ => {
+                return Err(StoreError::Corruption {
+                    position: Position::ZERO,
+                });
             }
         }
-    };
+    }
     iter.status()?;
     Ok(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{ExpectedVersion, NewEvent};
+
+    /// Runs the writer wrote but did not sync yet must not count for readers: with a head
+    /// below the second append, the stream is at the first append's version.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stream_version_stops_at_the_durable_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksEventStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let stream = StreamId::new("order-1").unwrap();
+        let other = StreamId::new("order-2").unwrap();
+        let event = || NewEvent::json("Thing", &serde_json::json!({}));
+        let first = store
+            .append(
+                stream.clone(),
+                ExpectedVersion::NoStream,
+                vec![event(), event()],
+            )
+            .await
+            .unwrap();
+        store
+            .append(other, ExpectedVersion::NoStream, vec![event()])
+            .await
+            .unwrap();
+        let second = store
+            .append(stream.clone(), ExpectedVersion::Exact(2), vec![event()])
+            .await
+            .unwrap();
+        let key = keys::stream_key(stream.as_str());
+        let db = &store.inner.db;
+        assert_eq!(
+            durable_stream_version(db, &key, second.last_position).unwrap(),
+            3
+        );
+        assert_eq!(
+            durable_stream_version(db, &key, Position(second.last_position.0 - 1)).unwrap(),
+            2
+        );
+        assert_eq!(
+            durable_stream_version(db, &key, first.last_position).unwrap(),
+            2
+        );
+        assert_eq!(
+            durable_stream_version(db, &key, Position(first.first_position.0 - 1)).unwrap(),
+            0
+        );
+        assert_eq!(indexed_stream_version(db, &key).unwrap(), 3);
+        assert_eq!(store.stream_version(&stream).await.unwrap(), 3);
+    }
 }

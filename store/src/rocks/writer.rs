@@ -1,19 +1,29 @@
-//! The writer thread: group commit with per-request results.
+//! The writer thread: group commit with per-request results, pipelined with the WAL sync.
 //!
 //! It blocks for the first request, drains whatever else is queued (up to the event and
-//! byte caps), checks each request against the state the group has built so far, writes
-//! one `WriteBatch` with one WAL sync, advances the durable head and only then answers.
-//! There is no timer: while one fsync runs the queue fills by itself, so the group size
-//! adapts to the load with no added latency.
+//! byte caps), checks each request against the state the groups before it have built, and
+//! writes one `WriteBatch`. There is no timer: while one fsync runs the queue fills by
+//! itself, so the group size adapts to the load with no added latency.
+//!
+//! With `Fsync` the database runs with `manual_wal_flush`: a write only appends to RocksDB's
+//! WAL buffer, and the [`Syncer`] thread makes the WAL durable with `flush_wal(true)`. So
+//! the writer stages and writes group N+1 while group N is being synced, and one fsync
+//! covers every group written while the previous one ran. Nobody is answered and the
+//! durable head does not move until a group's sync returned: a caller, a subscriber of
+//! the head and a reader (all reads stop at the durable head) never see an event that
+//! could still be lost. Failures and duplicates of a group are answered after its sync too,
+//! because they were decided against state that becomes durable only then.
 //!
 //! The writer owns the next position, the chain tip and the stream-version cache, so none
 //! of them needs a lock and every position is assigned exactly once.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use rocksdb::{DB, WriteBatch, WriteOptions};
 use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 use uuid::Uuid;
@@ -23,7 +33,7 @@ use crate::cache::GenerationalCache;
 use crate::codec::{self, RecordFields};
 use crate::error::StoreError;
 use crate::keys::{self, CF_EVENT_IDS, CF_EVENTS, CF_STREAMS, EventIdEntry, StreamRun};
-use crate::store::{Durability, StoreOptions};
+use crate::store::StoreOptions;
 use crate::types::{
     AppendResult, Hash, MultiAppendResult, Position, StreamAppend, StreamId, Timestamp,
 };
@@ -63,7 +73,7 @@ pub(crate) struct Writer {
     db: Arc<DB>,
     options: StoreOptions,
     write_options: WriteOptions,
-    /// The last position written (the durable head once a commit returns).
+    /// The last position written (with `Fsync`, possibly not yet synced).
     head: Position,
     tip: Hash,
     versions: GenerationalCache<StreamId, u64>,
@@ -71,22 +81,153 @@ pub(crate) struct Writer {
     stats: Arc<WriterStats>,
     /// Reused across records to avoid an allocation per event.
     buffer: Vec<u8>,
+    /// With `Fsync`: where written groups go to be synced, and the syncer thread.
+    syncer: Option<(Sender<Written>, JoinHandle<()>)>,
+    failure: Failure,
 }
 
 type Reply = oneshot::Sender<Result<MultiAppendResult, StoreError>>;
+
+/// A request's answer waiting to be sent; the permit is released with it, making room for
+/// the next caller.
+type Outcome = (
+    Reply,
+    Result<MultiAppendResult, StoreError>,
+    OwnedSemaphorePermit,
+);
+
+/// A written group on its way to durability.
+pub(crate) struct Written {
+    /// The writer's head once this group was written: durable once synced.
+    upto: Position,
+    outcomes: Vec<Outcome>,
+}
+
+/// The first WAL sync failure, shared by the writer and the syncer. After it the store
+/// takes no more appends (RocksDB itself refuses writes after a failed WAL sync): what the
+/// failed sync covered may or may not be on disk, and only a reopen can tell.
+pub(crate) type Failure = Arc<Mutex<Option<rocksdb::Error>>>;
+
+fn failure_of(failure: &Failure) -> Option<rocksdb::Error> {
+    failure
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// The thread that makes written groups durable and only then answers their callers and
+/// advances the durable head (used with `Fsync`).
+pub(crate) struct Syncer {
+    db: Arc<DB>,
+    durable: Position,
+    head_tx: watch::Sender<Position>,
+    stats: Arc<WriterStats>,
+    failure: Failure,
+}
+
+impl Syncer {
+    pub(crate) fn new(
+        db: Arc<DB>,
+        durable: Position,
+        head_tx: watch::Sender<Position>,
+        stats: Arc<WriterStats>,
+        failure: Failure,
+    ) -> Self {
+        Self {
+            db,
+            durable,
+            head_tx,
+            stats,
+            failure,
+        }
+    }
+
+    pub(crate) fn run(mut self, written: Receiver<Written>) {
+        let mut pending: Vec<Written> = Vec::new();
+        while let Ok(first) = written.recv() {
+            pending.push(first);
+            // Everything written while the previous sync ran shares this one.
+            pending.extend(written.try_iter());
+            let upto = pending.last().map_or(self.durable, |w| w.upto);
+            let mut synced = Ok(());
+            if upto > self.durable {
+                synced = match failure_of(&self.failure) {
+                    Some(error) => Err(error),
+                    None => {
+                        let syncing = Instant::now();
+                        let result = self.db.flush_wal(true);
+                        add_elapsed(&self.stats.sync_nanos, syncing);
+                        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+                        result
+                    }
+                };
+            }
+            match synced {
+                Ok(()) => {
+                    if upto > self.durable {
+                        self.durable = upto;
+                        // Announce durability before answering, so a caller that reads
+                        // right after its append sees its own events.
+                        self.head_tx.send_replace(upto);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "WAL sync failed; the store takes no more appends");
+                    self.failure
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .get_or_insert_with(|| error.clone());
+                    for w in &mut pending {
+                        fail_unanswered(&mut w.outcomes, &error);
+                    }
+                }
+            }
+            for w in pending.drain(..) {
+                answer(w.outcomes, &self.stats);
+            }
+        }
+    }
+}
+
+/// Turns every successful outcome into a storage error: none of them is acknowledged.
+fn fail_unanswered(outcomes: &mut [Outcome], error: &rocksdb::Error) {
+    for (_, outcome, _) in outcomes {
+        if outcome.is_ok() {
+            *outcome = Err(StoreError::Storage(error.clone()));
+        }
+    }
+}
+
+fn answer(outcomes: Vec<Outcome>, stats: &WriterStats) {
+    for (reply, outcome, permit) in outcomes {
+        let counter = if outcome.is_ok() {
+            &stats.appends
+        } else {
+            &stats.failed_appends
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        // A caller that stopped waiting is no reason to fail the others.
+        let _ = reply.send(outcome);
+        drop(permit);
+    }
+}
 
 impl Writer {
     pub(crate) fn new(
         db: Arc<DB>,
         options: StoreOptions,
-        head: Position,
-        tip: Hash,
+        (head, tip): (Position, Hash),
         head_tx: watch::Sender<Position>,
         stats: Arc<WriterStats>,
+        syncer: Option<(Sender<Written>, JoinHandle<()>)>,
+        failure: Failure,
     ) -> Self {
-        let mut write_options = WriteOptions::default();
-        write_options.set_sync(options.durability == Durability::Fsync);
+        // Never `sync` here: with `Fsync` the syncer thread makes the WAL durable (the
+        // database runs with `manual_wal_flush`), with `Buffered` nobody does.
+        let write_options = WriteOptions::default();
         Self {
+            syncer,
+            failure,
             versions: GenerationalCache::new(options.stream_cache_capacity.max(2)),
             db,
             options,
@@ -102,9 +243,12 @@ impl Writer {
     pub(crate) fn run(mut self, requests: Receiver<WriteRequest>) {
         let mut group: Vec<(Vec<StreamAppend>, Reply, OwnedSemaphorePermit)> = Vec::new();
         loop {
+            let idle = Instant::now();
             let Ok(first) = requests.recv() else {
+                self.stop_syncer();
                 return;
             };
+            add_elapsed(&self.stats.idle_nanos, idle);
             let mut shutdown = false;
             let (mut events, mut bytes) = (0usize, 0usize);
             let mut next = Some(first);
@@ -143,6 +287,7 @@ impl Writer {
                         let _ = reply.send(Err(StoreError::Closed));
                     }
                 }
+                self.stop_syncer();
                 if let Err(e) = self.db.flush_wal(true) {
                     tracing::error!(error = %e, "final WAL sync failed");
                 }
@@ -151,7 +296,26 @@ impl Writer {
         }
     }
 
+    /// Lets the syncer finish what it was given (answering everyone) and joins it.
+    fn stop_syncer(&mut self) {
+        if let Some((sender, handle)) = self.syncer.take() {
+            drop(sender);
+            if handle.join().is_err() {
+                tracing::error!("the WAL syncer thread panicked");
+            }
+        }
+    }
+
     fn commit(&mut self, requests: &mut Vec<(Vec<StreamAppend>, Reply, OwnedSemaphorePermit)>) {
+        if let Some(error) = failure_of(&self.failure) {
+            let mut outcomes: Vec<Outcome> = requests
+                .drain(..)
+                .map(|(_, reply, permit)| (reply, Err(StoreError::Storage(error.clone())), permit))
+                .collect();
+            fail_unanswered(&mut outcomes, &error);
+            answer(outcomes, &self.stats);
+            return;
+        }
         let mut group = Group {
             batch: WriteBatch::default(),
             next_position: self.head.next(),
@@ -162,20 +326,21 @@ impl Writer {
             events: 0,
         };
         // Each permit travels with its reply and is released when the caller is answered.
-        let mut outcomes: Vec<(
-            Reply,
-            Result<MultiAppendResult, StoreError>,
-            OwnedSemaphorePermit,
-        )> = Vec::with_capacity(requests.len());
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(requests.len());
+        let staging = Instant::now();
         for (appends, reply, permit) in requests.drain(..) {
             let outcome = self.stage(appends, &mut group);
             outcomes.push((reply, outcome, permit));
         }
+        add_elapsed(&self.stats.stage_nanos, staging);
 
         if group.events > 0 {
             let last = Position(group.next_position.0 - 1);
             let batch = std::mem::take(&mut group.batch);
-            match self.db.write_opt(batch, &self.write_options) {
+            let writing = Instant::now();
+            let written = self.db.write_opt(batch, &self.write_options);
+            add_elapsed(&self.stats.write_nanos, writing);
+            match written {
                 Ok(()) => {
                     self.head = last;
                     self.tip = group.tip;
@@ -184,44 +349,56 @@ impl Writer {
                     }
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
                     self.stats.events.fetch_add(group.events, Ordering::Relaxed);
-                    // Announce durability before answering, so a caller that reads right
-                    // after its append sees its own events.
-                    self.head_tx.send_replace(last);
                 }
                 Err(error) => {
                     tracing::error!(%error, "group commit failed; no append of it is acknowledged");
-                    for (_, outcome, _) in &mut outcomes {
-                        if outcome.is_ok() {
-                            *outcome = Err(StoreError::Storage(error.clone()));
-                        }
-                    }
+                    fail_unanswered(&mut outcomes, &error);
                     self.recover_after_failed_write();
                 }
             }
         }
-        for (reply, outcome, permit) in outcomes {
-            let counter = if outcome.is_ok() {
-                &self.stats.appends
-            } else {
-                &self.stats.failed_appends
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            // A caller that stopped waiting is no reason to fail the others.
-            let _ = reply.send(outcome);
-            drop(permit);
+        match &self.syncer {
+            Some((sender, _)) => {
+                let written = Written {
+                    upto: self.head,
+                    outcomes,
+                };
+                if let Err(unsent) = sender.send(written) {
+                    // The syncer is gone (it panicked): nothing more can become durable.
+                    tracing::error!("the WAL syncer stopped; appends are refused");
+                    let mut outcomes = unsent.0.outcomes;
+                    for (_, outcome, _) in &mut outcomes {
+                        if outcome.is_ok() {
+                            *outcome = Err(StoreError::Closed);
+                        }
+                    }
+                    answer(outcomes, &self.stats);
+                }
+            }
+            None => {
+                // Buffered: written is as durable as it gets. Announce before answering, so
+                // a caller that reads right after its append sees its own events.
+                let head = self.head;
+                self.head_tx.send_if_modified(|announced| {
+                    let moved = *announced != head;
+                    *announced = head;
+                    moved
+                });
+                answer(outcomes, &self.stats);
+            }
         }
     }
 
-    /// After a failed write RocksDB may or may not hold part of the batch (a WAL write that
-    /// succeeded before its sync failed). Re-read the tip from disk so positions stay
-    /// gapless whichever it was, and forget cached versions.
+    /// After a failed write RocksDB may or may not hold the batch (a WAL write that
+    /// succeeded before the memtable insert failed). Re-read the tip so positions stay
+    /// gapless whichever it was, and forget cached versions. The durable head moves only
+    /// through the syncer (with `Fsync`) or the next successful commit.
     fn recover_after_failed_write(&mut self) {
         self.versions.clear();
         match recover_tip(&self.db) {
             Ok((head, tip)) => {
                 self.head = head;
                 self.tip = tip;
-                self.head_tx.send_replace(head);
             }
             Err(error) => {
                 tracing::error!(%error, "cannot re-read the log tip after a failed write")
@@ -302,9 +479,8 @@ impl Writer {
                     metadata: &event.metadata,
                     payload: &event.payload,
                 };
-                let hash = codec::chain_hash(&fields, &group.tip);
                 self.buffer.clear();
-                codec::encode_record(&fields, &group.tip, &hash, &mut self.buffer);
+                let hash = codec::encode_new_record(&fields, &group.tip, &mut self.buffer);
                 group
                     .batch
                     .put_cf(events_cf, keys::position_key(position), &self.buffer);
@@ -447,4 +623,8 @@ impl Writer {
             duplicate: true,
         }))
     }
+}
+
+fn add_elapsed(counter: &AtomicU64, since: Instant) {
+    counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
 }
