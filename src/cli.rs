@@ -14,10 +14,26 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the GraphQL API over HTTP.
     Serve(ServeArgs),
+    /// Export the event log (the audit trail) as NDJSON, CSV or CloudEvents, with a manifest.
+    Export(crate::audit::cli::ExportArgs),
+    /// Verify an export: hashes, chain, order, manifest, signature; optionally the store.
+    Verify(crate::audit::cli::VerifyArgs),
+    /// Keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// The `annals keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a fresh ed25519 key pair for signing export manifests.
+    NewSigning(crate::audit::cli::NewSigningArgs),
 }
 
 /// Options of `annals serve`.

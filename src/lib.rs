@@ -14,5 +14,6 @@
 //!
 //! Depends on both engine crates; nothing depends on it.
 
+pub mod audit;
 pub mod cli;
 pub mod domain;

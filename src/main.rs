@@ -3,7 +3,8 @@
 use anyhow::Context;
 use clap::Parser;
 
-use annals::cli::{Cli, Command};
+use annals::audit::cli as audit;
+use annals::cli::{Cli, Command, KeysCommand};
 use annals_store::{EventStore, RocksEventStore, StoreOptions};
 
 fn main() -> anyhow::Result<()> {
@@ -25,6 +26,11 @@ fn main() -> anyhow::Result<()> {
                 args.listen
             );
             store.close();
+        }
+        Command::Export(args) => audit::exit_on_error(audit::run_export(args)),
+        Command::Verify(args) => audit::exit_on_error(audit::run_verify(args)),
+        Command::Keys(KeysCommand::NewSigning(args)) => {
+            audit::exit_on_error(audit::run_new_signing(args))
         }
     }
     Ok(())
