@@ -24,7 +24,9 @@ pub mod format;
 pub mod manifest;
 pub mod verify;
 
-pub use export::{ExportFilters, ExportOptions, Exporter, Format, export, export_stream};
+pub use export::{
+    ExportFilters, ExportOptions, ExportQuery, Exporter, Format, export, export_stream,
+};
 pub use manifest::{
     Manifest, ManifestSignature, generate_signing_key, parse_public_key, parse_signing_key,
 };
