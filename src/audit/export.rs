@@ -518,7 +518,7 @@ pub async fn export<S: EventStore>(
 ///
 /// A handler (admin role) is a few lines:
 ///
-/// ```ignore
+/// ```text
 /// async fn export_handler(State(state): State<AppState>, Query(q): Query<ExportQuery>) -> Response {
 ///     let options = match q.into_options() { Ok(o) => o, Err(e) => return bad_request(e) };
 ///     let format = options.format;
