@@ -3,7 +3,9 @@
 //! means the two peaks are about equal).
 //!
 //! The log (`ANNALS_EXPORT_BENCH_EVENTS`, default 1,000,000 events of ~300-byte payloads)
-//! is built once per run in a temporary directory. `ANNALS_BENCH_QUICK=1` shortens the
+//! is built once per run in a temporary directory, or in `ANNALS_EXPORT_BENCH_DIR` when
+//! set (kept, and reused when it already holds the events: `annals export` can then be
+//! measured on it with `/usr/bin/time -v`). `ANNALS_BENCH_QUICK=1` shortens the
 //! measurement.
 
 #![allow(missing_docs)]
@@ -86,11 +88,20 @@ fn bench_export(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let dir = tempfile::tempdir().expect("temp dir");
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = std::env::var_os("ANNALS_EXPORT_BENCH_DIR")
+        .map_or_else(|| temp.path().to_path_buf(), std::path::PathBuf::from);
     let started = std::time::Instant::now();
-    let store = build_log(&rt, dir.path(), n);
+    let existing = RocksEventStore::open_read_only(&dir).map_or(0, |s| s.head().get());
+    let store = if existing == n {
+        RocksEventStore::open(&dir, StoreOptions::default()).expect("open the bench log")
+    } else {
+        assert_eq!(existing, 0, "{} holds another log", dir.display());
+        build_log(&rt, &dir, n)
+    };
     eprintln!(
-        "export bench: built a log of {n} events in {:.1?}",
+        "export bench: log of {n} events in {} ready in {:.1?}",
+        dir.display(),
         started.elapsed()
     );
 
