@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use annals::audit::{ExportOptions, export};
+use annals::audit::{ExportOptions, export, export_blocking};
 use annals_store::{
     Durability, EventStore, ExpectedVersion, Metadata, NewEvent, RocksEventStore, StoreOptions,
     StreamId,
@@ -112,9 +112,8 @@ fn bench_export(c: &mut Criterion) {
         let mut options = ExportOptions::default();
         options.filters.to_position = Some(to);
         let started = std::time::Instant::now();
-        let manifest = rt
-            .block_on(export(&store, options, std::io::sink()))
-            .expect("export");
+        let manifest =
+            export_blocking(&store, options, std::io::sink(), |_, _| {}).expect("export");
         let elapsed = started.elapsed();
         eprintln!(
             "export bench: {} events to NDJSON in {:.2?} ({:.0} events/s); peak RSS {} KiB (baseline before the export {} KiB)",
@@ -131,7 +130,15 @@ fn bench_export(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(if quick { 5 } else { 30 }));
     group.warm_up_time(Duration::from_secs(1));
     group.throughput(Throughput::Elements(n));
+    // The CLI's path: one thread reads and decodes pages, the other encodes and writes.
     group.bench_function("ndjson", |b| {
+        b.iter(|| {
+            export_blocking(&store, ExportOptions::default(), std::io::sink(), |_, _| {})
+                .expect("export")
+        })
+    });
+    // The HTTP path (`export_stream` runs the same loop): one task does everything.
+    group.bench_function("ndjson_one_thread", |b| {
         b.iter(|| {
             rt.block_on(export(&store, ExportOptions::default(), std::io::sink()))
                 .expect("export")

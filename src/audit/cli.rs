@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use annals_store::RocksEventStore;
 use uuid::Uuid;
 
-use super::export::{ExportFilters, ExportOptions, Exporter, Format};
+use super::export::{ExportFilters, ExportOptions, Format, export_blocking};
 use super::manifest::{generate_signing_key, parse_public_key, parse_signing_key};
 use super::verify::{VerifyOptions, sidecar_path, verify};
 use super::{AuditError, format};
@@ -136,19 +136,17 @@ pub fn run_export(args: ExportArgs) -> Result<(), AuditError> {
     options.filters.compile()?;
     let store = RocksEventStore::open_read_only(&args.data_dir)?;
     let to_stdout = args.output == "-";
-    let out: Box<dyn Write> = if to_stdout {
-        Box::new(std::io::stdout().lock())
+    let out: Box<dyn Write + Send> = if to_stdout {
+        Box::new(std::io::stdout())
     } else {
         Box::new(
             std::fs::File::create(&args.output)
                 .map_err(|e| AuditError::io(format!("creating {}", args.output), e))?,
         )
     };
-    let mut out = BufWriter::with_capacity(1024 * 1024, out);
-    let mut exporter = Exporter::new(&store, options)?;
+    let out = BufWriter::with_capacity(1024 * 1024, out);
     let progress = std::io::stderr().is_terminal().then(|| {
-        let (_, total) = exporter.progress();
-        let bar = indicatif::ProgressBar::new(total);
+        let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "{spinner} exporting [{bar:40}] {pos}/{len} positions ({per_sec}, eta {eta})",
@@ -158,20 +156,19 @@ pub fn run_export(args: ExportArgs) -> Result<(), AuditError> {
         );
         bar
     });
-    let write_error = |e| AuditError::io(format!("writing {}", args.output), e);
-    runtime()?.block_on(async {
-        while let Some(chunk) = exporter.next_chunk(&store).await? {
-            out.write_all(&chunk).map_err(write_error)?;
-            if let Some(bar) = &progress {
-                bar.set_position(exporter.progress().0);
-            }
+    let manifest = export_blocking(&store, options, out, |done, total| {
+        if let Some(bar) = &progress {
+            bar.set_length(total);
+            bar.set_position(done);
         }
-        out.flush().map_err(write_error)
+    })
+    .map_err(|e| match e {
+        AuditError::Io { source, .. } => AuditError::io(format!("writing {}", args.output), source),
+        e => e,
     })?;
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
-    let manifest = exporter.manifest().expect("the export is complete").clone();
     if args.format.has_sidecar_manifest() {
         let line = manifest.to_line();
         if to_stdout {

@@ -289,14 +289,52 @@ impl ExportQuery {
     }
 }
 
+/// Where the export is in the log: reads the next page and keeps what the filters select.
+#[derive(Clone, Debug)]
+struct PageCursor {
+    compiled: CompiledFilters,
+    page_size: usize,
+    next: Position,
+    cap: Position,
+}
+
+impl PageCursor {
+    /// The selected events of the next page (possibly none), or `None` past the cap.
+    async fn fetch<S: EventStore>(
+        &mut self,
+        store: &S,
+    ) -> Result<Option<Vec<RecordedEvent>>, AuditError> {
+        if self.next > self.cap {
+            return Ok(None);
+        }
+        let page = store
+            .read_all(self.next, self.page_size, &self.compiled.read_filter)
+            .await?;
+        if page.next <= self.next {
+            // The store's head is below our cap: it cannot be (heads only grow), so the
+            // log lost events under us.
+            return Err(AuditError::Store(annals_store::StoreError::Corruption {
+                position: self.next,
+            }));
+        }
+        let cap = self.cap;
+        let events = page
+            .events
+            .into_iter()
+            .take_while(|e| e.position <= cap)
+            .filter(|e| self.compiled.matches(e))
+            .collect();
+        self.next = page.next.min(cap.next());
+        Ok(Some(events))
+    }
+}
+
 /// An export in progress: call [`Exporter::next_chunk`] until it returns `None`, then
 /// take the [`Exporter::manifest`].
 pub struct Exporter {
     options: ExportOptions,
-    compiled: CompiledFilters,
+    cursor: PageCursor,
     start: Position,
-    next: Position,
-    cap: Position,
     head_at_start: Position,
     count: u64,
     first: Option<Position>,
@@ -309,8 +347,8 @@ impl std::fmt::Debug for Exporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Exporter")
             .field("format", &self.options.format)
-            .field("next", &self.next)
-            .field("cap", &self.cap)
+            .field("next", &self.cursor.next)
+            .field("cap", &self.cursor.cap)
             .field("count", &self.count)
             .finish_non_exhaustive()
     }
@@ -335,11 +373,14 @@ impl Exporter {
                 .map_or(head_at_start.get(), |t| t.min(head_at_start.get())),
         );
         Ok(Self {
+            cursor: PageCursor {
+                compiled,
+                page_size: options.page_size,
+                next: start,
+                cap,
+            },
             options,
-            compiled,
             start,
-            next: start,
-            cap,
             head_at_start,
             count: 0,
             first: None,
@@ -356,9 +397,7 @@ impl Exporter {
 
     /// How many positions have been examined, and how many will be in all.
     pub fn progress(&self) -> (u64, u64) {
-        let total = (self.cap.get() + 1).saturating_sub(self.start.get());
-        let done = self.next.get().saturating_sub(self.start.get()).min(total);
-        (done, total)
+        progress(self.start, self.cursor.next, self.cursor.cap)
     }
 
     /// How many events were exported so far.
@@ -381,63 +420,59 @@ impl Exporter {
             return Ok(None);
         }
         let mut buf = Vec::new();
-        if !self.started {
-            self.started = true;
-            if self.options.format == Format::Csv {
-                let mut w = csv_writer(&mut buf);
-                w.write_record(CSV_HEADER).map_err(csv_error)?;
-                w.flush().map_err(|e| AuditError::io("encoding CSV", e))?;
-            }
-        }
-        while self.next <= self.cap {
-            let page = store
-                .read_all(
-                    self.next,
-                    self.options.page_size,
-                    &self.compiled.read_filter,
-                )
-                .await?;
-            if page.next <= self.next {
-                // The store's head is below our cap: it cannot be (heads only grow), so the
-                // log lost events under us.
-                return Err(AuditError::Store(annals_store::StoreError::Corruption {
-                    position: self.next,
-                }));
-            }
-            let selected = page
-                .events
-                .iter()
-                .take_while(|e| e.position <= self.cap)
-                .filter(|e| self.compiled.matches(e));
-            if self.options.format == Format::Csv {
-                let mut w = csv_writer(&mut buf);
-                for event in selected {
-                    w.serialize(CsvOut::of(event)).map_err(csv_error)?;
-                    self.count += 1;
-                    self.first.get_or_insert(event.position);
-                    self.last = Some((event.position, event.hash));
-                }
-                w.flush().map_err(|e| AuditError::io("encoding CSV", e))?;
-            } else {
-                for event in selected {
-                    write_json_line(self.options.format, event, &mut buf)?;
-                    self.count += 1;
-                    self.first.get_or_insert(event.position);
-                    self.last = Some((event.position, event.hash));
-                }
-            }
-            self.next = page.next.min(self.cap.next());
+        self.begin(&mut buf)?;
+        while let Some(events) = self.cursor.fetch(store).await? {
+            self.encode(&events, &mut buf)?;
             if !buf.is_empty() {
                 return Ok(Some(buf));
             }
         }
+        self.finish(&mut buf);
+        Ok((!buf.is_empty()).then_some(buf))
+    }
+
+    /// Writes what comes before the first event (the CSV header), once.
+    fn begin(&mut self, buf: &mut Vec<u8>) -> Result<(), AuditError> {
+        if !self.started {
+            self.started = true;
+            if self.options.format == Format::Csv {
+                let mut w = csv_writer(buf);
+                w.write_record(CSV_HEADER).map_err(csv_error)?;
+                w.flush().map_err(|e| AuditError::io("encoding CSV", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes selected events and counts them.
+    fn encode(&mut self, events: &[RecordedEvent], buf: &mut Vec<u8>) -> Result<(), AuditError> {
+        if self.options.format == Format::Csv {
+            let mut w = csv_writer(buf);
+            for event in events {
+                w.serialize(CsvOut::of(event)).map_err(csv_error)?;
+            }
+            w.flush().map_err(|e| AuditError::io("encoding CSV", e))?;
+        } else {
+            for event in events {
+                write_json_line(self.options.format, event, buf)?;
+            }
+        }
+        if let (Some(first), Some(last)) = (events.first(), events.last()) {
+            self.count += events.len() as u64;
+            self.first.get_or_insert(first.position);
+            self.last = Some((last.position, last.hash));
+        }
+        Ok(())
+    }
+
+    /// Builds the manifest and, for NDJSON, writes its line.
+    fn finish(&mut self, buf: &mut Vec<u8>) {
         let manifest = self.build_manifest();
         if self.options.format == Format::Ndjson {
             buf.extend_from_slice(manifest.to_line().as_bytes());
             buf.push(b'\n');
         }
         self.manifest = Some(manifest);
-        Ok((!buf.is_empty()).then_some(buf))
     }
 
     fn build_manifest(&self) -> Manifest {
@@ -461,6 +496,12 @@ impl Exporter {
         }
         manifest
     }
+}
+
+fn progress(start: Position, next: Position, cap: Position) -> (u64, u64) {
+    let total = (cap.get() + 1).saturating_sub(start.get());
+    let done = next.get().saturating_sub(start.get()).min(total);
+    (done, total)
 }
 
 fn csv_writer(buf: &mut Vec<u8>) -> csv::Writer<&mut Vec<u8>> {
@@ -507,6 +548,65 @@ pub async fn export<S: EventStore>(
     Ok(exporter
         .manifest
         .expect("next_chunk returns None only after building the manifest"))
+}
+
+/// Exports into `out` on two threads: this one encodes and writes while a helper thread
+/// reads and decodes the next pages (at most four pages ahead, so memory stays bounded).
+/// `progress(done, total)` is called after each page with positions examined and to
+/// examine. The CLI's path; blocks the calling thread until the export is complete, so
+/// call it from a blocking context, not on an async runtime's worker.
+///
+/// The store is read with a minimal executor (`futures::executor::block_on`): this suits
+/// stores whose reads do not need a runtime, as both Annals stores' reads do not.
+pub fn export_blocking<S: EventStore>(
+    store: &S,
+    options: ExportOptions,
+    mut out: impl Write,
+    mut progress_fn: impl FnMut(u64, u64),
+) -> Result<Manifest, AuditError> {
+    let mut exporter = Exporter::new(store, options)?;
+    let mut cursor = exporter.cursor.clone();
+    let (start, cap) = (exporter.start, cursor.cap);
+    let write_error = |e| AuditError::io("writing the export", e);
+    std::thread::scope(|scope| {
+        type Page = Result<(Vec<RecordedEvent>, Position), AuditError>;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Page>(4);
+        scope.spawn(move || {
+            loop {
+                let page = futures::executor::block_on(cursor.fetch(store))
+                    .map(|events| events.map(|e| (e, cursor.next)));
+                let sent = match page {
+                    Ok(Some(page)) => tx.send(Ok(page)),
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        break;
+                    }
+                };
+                if sent.is_err() {
+                    // The writer stopped (an error): nothing more to read.
+                    break;
+                }
+            }
+        });
+        let mut buf = Vec::with_capacity(1024 * 1024);
+        exporter.begin(&mut buf)?;
+        for page in rx {
+            let (events, next) = page?;
+            exporter.encode(&events, &mut buf)?;
+            exporter.cursor.next = next;
+            if buf.len() >= 512 * 1024 {
+                out.write_all(&buf).map_err(write_error)?;
+                buf.clear();
+            }
+            let (done, total) = progress(start, next, cap);
+            progress_fn(done, total);
+        }
+        exporter.finish(&mut buf);
+        out.write_all(&buf).map_err(write_error)?;
+        out.flush().map_err(write_error)
+    })?;
+    Ok(exporter.manifest.expect("finish builds the manifest"))
 }
 
 /// The export as a stream of byte chunks, for a streaming HTTP body
@@ -632,6 +732,35 @@ mod tests {
         ] {
             assert_eq!(bad.into_options().unwrap_err().code(), "BAD_USER_INPUT");
         }
+    }
+
+    #[tokio::test]
+    async fn the_two_thread_export_writes_the_same_events() {
+        let store = seeded().await;
+        let options = ExportOptions {
+            page_size: 3,
+            ..ExportOptions::default()
+        };
+        let mut single = Vec::new();
+        export(&store, options.clone(), &mut single).await.unwrap();
+        let mut calls = Vec::new();
+        let mut piped = Vec::new();
+        let manifest = export_blocking(&store, options, &mut piped, |done, total| {
+            calls.push((done, total))
+        })
+        .unwrap();
+        let events = |b: &[u8]| {
+            String::from_utf8(b.to_vec())
+                .unwrap()
+                .lines()
+                .take(25)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(events(&single), events(&piped));
+        assert_eq!(manifest.count, 25);
+        assert_eq!(calls.last(), Some(&(25, 25)));
+        assert_eq!(calls.len(), 9);
     }
 
     #[tokio::test]

@@ -25,7 +25,8 @@ pub mod manifest;
 pub mod verify;
 
 pub use export::{
-    ExportFilters, ExportOptions, ExportQuery, Exporter, Format, export, export_stream,
+    ExportFilters, ExportOptions, ExportQuery, Exporter, Format, export, export_blocking,
+    export_stream,
 };
 pub use manifest::{
     Manifest, ManifestSignature, generate_signing_key, parse_public_key, parse_signing_key,
