@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AuditError;
-use super::format::{CSV_HEADER, CloudEventOut, CsvOut, NdjsonOut, format_time, parse_time};
+use super::format::{CSV_HEADER, CloudEventOut, CsvOut, format_time, parse_time, write_ndjson};
 use super::manifest::{MANIFEST_VERSION, Manifest};
 
 /// The export layouts (see [`super::format`] for their fields).
@@ -512,11 +512,12 @@ fn csv_writer(buf: &mut Vec<u8>) -> csv::Writer<&mut Vec<u8>> {
 
 fn write_json_line(format: Format, e: &RecordedEvent, buf: &mut Vec<u8>) -> Result<(), AuditError> {
     match format {
-        Format::Cloudevents => serde_json::to_writer(&mut *buf, &CloudEventOut::of(e)),
-        _ => serde_json::to_writer(&mut *buf, &NdjsonOut::of(e)),
+        Format::Cloudevents => {
+            serde_json::to_writer(&mut *buf, &CloudEventOut::of(e)).map_err(json_error)?;
+            buf.push(b'\n');
+        }
+        _ => write_ndjson(buf, e),
     }
-    .map_err(json_error)?;
-    buf.push(b'\n');
     Ok(())
 }
 

@@ -158,42 +158,133 @@ impl<'a> PayloadOut<'a> {
     }
 }
 
-/// One NDJSON line, borrowed from the recorded event.
-#[derive(Serialize)]
-pub(crate) struct NdjsonOut<'a> {
-    position: u64,
-    stream_id: &'a str,
-    stream_version: u64,
-    event_id: &'a Uuid,
-    event_type: &'a str,
-    schema_version: u16,
-    recorded_at: TimeText,
-    metadata: &'a Metadata,
-    payload: Option<Cow<'a, RawValue>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    payload_base64: Option<String>,
-    prev_hash: HexOut,
-    hash: HexOut,
+/// Appends `s` as a JSON string (quoted, escaped).
+fn json_str(buf: &mut Vec<u8>, s: &str) {
+    // Writing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, s);
 }
 
-impl<'a> NdjsonOut<'a> {
-    pub(crate) fn of(e: &'a RecordedEvent) -> Self {
-        let payload = PayloadOut::of(&e.payload, false);
-        NdjsonOut {
-            position: e.position.get(),
-            stream_id: e.stream_id.as_str(),
-            stream_version: e.stream_version,
-            event_id: &e.event_id,
-            event_type: &e.event_type,
-            schema_version: e.schema_version,
-            recorded_at: TimeText::of(e.recorded_at),
-            metadata: &e.metadata,
-            payload: payload.json,
-            payload_base64: payload.base64,
-            prev_hash: HexOut::of(&e.prev_hash),
-            hash: HexOut::of(&e.hash),
+/// Appends a string known to need no escaping (hex, UUIDs, RFC 3339, validated event
+/// types), quoted.
+fn plain_str(buf: &mut Vec<u8>, s: &[u8]) {
+    buf.push(b'"');
+    buf.extend_from_slice(s);
+    buf.push(b'"');
+}
+
+fn uuid_str(buf: &mut Vec<u8>, id: &Uuid) {
+    let mut tmp = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    plain_str(buf, id.hyphenated().encode_lower(&mut tmp).as_bytes());
+}
+
+fn number(buf: &mut Vec<u8>, n: u64) {
+    let mut tmp = itoa::Buffer::new();
+    buf.extend_from_slice(tmp.format(n).as_bytes());
+}
+
+/// Appends `n` as exactly `width` decimal digits.
+fn digits(buf: &mut Vec<u8>, n: u32, width: usize) {
+    let mut tmp = [b'0'; 10];
+    let mut n = n;
+    for d in tmp[..width].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    buf.extend_from_slice(&tmp[..width]);
+}
+
+/// Appends the recorded time as `"YYYY-MM-DDTHH:MM:SS.ffffffZ"`, the same text as
+/// [`format_time`] (which it falls back to outside years 0 to 9999), without its
+/// allocation and formatting machinery: this runs once per exported event.
+fn time_json(buf: &mut Vec<u8>, at: Timestamp) {
+    use chrono::{Datelike, Timelike};
+    let micros = at.as_micros();
+    let (secs, frac) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
+    match chrono::DateTime::<chrono::Utc>::from_timestamp(secs, 0) {
+        Some(t) if (0..=9999).contains(&t.year()) => {
+            buf.push(b'"');
+            digits(buf, t.year() as u32, 4);
+            buf.push(b'-');
+            digits(buf, t.month(), 2);
+            buf.push(b'-');
+            digits(buf, t.day(), 2);
+            buf.push(b'T');
+            digits(buf, t.hour(), 2);
+            buf.push(b':');
+            digits(buf, t.minute(), 2);
+            buf.push(b':');
+            digits(buf, t.second(), 2);
+            buf.push(b'.');
+            digits(buf, frac as u32, 6);
+            buf.extend_from_slice(b"Z\"");
+        }
+        _ => {
+            let _ = serde_json::to_writer(&mut *buf, &TimeText::of(at));
         }
     }
+}
+
+/// Appends the metadata object, with the members and order of its serde form.
+fn metadata_json(buf: &mut Vec<u8>, m: &Metadata) {
+    let uuid_or_null = |buf: &mut Vec<u8>, id: &Option<Uuid>| match id {
+        Some(id) => uuid_str(buf, id),
+        None => buf.extend_from_slice(b"null"),
+    };
+    buf.extend_from_slice(b"{\"correlation_id\":");
+    uuid_or_null(buf, &m.correlation_id);
+    buf.extend_from_slice(b",\"causation_id\":");
+    uuid_or_null(buf, &m.causation_id);
+    buf.extend_from_slice(b",\"actor\":");
+    match &m.actor {
+        Some(a) => json_str(buf, a),
+        None => buf.extend_from_slice(b"null"),
+    }
+    buf.extend_from_slice(b",\"extra\":{");
+    for (i, (k, v)) in m.extra.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        json_str(buf, k);
+        buf.push(b':');
+        json_str(buf, v);
+    }
+    buf.extend_from_slice(b"}}");
+}
+
+/// Appends one NDJSON event line (with its newline). Written by hand rather than derived:
+/// it is the export's hot loop, and member names need no escaping.
+pub(crate) fn write_ndjson(buf: &mut Vec<u8>, e: &RecordedEvent) {
+    buf.extend_from_slice(b"{\"position\":");
+    number(buf, e.position.get());
+    buf.extend_from_slice(b",\"stream_id\":");
+    json_str(buf, e.stream_id.as_str());
+    buf.extend_from_slice(b",\"stream_version\":");
+    number(buf, e.stream_version);
+    buf.extend_from_slice(b",\"event_id\":");
+    uuid_str(buf, &e.event_id);
+    buf.extend_from_slice(b",\"event_type\":");
+    json_str(buf, &e.event_type);
+    buf.extend_from_slice(b",\"schema_version\":");
+    number(buf, u64::from(e.schema_version));
+    buf.extend_from_slice(b",\"recorded_at\":");
+    time_json(buf, e.recorded_at);
+    buf.extend_from_slice(b",\"metadata\":");
+    metadata_json(buf, &e.metadata);
+    buf.extend_from_slice(b",\"payload\":");
+    let payload = PayloadOut::of(&e.payload, false);
+    match &payload.json {
+        Some(raw) => buf.extend_from_slice(raw.get().as_bytes()),
+        None => buf.extend_from_slice(b"null"),
+    }
+    if let Some(b64) = &payload.base64 {
+        buf.extend_from_slice(b",\"payload_base64\":");
+        plain_str(buf, b64.as_bytes());
+    }
+    buf.extend_from_slice(b",\"prev_hash\":");
+    plain_str(buf, HexOut::of(&e.prev_hash).as_str().as_bytes());
+    buf.extend_from_slice(b",\"hash\":");
+    plain_str(buf, HexOut::of(&e.hash).as_str().as_bytes());
+    buf.extend_from_slice(b"}\n");
 }
 
 /// One NDJSON line as read back.
@@ -519,9 +610,19 @@ mod tests {
         ];
         for p in payloads {
             let e = event(p);
-            let line = serde_json::to_string(&NdjsonOut::of(&e)).unwrap();
-            assert!(!line.contains('\n'));
-            assert_eq!(parse_ndjson(&line).unwrap(), e, "ndjson {line}");
+            let mut line = Vec::new();
+            write_ndjson(&mut line, &e);
+            let line = String::from_utf8(line).unwrap();
+            assert!(line.ends_with('\n') && !line.trim_end().contains('\n'));
+            let line = line.trim_end();
+            // The hand-written line is the JSON that serde would write for these fields.
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(
+                value["metadata"],
+                serde_json::to_value(&e.metadata).unwrap()
+            );
+            assert_eq!(value["recorded_at"], format_time(e.recorded_at).unwrap());
+            assert_eq!(parse_ndjson(line).unwrap(), e, "ndjson {line}");
             let line = serde_json::to_string(&CloudEventOut::of(&e)).unwrap();
             assert_eq!(parse_cloudevent(&line).unwrap(), e, "cloudevents {line}");
             let mut w = csv::Writer::from_writer(Vec::new());
@@ -544,5 +645,19 @@ mod tests {
             parse_time("2023-11-14T23:13:20.123456+01:00"),
             Some(Timestamp(1_700_000_000_123_456))
         );
+        // The hand-written form agrees with chrono's, before the epoch and at its edges.
+        for micros in [
+            0,
+            -1,
+            1_700_000_000_000_001,
+            -62_135_596_800_000_000,
+            253_402_300_799_999_999,
+            i64::MAX,
+        ] {
+            let mut buf = Vec::new();
+            time_json(&mut buf, Timestamp(micros));
+            let expected = serde_json::to_string(&TimeText::of(Timestamp(micros))).unwrap();
+            assert_eq!(String::from_utf8(buf).unwrap(), expected, "{micros}");
+        }
     }
 }
