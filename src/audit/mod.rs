@@ -5,7 +5,8 @@
 //!   read when the export starts (positions are gapless and records immutable, so
 //!   everything up to that head is a consistent prefix of the log even while appends go
 //!   on). [`export_stream`] is the same engine as a `Stream` of byte chunks, ready to be
-//!   an HTTP response body.
+//!   an HTTP response body ([`ExportQuery`] parses its query string);
+//!   [`export_blocking`] runs it on two threads (reading beside encoding) for the CLI.
 //! - Every export ends with a [`Manifest`] (a final `{"manifest": …}` line in NDJSON, a
 //!   sidecar `FILE.manifest.json` otherwise): the filters, the count, the first and last
 //!   position, the hash of the last event, the export time and the tool version,
@@ -16,7 +17,7 @@
 //!   exports are checked link by link, and with a store every event is compared with the
 //!   log and every event the filters select must be present.
 //!
-//! The exported fields and their encodings are documented in [`format`].
+//! The exported fields and their encodings are documented in [`mod@format`].
 
 pub mod cli;
 pub mod export;
