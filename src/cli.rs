@@ -14,6 +14,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the GraphQL API over HTTP.
@@ -23,6 +25,13 @@ pub enum Command {
     /// Measure throughput and latency (on a fresh temporary data directory by default).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Export the event log (the audit trail) as NDJSON, CSV or CloudEvents, with a manifest.
+    Export(crate::audit::cli::ExportArgs),
+    /// Verify an export: hashes, chain, order, manifest, signature; optionally the store.
+    Verify(crate::audit::cli::VerifyArgs),
+    /// Keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
 }
 
 /// The benchmarks.
@@ -156,6 +165,13 @@ pub struct ReplayArgs {
     /// Rebuild every projection.
     #[arg(long)]
     pub all: bool,
+}
+
+/// The `annals keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a fresh ed25519 key pair for signing export manifests.
+    NewSigning(crate::audit::cli::NewSigningArgs),
 }
 
 /// Options of `annals serve`.

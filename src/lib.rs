@@ -14,6 +14,7 @@
 //!
 //! Depends on both engine crates; nothing depends on it.
 
+pub mod audit;
 pub mod bench;
 pub mod cli;
 pub mod domain;

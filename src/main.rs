@@ -1,16 +1,17 @@
 //! The `annals` binary: parses the command line and hands over to the library.
 
 use anyhow::Context;
+use clap::Parser;
+
+use annals::audit::cli as audit;
+use annals::bench;
+use annals::cli::{BenchCommand, Cli, Command, KeysCommand};
+use annals_store::{EventStore, RocksEventStore, StoreOptions};
 
 /// mimalloc: the many small allocations of record decoding and read-model batches are
 /// markedly cheaper than with the system allocator.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use clap::Parser;
-
-use annals::bench;
-use annals::cli::{BenchCommand, Cli, Command};
-use annals_store::{EventStore, RocksEventStore, StoreOptions};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -68,6 +69,11 @@ fn main() -> anyhow::Result<()> {
                 data_dir: args.data_dir,
             })?;
             print_report(&report, args.json, || report.table())?;
+        }
+        Command::Export(args) => audit::exit_on_error(audit::run_export(args)),
+        Command::Verify(args) => audit::exit_on_error(audit::run_verify(args)),
+        Command::Keys(KeysCommand::NewSigning(args)) => {
+            audit::exit_on_error(audit::run_new_signing(args))
         }
     }
     Ok(())

@@ -127,6 +127,16 @@ pub enum StoreError {
         source: std::io::Error,
     },
 
+    /// The handle was opened read-only (`RocksEventStore::open_read_only`): it takes no
+    /// appends and saves no snapshots.
+    ///
+    /// Handling: open the data directory normally (only one process can) to write.
+    #[error("the event log in {path} is open read-only")]
+    ReadOnly {
+        /// The data directory.
+        path: PathBuf,
+    },
+
     /// The store was closed; no more appends are taken.
     #[error("the event store is closed")]
     Closed,
@@ -200,6 +210,7 @@ impl StoreError {
             StoreError::Locked { .. } => "LOCKED",
             StoreError::Storage(_) | StoreError::Io { .. } => "STORAGE",
             StoreError::Closed => "CLOSED",
+            StoreError::ReadOnly { .. } => "READ_ONLY",
             StoreError::Conflict { .. } => "CONFLICT",
             StoreError::Rejected(e) => e.code(),
             StoreError::Decode { .. } => "DECODE",

@@ -123,6 +123,8 @@ struct Inner {
     writer: std::sync::Mutex<Option<JoinHandle<()>>>,
     /// Serialises snapshot writes so an older snapshot never replaces a newer one.
     snapshot_lock: AsyncMutex<()>,
+    /// Opened with [`RocksEventStore::open_read_only`]: no writer, every write refused.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for RocksEventStore {
@@ -245,8 +247,68 @@ impl RocksEventStore {
                 closed: AtomicBool::new(false),
                 writer: std::sync::Mutex::new(Some(handle)),
                 snapshot_lock: AsyncMutex::new(()),
+                read_only: false,
             }),
         })
+    }
+
+    /// Opens the event log in `path` for reading only, beside a process that may hold it
+    /// open for writing (RocksDB's read-only mode takes no lock).
+    ///
+    /// The handle sees the log as it was when it was opened: its head is fixed, which makes
+    /// every read through it one consistent prefix of the log (appends are atomic batches
+    /// and positions gapless). It starts no writer thread; appends and snapshot saves fail
+    /// with [`StoreError::ReadOnly`]. Reopen it to see newer events.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if !path.join("CURRENT").is_file() {
+            return Err(StoreError::Io {
+                what: format!("no event log in {}", path.display()),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        let cfs = keys::ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
+        let db = DB::open_cf_descriptors_read_only(&Options::default(), &path, cfs, false)?;
+        if let Some(bytes) = db.get_cf(cf(&db, CF_META), keys::META_FORMAT_VERSION)? {
+            let found = <[u8; 4]>::try_from(bytes.as_slice())
+                .map(u32::from_be_bytes)
+                .unwrap_or(u32::MAX);
+            if found > keys::FORMAT_VERSION {
+                return Err(StoreError::UnsupportedFormat {
+                    found,
+                    supported: keys::FORMAT_VERSION,
+                });
+            }
+        }
+        let (head, _tip) = recover_tip(&db)?;
+        // Nobody receives on this channel: the read-only check in `append_multi` comes
+        // first, and a request that got past it would fail as `Closed`.
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let (_head_tx, head_rx) = watch::channel(head);
+        let options = StoreOptions::default();
+        tracing::debug!(path = %path.display(), head = head.0, "event store opened read-only");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db: Arc::new(db),
+                path,
+                permits: Arc::new(Semaphore::new(1)),
+                options,
+                requests: tx,
+                head: head_rx,
+                stats: Arc::new(WriterStats::default()),
+                closed: AtomicBool::new(false),
+                writer: std::sync::Mutex::new(None),
+                snapshot_lock: AsyncMutex::new(()),
+                read_only: true,
+            }),
+        })
+    }
+
+    /// Whether this handle was opened with [`RocksEventStore::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
     }
 
     /// The data directory.
@@ -485,6 +547,11 @@ impl EventStore for RocksEventStore {
         appends: Vec<StreamAppend>,
     ) -> Result<MultiAppendResult, StoreError> {
         let inner = &self.inner;
+        if inner.read_only {
+            return Err(StoreError::ReadOnly {
+                path: inner.path.clone(),
+            });
+        }
         if inner.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
@@ -589,6 +656,11 @@ impl SnapshotStore for RocksEventStore {
     async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError> {
         // Snapshots are saved off the command path by concurrent tasks: serialise them so
         // an older one never overwrites a newer one.
+        if self.inner.read_only {
+            return Err(StoreError::ReadOnly {
+                path: self.inner.path.clone(),
+            });
+        }
         let _guard = self.inner.snapshot_lock.lock().await;
         if let Some(existing) = self.load_snapshot(stream).await?
             && existing.version >= snapshot.version
