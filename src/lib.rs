@@ -15,4 +15,7 @@
 //! Depends on both engine crates; nothing depends on it.
 
 pub mod cli;
+pub mod contracts;
 pub mod domain;
+pub mod graphql;
+pub mod server;
