@@ -17,6 +17,9 @@
 pub mod audit;
 pub mod bench;
 pub mod cli;
+pub mod contracts;
 pub mod domain;
+pub mod graphql;
 pub mod read_models;
 pub mod replay;
+pub mod server;

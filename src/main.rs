@@ -1,11 +1,18 @@
 //! The `annals` binary: parses the command line and hands over to the library.
 
-use anyhow::Context;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
 use clap::Parser;
 
 use annals::audit::cli as audit;
 use annals::bench;
-use annals::cli::{BenchCommand, Cli, Command, KeysCommand};
+use annals::cli::{BenchCommand, Cli, Command, KeysCommand, SchemaArgs, ServeArgs};
+use annals::server::auth::{RateLimit, check_exposure, generate_key};
+use annals::server::{self, AppState, ServerConfig};
+use annals_projections::{ProjectionRuntime, ReadModelStore, RuntimeOptions};
 use annals_store::{EventStore, RocksEventStore, StoreOptions};
 
 /// mimalloc: the many small allocations of record decoding and read-model batches are
@@ -23,16 +30,20 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            let store = RocksEventStore::open(&args.data_dir, StoreOptions::default())
-                .with_context(|| format!("opening the event log in {}", args.data_dir.display()))?;
-            println!(
-                "annals: event log open in {} at position {}; the HTTP server arrives with the GraphQL issue (would listen on {})",
-                args.data_dir.display(),
-                store.head(),
-                args.listen
-            );
-            store.close();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(serve(args))
         }
+        Command::Keys(KeysCommand::New { role }) => {
+            let (key, line) = generate_key(role).map_err(anyhow::Error::msg)?;
+            println!("API key (shown once, keep it secret): {key}");
+            println!("Configuration line for --api-keys-file / ANNALS_API_KEYS:");
+            println!("{line}");
+            Ok(())
+        }
+        Command::Schema(args) => schema(&args),
         Command::Replay(args) => {
             let names: Vec<String> = args.projection.into_iter().collect();
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -40,6 +51,7 @@ fn main() -> anyhow::Result<()> {
             for (name, checkpoint) in report.rebuilt {
                 println!("{name}: rebuilt at position {checkpoint}");
             }
+            Ok(())
         }
         Command::Bench(BenchCommand::Append(args)) => {
             let report = bench::run_append(&bench::AppendBench {
@@ -52,7 +64,7 @@ fn main() -> anyhow::Result<()> {
                 data_dir: args.data_dir,
                 baseline: args.baseline,
             })?;
-            print_report(&report, args.json, || report.table())?;
+            print_report(&report, args.json, || report.table())
         }
         Command::Bench(BenchCommand::Command(args)) => {
             let report = bench::run_command(&bench::CommandBench {
@@ -61,22 +73,28 @@ fn main() -> anyhow::Result<()> {
                 limit: args.limit.limit(),
                 data_dir: args.data_dir,
             })?;
-            print_report(&report, args.json, || report.table())?;
+            print_report(&report, args.json, || report.table())
         }
         Command::Bench(BenchCommand::Catchup(args)) => {
             let report = bench::run_catchup(&bench::CatchupBench {
                 events: args.events,
                 data_dir: args.data_dir,
             })?;
-            print_report(&report, args.json, || report.table())?;
+            print_report(&report, args.json, || report.table())
         }
-        Command::Export(args) => audit::exit_on_error(audit::run_export(args)),
-        Command::Verify(args) => audit::exit_on_error(audit::run_verify(args)),
+        Command::Export(args) => {
+            audit::exit_on_error(audit::run_export(args));
+            Ok(())
+        }
+        Command::Verify(args) => {
+            audit::exit_on_error(audit::run_verify(args));
+            Ok(())
+        }
         Command::Keys(KeysCommand::NewSigning(args)) => {
-            audit::exit_on_error(audit::run_new_signing(args))
+            audit::exit_on_error(audit::run_new_signing(args));
+            Ok(())
         }
     }
-    Ok(())
 }
 
 fn print_report<T: serde::Serialize>(
@@ -90,4 +108,118 @@ fn print_report<T: serde::Serialize>(
         print!("{}", table());
     }
     Ok(())
+}
+
+fn schema(args: &SchemaArgs) -> anyhow::Result<()> {
+    if args.check {
+        let problems = annals::contracts::check(&args.out).map_err(anyhow::Error::msg)?;
+        if !problems.is_empty() {
+            bail!(
+                "contracts are stale (run `annals schema`):\n{}",
+                problems.join("\n")
+            );
+        }
+        println!("contracts in {} are current", args.out.display());
+        return Ok(());
+    }
+    for path in annals::contracts::write(&args.out).map_err(anyhow::Error::msg)? {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let addr: SocketAddr = args
+        .listen
+        .to_socket_addrs()
+        .with_context(|| format!("--listen {}: not an address", args.listen))?
+        .next()
+        .with_context(|| format!("--listen {}: resolves to no address", args.listen))?;
+    let keys = args.load_keys().map_err(anyhow::Error::msg)?;
+    check_exposure(&addr, &keys).map_err(anyhow::Error::msg)?;
+    if keys.is_empty() {
+        tracing::warn!(
+            %addr,
+            "no API keys configured: every request is allowed (admin); loopback only"
+        );
+    } else {
+        tracing::info!(keys = keys.len(), "API keys loaded");
+    }
+    let rate_limit = RateLimit {
+        per_second: args
+            .rate_limit
+            .try_into()
+            .context("--rate-limit must be positive")?,
+        burst: args
+            .rate_burst
+            .try_into()
+            .context("--rate-burst must be positive")?,
+    };
+    let log_dir = args.log_dir();
+    let store = RocksEventStore::open(&log_dir, StoreOptions::default())
+        .with_context(|| format!("opening the event log in {}", log_dir.display()))?;
+    let store = Arc::new(store);
+    let config = ServerConfig {
+        api_keys: keys,
+        rate_limit,
+        max_body_bytes: args.max_body_bytes,
+        request_timeout: Duration::from_secs(args.request_timeout_secs),
+        data_dir: Some(args.data_dir.clone()),
+        ..ServerConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        head = store.head().get(),
+        "annals serving GraphQL on /graphql"
+    );
+    let read_dir = args.data_dir.join("read");
+    let read = ReadModelStore::open(&read_dir)
+        .with_context(|| format!("opening the read models in {}", read_dir.display()))?;
+    let projections = ProjectionRuntime::start(
+        store.clone(),
+        Arc::new(read),
+        annals::read_models::projections(),
+        Arc::new(annals::domain::upcasters()),
+        RuntimeOptions::default(),
+    )
+    .context("starting the projections")?;
+    let state = AppState::new(store.clone(), projections.clone(), config);
+    let served = server::run(listener, state, shutdown_signal()).await;
+    // Workers stop at a checkpoint (every batch is atomic), then the log closes.
+    projections.shutdown().await;
+    // Close even when serving failed: the writer finishes what it was given and joins.
+    store.close();
+    tracing::info!("event store closed");
+    served.context("serving HTTP")
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
 }

@@ -14,7 +14,7 @@ use annals_store::{
 };
 use serde_json::Value;
 
-pub use order::{Order, OrderCommand, OrderEvent, OrderLine, OrderStatus};
+pub use order::{Order, OrderCommand, OrderEvent, OrderLine, OrderPlacedV1, OrderStatus};
 pub use product::{Product, ProductCommand, ProductEvent};
 
 /// Why the domain refused a command. Codes are stable: clients match on them.

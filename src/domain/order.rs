@@ -62,6 +62,18 @@ pub struct Order {
     pub tracking_number: Option<String>,
 }
 
+/// The payload of `OrderPlaced` at schema v1 (early releases), before `total_cents`.
+///
+/// Never written any more: old logs still hold it, [`crate::domain::upcasters`] turns it
+/// into v2 on read, and its JSON Schema stays published for readers of those logs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderPlacedV1 {
+    /// Who ordered.
+    pub customer_id: String,
+    /// What was ordered.
+    pub lines: Vec<OrderLine>,
+}
+
 /// What happens to an order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", content = "data")]

@@ -1,0 +1,438 @@
+//! The one place where errors become GraphQL `extensions.code`.
+//!
+//! Every failure a client can see — a store or domain error from a resolver, a refused
+//! API key, a body that is not JSON, a query over the depth limit — is an [`ApiError`]
+//! with an [`ErrorCode`] built here, and leaves the server through
+//! [`ApiError::into_graphql`] (inside a GraphQL response) or [`ApiError::into_response`]
+//! (before GraphQL runs). [`finish_response`] tags the errors async-graphql produced
+//! itself (syntax, validation, limits), so no error ever reaches a client without a code.
+//!
+//! Internal failures are logged here, inside the request's span (so with its request id),
+//! and reach the client only as `INTERNAL` with a generic message.
+//!
+//! `ApiError` deliberately does not implement `Display`: async-graphql converts anything
+//! `Display` into an error without a code, and that path must stay closed for it.
+
+use std::time::Duration;
+
+use annals_store::{ExpectedVersion, StoreError};
+use async_graphql::{ErrorExtensionValues, ServerError, Value};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// The stable codes clients match on (`extensions.code`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The request is malformed: not JSON, a GraphQL syntax or validation error, an
+    /// argument out of range, an invalid stream id or event type.
+    BadUserInput,
+    /// The thing asked for does not exist.
+    NotFound,
+    /// A stream was not at the version the caller expected (`expected`, `actual`).
+    WrongExpectedVersion,
+    /// A command kept losing races for its streams, or an event id was reused.
+    Conflict,
+    /// Domain: not enough stock for a reservation.
+    InsufficientStock,
+    /// Domain: the aggregate's state forbids the command.
+    InvalidState,
+    /// Domain: an order line names an unregistered product.
+    UnknownProduct,
+    /// Domain: the command breaks an input rule.
+    ValidationError,
+    /// Another domain code this module does not know by name.
+    Domain(&'static str),
+    /// No API key, or one the server does not know.
+    Unauthenticated,
+    /// The key's role does not allow the operation.
+    Forbidden,
+    /// The key sent too many requests; retry after `retryAfter` seconds.
+    RateLimited,
+    /// The body or an event payload is over its size limit.
+    PayloadTooLarge,
+    /// The query is nested deeper or is more complex than the server allows.
+    QueryTooComplex,
+    /// A read model did not reach the requested position in time.
+    StaleReadTimeout,
+    /// Something failed inside the server; details are in its log, not in the response.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as clients see it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadUserInput => "BAD_USER_INPUT",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::WrongExpectedVersion => "WRONG_EXPECTED_VERSION",
+            ErrorCode::Conflict => "CONFLICT",
+            ErrorCode::InsufficientStock => "INSUFFICIENT_STOCK",
+            ErrorCode::InvalidState => "INVALID_STATE",
+            ErrorCode::UnknownProduct => "UNKNOWN_PRODUCT",
+            ErrorCode::ValidationError => "VALIDATION_ERROR",
+            ErrorCode::Domain(code) => code,
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorCode::QueryTooComplex => "QUERY_TOO_COMPLEX",
+            ErrorCode::StaleReadTimeout => "STALE_READ_TIMEOUT",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+
+    /// The HTTP status used when the error ends a request before GraphQL runs.
+    pub fn http_status(self) -> StatusCode {
+        match self {
+            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn from_domain(code: &'static str) -> Self {
+        match code {
+            "INSUFFICIENT_STOCK" => ErrorCode::InsufficientStock,
+            "INVALID_STATE" => ErrorCode::InvalidState,
+            "UNKNOWN_PRODUCT" => ErrorCode::UnknownProduct,
+            "VALIDATION_ERROR" => ErrorCode::ValidationError,
+            "NOT_FOUND" => ErrorCode::NotFound,
+            other => ErrorCode::Domain(other),
+        }
+    }
+}
+
+/// An error on its way to a client: a code, a message meant for the client, and extra
+/// extensions (`expected`/`actual`, `retryAfter`, `limit`, ...).
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    code: ErrorCode,
+    message: String,
+    extensions: Vec<(&'static str, Value)>,
+    retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            extensions: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    fn with(mut self, name: &'static str, value: impl Into<Value>) -> Self {
+        self.extensions.push((name, value.into()));
+        self
+    }
+
+    /// The code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// The message the client sees.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Malformed input.
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadUserInput, message)
+    }
+
+    /// The thing asked for does not exist.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+
+    /// No key, or an unknown key.
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthenticated, message)
+    }
+
+    /// The caller's role is below `required`.
+    pub fn forbidden(required: &str, actual: &str) -> Self {
+        Self::new(
+            ErrorCode::Forbidden,
+            format!("this operation needs the {required} role; the API key has {actual}"),
+        )
+        .with("requiredRole", required)
+    }
+
+    /// Too many requests from one key; the client may retry after `retry_after`.
+    pub fn rate_limited(retry_after: Duration) -> Self {
+        // Clients get whole seconds, rounded up so that retrying on time succeeds.
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        let mut error = Self::new(
+            ErrorCode::RateLimited,
+            format!("rate limit exceeded; retry after {secs} s"),
+        )
+        .with("retryAfter", secs);
+        error.retry_after = Some(Duration::from_secs(secs));
+        error
+    }
+
+    /// The request body is larger than `limit` bytes.
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body exceeds the limit of {limit} bytes"),
+        )
+        .with("limit", limit as u64)
+    }
+
+    /// A read model did not reach `wanted` within `waited`.
+    pub fn stale_read_timeout(wanted: u64, reached: u64, waited: Duration) -> Self {
+        Self::new(
+            ErrorCode::StaleReadTimeout,
+            format!(
+                "the read model did not reach position {wanted} within {} ms (it is at {reached})",
+                waited.as_millis()
+            ),
+        )
+        .with("atLeast", wanted.to_string())
+        .with("reached", reached.to_string())
+    }
+
+    /// An internal failure: `detail` is logged (with the request id of the current span)
+    /// and never sent to the client.
+    pub fn internal(detail: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(ErrorCode::Internal, "internal server error")
+    }
+
+    fn extension_values(&self) -> ErrorExtensionValues {
+        let mut ext = ErrorExtensionValues::default();
+        ext.set("code", self.code.as_str());
+        for (name, value) in &self.extensions {
+            ext.set(*name, value.clone());
+        }
+        ext
+    }
+
+    /// The error as a GraphQL field error.
+    pub fn into_graphql(self) -> async_graphql::Error {
+        let mut error = async_graphql::Error::new(self.message.clone());
+        error.extensions = Some(self.extension_values());
+        error
+    }
+
+    /// The error as a complete HTTP response with a GraphQL-shaped body
+    /// (`{"errors":[{"message", "extensions":{"code"}}]}`), for failures before GraphQL runs.
+    pub fn into_response(self) -> Response {
+        let status = self.code.http_status();
+        let retry_after = self.retry_after;
+        let mut error = ServerError::new(self.message.clone(), None);
+        error.extensions = Some(self.extension_values());
+        let body = serde_json::json!({ "errors": [error] });
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(after) = retry_after
+            && let Ok(value) = HeaderValue::from_str(&after.as_secs().to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        ApiError::into_response(self)
+    }
+}
+
+impl From<ApiError> for async_graphql::Error {
+    fn from(error: ApiError) -> Self {
+        error.into_graphql()
+    }
+}
+
+fn expected_text(expected: ExpectedVersion) -> String {
+    match expected {
+        ExpectedVersion::Any => "ANY".into(),
+        ExpectedVersion::NoStream => "NO_STREAM".into(),
+        ExpectedVersion::StreamExists => "STREAM_EXISTS".into(),
+        ExpectedVersion::Exact(v) => v.to_string(),
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match &error {
+            StoreError::WrongExpectedVersion {
+                stream,
+                expected,
+                actual,
+            } => ApiError::new(ErrorCode::WrongExpectedVersion, error.to_string())
+                .with("streamId", stream.as_str())
+                .with("expected", expected_text(*expected))
+                .with("actual", actual.to_string()),
+            StoreError::IdempotencyConflict { event_id, .. } => ApiError::new(
+                ErrorCode::Conflict,
+                format!("event id {event_id} is already used by another event"),
+            )
+            .with("eventId", event_id.to_string()),
+            StoreError::Conflict { stream, attempts } => ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "stream {stream} kept changing under the command ({attempts} attempts); retry"
+                ),
+            )
+            .with("streamId", stream.as_str()),
+            StoreError::InvalidStreamId { .. }
+            | StoreError::InvalidEventType { .. }
+            | StoreError::TooManyEvents { .. }
+            | StoreError::EmptyAppend
+            | StoreError::DuplicateStream { .. } => ApiError::bad_input(error.to_string()),
+            StoreError::PayloadTooLarge { limit, .. } => {
+                ApiError::new(ErrorCode::PayloadTooLarge, error.to_string())
+                    .with("limit", *limit as u64)
+            }
+            StoreError::Rejected(domain) => {
+                ApiError::new(ErrorCode::from_domain(domain.code()), domain.to_string())
+            }
+            // Corruption, storage, a closed store, undecodable events: the client can do
+            // nothing about them and must not learn the server's internals.
+            _ => ApiError::internal(&error),
+        }
+    }
+}
+
+/// Tags the errors of an executed GraphQL response that async-graphql made itself.
+///
+/// Resolver errors built here already carry a code and pass unchanged. Among the rest:
+/// depth/complexity limits become `QUERY_TOO_COMPLEX`; syntax, validation and argument
+/// errors become `BAD_USER_INPUT`; anything else raised inside a resolver (an error that
+/// bypassed [`ApiError`]) becomes `INTERNAL` with its detail logged, never shown.
+pub fn finish_response(response: &mut async_graphql::Response) {
+    for error in &mut response.errors {
+        tag(error);
+    }
+}
+
+fn tag(error: &mut ServerError) {
+    let has_code = error
+        .extensions
+        .as_ref()
+        .is_some_and(|ext| ext.get("code").is_some());
+    if has_code {
+        return;
+    }
+    let message = error.message.as_str();
+    let code = if message.contains("nested too deep") || message.contains("too complex") {
+        ErrorCode::QueryTooComplex
+    } else if error.path.is_empty()
+        || message.starts_with("Failed to parse")
+        || message.starts_with("Invalid value for argument")
+        || message.starts_with("Internal: Failed to parse")
+    {
+        ErrorCode::BadUserInput
+    } else {
+        tracing::error!(error = %error.message, path = ?error.path, "uncoded resolver error");
+        error.message = "internal server error".into();
+        ErrorCode::Internal
+    };
+    error
+        .extensions
+        .get_or_insert_with(Default::default)
+        .set("code", code.as_str());
+}
+
+/// A request body that was not valid JSON (or not a GraphQL request object).
+pub fn malformed_body(detail: &dyn std::fmt::Display) -> ApiError {
+    ApiError::bad_input(format!(
+        "request body is not a valid GraphQL request: {detail}"
+    ))
+}
+
+/// A response for an HTTP-level error that some layer produced without a GraphQL body
+/// (the body-limit layer's 413, the timeout layer's 408).
+pub fn from_status(status: StatusCode, body_limit: usize) -> Option<ApiError> {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => Some(ApiError::payload_too_large(body_limit)),
+        StatusCode::REQUEST_TIMEOUT => Some(ApiError::new(
+            ErrorCode::Internal,
+            "the request took longer than the server allows",
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use annals_store::StreamId;
+
+    #[test]
+    fn wrong_expected_version_carries_both_versions() {
+        let e = ApiError::from(StoreError::WrongExpectedVersion {
+            stream: StreamId::new("order-1").unwrap(),
+            expected: ExpectedVersion::Exact(3),
+            actual: 5,
+        })
+        .into_graphql();
+        let ext = serde_json::to_value(e.extensions.unwrap()).unwrap();
+        assert_eq!(ext["code"], "WRONG_EXPECTED_VERSION");
+        assert_eq!(ext["expected"], "3");
+        assert_eq!(ext["actual"], "5");
+    }
+
+    #[test]
+    fn internal_errors_hide_their_detail() {
+        let e = ApiError::from(StoreError::Corruption {
+            position: annals_store::Position(7),
+        });
+        assert_eq!(e.code(), ErrorCode::Internal);
+        assert!(!e.message().contains('7'));
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        let e = ApiError::rate_limited(Duration::from_millis(1200)).into_graphql();
+        let ext = serde_json::to_value(e.extensions.unwrap()).unwrap();
+        assert_eq!(ext["retryAfter"], 2);
+    }
+}
+
+impl From<annals_projections::ProjectionError> for ApiError {
+    fn from(error: annals_projections::ProjectionError) -> Self {
+        use annals_projections::ProjectionError as E;
+        match error {
+            E::UnknownProjection { name } => {
+                ApiError::not_found(format!("no projection named {name:?}"))
+            }
+            E::InvalidState { name, reason } => ApiError::new(
+                ErrorCode::InvalidState,
+                format!("projection {name}: {reason}"),
+            ),
+            E::StaleRead {
+                position,
+                checkpoint,
+                timeout,
+                ..
+            } => ApiError::stale_read_timeout(position.get(), checkpoint.get(), timeout),
+            E::Store(e) => e.into(),
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
+impl From<crate::read_models::QueryError> for ApiError {
+    fn from(error: crate::read_models::QueryError) -> Self {
+        use crate::read_models::QueryError as E;
+        match error {
+            E::InvalidCursor => ApiError::bad_input("after: not a cursor this API handed out"),
+            E::InvalidPageSize { max } => {
+                ApiError::bad_input(format!("first must be between 1 and {max}"))
+            }
+            E::ReadModel(e) => e.into(),
+        }
+    }
+}

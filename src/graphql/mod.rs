@@ -1,0 +1,168 @@
+//! The GraphQL schema: the log (`head`, `stream`, `events`), one mutation per domain
+//! command, admin appends, and the live `events` subscription.
+//!
+//! The roots are merged objects so that more parts plug in without touching these:
+//! the read-model queries join [`Query`] as another member, projection control joins
+//! [`Mutation`]. Errors leave through [`error`], the only module that sets
+//! `extensions.code`.
+
+pub mod error;
+mod mutation;
+mod query;
+mod read_models;
+pub mod scalars;
+mod subscription;
+pub mod types;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use annals_projections::ProjectionRuntime;
+use annals_store::{CommandContext, RocksEventStore};
+use async_graphql::{Context, Guard, MergedObject, MergedSubscription, Schema, SchemaBuilder};
+use tokio::sync::watch;
+
+use crate::domain::Commerce;
+use crate::read_models::CommerceReadModels;
+use crate::server::auth::{Principal, Role};
+use error::ApiError;
+
+pub use mutation::{AdminMutation, CommandMutation};
+pub use query::LogQuery;
+pub use read_models::{Amount, ProjectionMutation, ReadModelQuery};
+pub use subscription::LogSubscription;
+
+/// Every query.
+#[derive(MergedObject, Default)]
+pub struct Query(LogQuery, ReadModelQuery);
+
+/// Every mutation: domain commands (writer), raw appends and projection control (admin).
+#[derive(MergedObject, Default)]
+pub struct Mutation(CommandMutation, AdminMutation, ProjectionMutation);
+
+/// Every subscription.
+#[derive(MergedSubscription, Default)]
+pub struct Subscription(LogSubscription);
+
+/// The schema type the server executes.
+pub type AnnalsSchema = Schema<Query, Mutation, Subscription>;
+
+/// Limits the schema enforces on every operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GraphqlLimits {
+    /// Deepest selection nesting allowed (graphql-js's introspection query needs 13).
+    pub max_depth: usize,
+    /// Highest complexity allowed (each selected field counts 1).
+    pub max_complexity: usize,
+    /// Largest page any list query returns; larger `limit`s are capped to it.
+    pub max_page: usize,
+}
+
+impl Default for GraphqlLimits {
+    fn default() -> Self {
+        Self {
+            max_depth: 16,
+            max_complexity: 1000,
+            max_page: 1000,
+        }
+    }
+}
+
+/// What resolvers need, shared by every request (schema data).
+#[derive(Clone)]
+pub struct ApiContext {
+    /// The event log.
+    pub store: Arc<RocksEventStore>,
+    /// The domain's commands.
+    pub commerce: Arc<Commerce<RocksEventStore>>,
+    /// Page caps.
+    pub limits: GraphqlLimits,
+    /// Turns true when the server shuts down: live subscriptions end.
+    pub shutdown: watch::Receiver<bool>,
+    /// The projection workers (status, control, `wait_for`).
+    pub projections: ProjectionRuntime,
+    /// The queries over the domain's read models.
+    pub read_models: CommerceReadModels,
+    /// How long a query with `atLeast` waits for its read model.
+    pub stale_read_timeout: Duration,
+}
+
+/// The id of the HTTP request an operation belongs to (request data).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// The schema's shape with its limits, without data: for printing the SDL.
+pub fn schema_builder(limits: GraphqlLimits) -> SchemaBuilder<Query, Mutation, Subscription> {
+    Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .limit_depth(limits.max_depth)
+    .limit_complexity(limits.max_complexity)
+}
+
+/// The executable schema.
+pub fn build_schema(context: ApiContext) -> AnnalsSchema {
+    schema_builder(context.limits).data(context).finish()
+}
+
+/// The schema in SDL, as published in `schema/annals.graphql`.
+pub fn sdl() -> String {
+    let mut sdl = schema_builder(GraphqlLimits::default()).finish().sdl();
+    if !sdl.ends_with('\n') {
+        sdl.push('\n');
+    }
+    sdl
+}
+
+/// Lets a field run only for callers with at least `0`'s role.
+pub struct RoleGuard(pub Role);
+
+impl Guard for RoleGuard {
+    async fn check(&self, ctx: &Context<'_>) -> async_graphql::Result<()> {
+        match ctx.data_opt::<Principal>() {
+            Some(p) if p.role >= self.0 => Ok(()),
+            Some(p) => Err(ApiError::forbidden(self.0.as_str(), p.role.as_str()).into()),
+            None => Err(ApiError::unauthenticated("an API key is required").into()),
+        }
+    }
+}
+
+pub(crate) fn api<'a>(ctx: &Context<'a>) -> &'a ApiContext {
+    ctx.data_unchecked::<ApiContext>()
+}
+
+/// The command context of a mutation: the caller is the actor, the request id goes into
+/// the metadata, and the idempotency key (scoped to the actor) makes retries safe.
+pub(crate) fn command_context(
+    ctx: &Context<'_>,
+    idempotency_key: Option<String>,
+) -> Result<CommandContext, ApiError> {
+    if let Some(key) = &idempotency_key
+        && (key.is_empty() || key.len() > 256)
+    {
+        return Err(ApiError::bad_input("idempotencyKey must be 1 to 256 bytes"));
+    }
+    let mut command = CommandContext {
+        idempotency_key,
+        actor: ctx.data_opt::<Principal>().map(|p| p.id.clone()),
+        ..CommandContext::default()
+    };
+    if let Some(RequestId(id)) = ctx.data_opt::<RequestId>() {
+        command.correlation_id = uuid::Uuid::parse_str(id).ok();
+        command.extra.insert("requestId".into(), id.clone());
+    }
+    Ok(command)
+}
+
+/// Caps a requested page size: absent means `min(100, max)`; below 1 is refused.
+pub(crate) fn page_size(limit: Option<i32>, max: usize) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(max.min(100)),
+        Some(n) if n < 1 => Err(ApiError::bad_input(format!(
+            "limit must be at least 1 (got {n})"
+        ))),
+        Some(n) => Ok(usize::try_from(n).unwrap_or(max).min(max)),
+    }
+}

@@ -1,0 +1,106 @@
+//! Prometheus metrics: the process-wide recorder, the per-request middleware and the
+//! scrape-time store gauges.
+//!
+//! The `metrics` facade has one global recorder per process, so the recorder is
+//! installed once ([`handle`]) and shared by every server the process runs (tests run
+//! several).
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use annals_store::{EventStore, RocksEventStore};
+
+/// Histogram buckets for every `*_seconds` metric: 100 µs to 10 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process's Prometheus handle, installing the recorder on first use. `None` when
+/// another recorder was installed first (metrics then go there, and `/metrics` says so).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS);
+            match builder.and_then(|b| b.install_recorder()) {
+                Ok(handle) => Some(handle),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot install the Prometheus recorder");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// The label a response carries for `http_request_duration_seconds{operation}`: the
+/// GraphQL operation (set by the GraphQL handler) or the route.
+#[derive(Clone, Debug)]
+pub struct OperationLabel(pub String);
+
+/// The label of a request that no handler named: its route when known.
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/graphql" => "graphql",
+        "/graphql/ws" => "subscription",
+        "/health" => "health",
+        "/ready" => "ready",
+        "/metrics" => "metrics",
+        _ => "other",
+    }
+}
+
+/// Counts every request and times it, by operation and status.
+pub async fn track(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = route_label(request.uri().path());
+    let response = next.run(request).await;
+    let operation = response
+        .extensions()
+        .get::<OperationLabel>()
+        .map_or_else(|| route.to_string(), |l| l.0.clone());
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("http_requests_total", "operation" => operation.clone(), "status" => status.clone())
+        .increment(1);
+    metrics::histogram!("http_request_duration_seconds", "operation" => operation, "status" => status)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Copies the store's write-path counters into the registry, then renders it.
+pub fn render(
+    store: &RocksEventStore,
+    projections: &annals_projections::ProjectionRuntime,
+) -> Option<String> {
+    let handle = handle()?;
+    let stats = store.stats();
+    metrics::counter!("annals_store_group_commits_total").absolute(stats.commits);
+    metrics::counter!("annals_store_appends_total").absolute(stats.appends);
+    metrics::counter!("annals_store_events_total").absolute(stats.events);
+    metrics::counter!("annals_store_failed_appends_total").absolute(stats.failed_appends);
+    metrics::gauge!("annals_store_group_commit_events_mean").set(stats.mean_commit_events());
+    metrics::gauge!("annals_store_head_position").set(store.head().get() as f64);
+    for status in projections.status() {
+        let name = status.name.clone();
+        metrics::gauge!("annals_projection_lag_events", "projection" => name.clone())
+            .set(status.lag as f64);
+        metrics::gauge!("annals_projection_checkpoint_position", "projection" => name.clone())
+            .set(status.checkpoint.get() as f64);
+        metrics::gauge!("annals_projection_events_per_second", "projection" => name.clone())
+            .set(status.events_per_second);
+        metrics::gauge!("annals_projection_parked_events", "projection" => name.clone())
+            .set(status.parked as f64);
+        metrics::gauge!("annals_projection_failed", "projection" => name).set(f64::from(u8::from(
+            status.state == annals_projections::ProjectionState::Failed,
+        )));
+    }
+    Some(handle.render())
+}

@@ -1,0 +1,256 @@
+//! The HTTP server: `app(state) -> Router` and `run(listener, state, shutdown)`.
+//!
+//! Routes: `POST`/`GET /graphql` (GraphiQL for browsers), `GET /graphql/ws`
+//! (graphql-transport-ws), `GET /health`, `GET /ready`, `GET /metrics`. Every request
+//! gets an `X-Request-ID` (the client's or a fresh UUID), echoed in the response and
+//! recorded on the tracing span that every log line of the request is emitted in.
+//!
+//! Layers, outermost first: request id → trace span → metrics → CORS → compression →
+//! timeout → body-limit errors as GraphQL errors → body limit (refuses a body whose
+//! `Content-Length` is over the limit before reading it, and stops reading a streamed
+//! one at the limit). The GraphQL routes add authentication and the per-key rate limit.
+
+pub mod auth;
+pub mod metrics;
+mod routes;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use annals_projections::ProjectionRuntime;
+use annals_store::{BusOptions, CommandBus, RocksEventStore};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Method, StatusCode, header};
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceBuilder;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{Any, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::domain::{self, Commerce};
+use crate::graphql::{self, AnnalsSchema, ApiContext, GraphqlLimits};
+use crate::read_models::{CommerceReadModels, PageLimits};
+use auth::{ApiKeys, KeyRateLimiter, RateLimit};
+
+/// The request-id header.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// How the server is set up.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The API keys; empty allows everything (loopback only, checked by `annals serve`).
+    pub api_keys: ApiKeys,
+    /// Requests per key.
+    pub rate_limit: RateLimit,
+    /// Depth, complexity and page caps.
+    pub graphql: GraphqlLimits,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest a request may take before it is answered with an error.
+    pub request_timeout: Duration,
+    /// The data directory, whose writability `/ready` checks (default: the log's parent).
+    pub data_dir: Option<PathBuf>,
+    /// How long a read-model query with `atLeast` waits before `STALE_READ_TIMEOUT`.
+    pub stale_read_timeout: Duration,
+    /// Page sizes of the read-model list queries.
+    pub page_limits: PageLimits,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            api_keys: ApiKeys::none(),
+            rate_limit: RateLimit::default(),
+            graphql: GraphqlLimits::default(),
+            max_body_bytes: 4 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            data_dir: None,
+            stale_read_timeout: Duration::from_secs(5),
+            page_limits: PageLimits::default(),
+        }
+    }
+}
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<RocksEventStore>,
+    projections: ProjectionRuntime,
+    schema: AnnalsSchema,
+    limiter: KeyRateLimiter,
+    config: ServerConfig,
+    shutdown: watch::Sender<bool>,
+    draining: AtomicBool,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("store", &self.inner.store)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// The state of a server over `store` and the projections that follow it: the
+    /// domain's command bus (with its upcasters) and the schema are built here.
+    pub fn new(
+        store: Arc<RocksEventStore>,
+        projections: ProjectionRuntime,
+        config: ServerConfig,
+    ) -> Self {
+        let bus =
+            CommandBus::with_options(store.clone(), domain::upcasters(), BusOptions::default());
+        // The recorder must exist before the first request so that no sample is lost.
+        let _ = metrics::handle();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let schema = graphql::build_schema(ApiContext {
+            store: store.clone(),
+            commerce: Arc::new(Commerce::new(bus)),
+            limits: config.graphql,
+            shutdown: shutdown_rx,
+            read_models: CommerceReadModels::new(
+                projections.read_models().clone(),
+                config.page_limits,
+            ),
+            projections: projections.clone(),
+            stale_read_timeout: config.stale_read_timeout,
+        });
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                projections,
+                schema,
+                limiter: KeyRateLimiter::new(config.rate_limit),
+                config,
+                shutdown,
+                draining: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The event log.
+    pub fn store(&self) -> &Arc<RocksEventStore> {
+        &self.inner.store
+    }
+
+    /// The projection workers.
+    pub fn projections(&self) -> &ProjectionRuntime {
+        &self.inner.projections
+    }
+
+    /// The executable schema.
+    pub fn schema(&self) -> &AnnalsSchema {
+        &self.inner.schema
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn limiter(&self) -> &KeyRateLimiter {
+        &self.inner.limiter
+    }
+
+    /// Starts shutting down: `/ready` answers 503 and live subscriptions end.
+    pub fn begin_shutdown(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+        let _ = self.inner.shutdown.send(true);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// The router with every route and layer.
+pub fn app(state: AppState) -> Router {
+    let config = state.config().clone();
+    let graphql_routes = Router::new()
+        .route(
+            "/graphql",
+            get(routes::graphql_get).post(routes::graphql_post),
+        )
+        .route("/graphql/ws", get(routes::graphql_ws))
+        .route_layer(from_fn_with_state(state.clone(), routes::authenticate));
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, REQUEST_ID])
+        .expose_headers([REQUEST_ID]);
+    Router::new()
+        .merge(graphql_routes)
+        .route("/health", get(routes::health))
+        .route("/ready", get(routes::ready))
+        .route("/metrics", get(routes::metrics))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(TraceLayer::new_for_http().make_span_with(routes::request_span))
+                .layer(from_fn(metrics::track))
+                .layer(cors)
+                .layer(CompressionLayer::new())
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    config.request_timeout,
+                ))
+                .layer(from_fn_with_state(
+                    config.max_body_bytes,
+                    routes::layer_errors_as_graphql,
+                ))
+                .layer(RequestBodyLimitLayer::new(config.max_body_bytes)),
+        )
+        .with_state(state)
+}
+
+/// Serves `state` on `listener` until `shutdown` completes, then stops accepting, ends
+/// live subscriptions and waits for in-flight requests. The caller closes the store
+/// afterwards (so the writer flushes and joins).
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let maintenance = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                if let Some(handle) = metrics::handle() {
+                    handle.run_upkeep();
+                }
+                state.limiter().prune();
+            }
+        })
+    };
+    let draining = state.clone();
+    let result = axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            draining.begin_shutdown();
+        })
+        .await;
+    maintenance.abort();
+    result
+}

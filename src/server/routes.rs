@@ -1,0 +1,357 @@
+//! The handlers and the middleware of the routes.
+
+use std::path::PathBuf;
+
+use annals_store::EventStore;
+
+use async_graphql::Data;
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql::parser::types::OperationType;
+use async_graphql_axum::{GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::{Map, Value, json};
+
+use super::auth::Principal;
+use super::metrics::OperationLabel;
+use super::{AppState, REQUEST_ID};
+use crate::graphql::RequestId;
+use crate::graphql::error::{self, ApiError};
+
+/// The span every log line of a request is emitted in: method, path and request id.
+pub(super) fn request_span(request: &Request) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %request_id,
+        principal = tracing::field::Empty,
+    )
+}
+
+fn request_id(headers: &HeaderMap) -> RequestId {
+    RequestId(
+        headers
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+/// Resolves the caller's API key and takes one request from its rate budget. A wrong
+/// key is refused here; a missing one is left to the route (GraphiQL needs none, the
+/// WebSocket route may get the key in `connection_init`).
+pub(super) async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("<not UTF-8>"));
+    match state.config().api_keys.authenticate(header) {
+        Err(error) => return error.into_response(),
+        Ok(Some(principal)) => {
+            if let Err(error) = state.limiter().check(&principal) {
+                return error.into_response();
+            }
+            tracing::Span::current().record("principal", principal.id.as_str());
+            request.extensions_mut().insert(principal);
+        }
+        Ok(None) => {}
+    }
+    next.run(request).await
+}
+
+/// Turns the bare error responses of the body-limit and timeout layers into GraphQL
+/// errors with codes.
+pub(super) async fn layer_errors_as_graphql(
+    State(limit): State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    if is_json {
+        return response;
+    }
+    match error::from_status(response.status(), limit) {
+        Some(error) => error.into_response(),
+        None => response,
+    }
+}
+
+fn operation_label(request: &async_graphql::Request) -> String {
+    match request.operation_name.as_deref() {
+        Some(name)
+            if !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+        {
+            name.to_string()
+        }
+        _ => "anonymous".to_string(),
+    }
+}
+
+async fn execute(
+    state: &AppState,
+    principal: Option<Principal>,
+    request_id: RequestId,
+    request: async_graphql::Request,
+) -> Response {
+    let Some(principal) = principal else {
+        return ApiError::unauthenticated(
+            "an API key is required: send `Authorization: Bearer <key>`",
+        )
+        .into_response();
+    };
+    let label = operation_label(&request);
+    let request = request.data(principal).data(request_id);
+    let mut response = state.schema().execute(request).await;
+    error::finish_response(&mut response);
+    let mut http = GraphQLResponse::from(response).into_response();
+    http.extensions_mut().insert(OperationLabel(label));
+    http
+}
+
+/// `POST /graphql`: one GraphQL request as JSON.
+pub(super) async fn graphql_post(
+    State(state): State<AppState>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return ApiError::payload_too_large(state.config().max_body_bytes).into_response();
+        }
+        Err(rejection) => return error::malformed_body(&rejection.body_text()).into_response(),
+    };
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => return error::malformed_body(&e).into_response(),
+    };
+    execute(
+        &state,
+        principal.map(|p| p.0),
+        request_id(&headers),
+        request,
+    )
+    .await
+}
+
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"))
+}
+
+/// The GraphiQL page, pointed at this server's endpoints.
+pub fn graphiql_page() -> String {
+    GraphiQLSource::build()
+        .endpoint("/graphql")
+        .subscription_endpoint("/graphql/ws")
+        .title("Annals GraphiQL")
+        .finish()
+}
+
+/// `GET /graphql`: GraphiQL for a browser, otherwise a query (never a mutation) from
+/// the query string.
+pub(super) async fn graphql_get(
+    State(state): State<AppState>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    request: Request,
+) -> Response {
+    if wants_html(&headers) {
+        return Html(graphiql_page()).into_response();
+    }
+    let query = request.uri().query().unwrap_or_default();
+    let graphql = match async_graphql::http::parse_query_string(query) {
+        Ok(graphql) => graphql,
+        Err(e) => return error::malformed_body(&e).into_response(),
+    };
+    if is_mutation(&graphql) {
+        return ApiError::bad_input("mutations must be sent with POST").into_response();
+    }
+    execute(
+        &state,
+        principal.map(|p| p.0),
+        request_id(&headers),
+        graphql,
+    )
+    .await
+}
+
+fn is_mutation(request: &async_graphql::Request) -> bool {
+    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
+        return false;
+    };
+    document.operations.iter().any(|(name, op)| {
+        let selected = match (&request.operation_name, name) {
+            (Some(wanted), Some(name)) => wanted.as_str() == name.as_str(),
+            _ => true,
+        };
+        selected && op.node.ty == OperationType::Mutation
+    })
+}
+
+/// `GET /graphql/ws`: subscriptions over graphql-transport-ws (and the legacy
+/// graphql-ws). The key comes from the upgrade's `Authorization` header or from the
+/// `Authorization` field of `connection_init`'s payload (browsers cannot set headers on
+/// a WebSocket).
+pub(super) async fn graphql_ws(
+    State(state): State<AppState>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let schema = state.schema().clone();
+    let request_id = request_id(&headers);
+    let principal = principal.map(|p| p.0);
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| async move {
+            let mut data = Data::default();
+            data.insert(request_id);
+            GraphQLWebSocket::new(socket, schema, protocol)
+                .with_data(data)
+                .on_connection_init(move |payload| async move {
+                    let principal = match principal {
+                        Some(p) => p,
+                        None => connection_principal(&state, &payload)?,
+                    };
+                    let mut data = Data::default();
+                    data.insert(principal);
+                    Ok(data)
+                })
+                .serve()
+                .await
+        })
+}
+
+fn connection_principal(state: &AppState, payload: &Value) -> async_graphql::Result<Principal> {
+    let header = payload
+        .get("Authorization")
+        .or_else(|| payload.get("authorization"))
+        .and_then(Value::as_str);
+    let principal = state
+        .config()
+        .api_keys
+        .authenticate(header)?
+        .ok_or_else(|| ApiError::unauthenticated("connection_init needs an Authorization field"))?;
+    state.limiter().check(&principal)?;
+    Ok(principal)
+}
+
+/// `GET /health`: the process is up.
+pub(super) async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// The per-dependency checks of `/ready`: whether all are up, and each one's report.
+pub fn readiness(state: &AppState) -> (bool, Map<String, Value>) {
+    let mut checks = Map::new();
+    let store = state.store();
+    let probe_dir = state
+        .config()
+        .data_dir
+        .clone()
+        .or_else(|| store.path().parent().map(PathBuf::from))
+        .unwrap_or_else(|| store.path().to_path_buf());
+    let writable = if state.is_draining() {
+        Err("shutting down".to_string())
+    } else {
+        probe_writable(&probe_dir)
+    };
+    let up = writable.is_ok();
+    let mut report = json!({
+        "status": if up { "up" } else { "down" },
+        "head": store.head().get().to_string(),
+        "writable": up,
+    });
+    if let Err(reason) = writable {
+        report["reason"] = Value::String(reason);
+    }
+    checks.insert("store".into(), report);
+    // A projection is up unless it has failed; its lag says how fresh its read model is.
+    let mut all_up = up;
+    for status in state.projections().status() {
+        let failed = status.state == annals_projections::ProjectionState::Failed;
+        all_up &= !failed;
+        let mut report = json!({
+            "status": if failed { "down" } else { "up" },
+            "state": status.state.as_str(),
+            "checkpoint": status.checkpoint.get().to_string(),
+            "lag": status.lag,
+            "parked": status.parked,
+        });
+        if let Some(error) = status.last_error.filter(|_| failed) {
+            report["reason"] = Value::String(error);
+        }
+        checks.insert(format!("projection:{}", status.name), report);
+    }
+    (all_up, checks)
+}
+
+/// Creates, syncs and removes a file in the data directory: a full disk or a read-only
+/// mount fails here before an append does.
+fn probe_writable(dir: &std::path::Path) -> Result<(), String> {
+    use std::io::Write;
+    let path = dir.join(".annals-ready-probe");
+    let result = std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(b"ok").and_then(|()| f.sync_all()));
+    let _ = std::fs::remove_file(&path);
+    result.map_err(|e| {
+        tracing::warn!(dir = %dir.display(), error = %e, "data directory not writable");
+        "data directory not writable".to_string()
+    })
+}
+
+/// `GET /ready`: 200 when every dependency is up, 503 otherwise, with a report each.
+pub(super) async fn ready(State(state): State<AppState>) -> Response {
+    let (up, checks) = match tokio::task::spawn_blocking(move || readiness(&state)).await {
+        Ok(result) => result,
+        Err(e) => return ApiError::internal(&e).into_response(),
+    };
+    let status = if up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({ "status": if up { "ready" } else { "unavailable" }, "checks": checks });
+    (status, Json(body)).into_response()
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    match super::metrics::render(state.store(), state.projections()) {
+        Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder not installed\n",
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,165 @@
+//! A real server on 127.0.0.1:0 over a fresh RocksDB log, and a small GraphQL client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use annals::server::{self, AppState, ServerConfig};
+use annals_projections::{ProjectionRuntime, ReadModelStore, RuntimeOptions};
+use annals_store::{RocksEventStore, StoreOptions};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+/// A running server; dropping it stops the server.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub store: Arc<RocksEventStore>,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start(config: ServerConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            RocksEventStore::open(dir.path().join("log"), StoreOptions::default()).unwrap(),
+        );
+        let config = ServerConfig {
+            data_dir: Some(dir.path().to_path_buf()),
+            ..config
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let read = Arc::new(ReadModelStore::open(dir.path().join("read")).unwrap());
+        let projections = ProjectionRuntime::start(
+            store.clone(),
+            read,
+            annals::read_models::projections(),
+            Arc::new(annals::domain::upcasters()),
+            RuntimeOptions::default(),
+        )
+        .unwrap();
+        let state = AppState::new(store.clone(), projections, config);
+        let served = state.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(listener, served, async move {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            store,
+            client: reqwest::Client::new(),
+            state,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    pub async fn open() -> Self {
+        Self::start(ServerConfig::default()).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// POSTs a GraphQL request and returns the HTTP status and the JSON body.
+    pub async fn post(&self, key: Option<&str>, query: &str, variables: Value) -> (u16, Value) {
+        let mut request = self
+            .client
+            .post(self.url("/graphql"))
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.json::<Value>().await.unwrap();
+        (status, body)
+    }
+
+    /// A GraphQL request that must succeed; returns `data`.
+    pub async fn ok(&self, query: &str, variables: Value) -> Value {
+        self.ok_as(None, query, variables).await
+    }
+
+    pub async fn ok_as(&self, key: Option<&str>, query: &str, variables: Value) -> Value {
+        let (status, body) = self.post(key, query, variables).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.get("errors").is_none(), "unexpected errors: {body}");
+        body["data"].clone()
+    }
+
+    /// A GraphQL request that must fail; returns the first error's code and the error.
+    pub async fn error(&self, query: &str, variables: Value) -> (String, Value) {
+        self.error_as(None, query, variables).await
+    }
+
+    pub async fn error_as(
+        &self,
+        key: Option<&str>,
+        query: &str,
+        variables: Value,
+    ) -> (String, Value) {
+        let (_, body) = self.post(key, query, variables).await;
+        first_error(&body)
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn first_error(body: &Value) -> (String, Value) {
+    let error = body["errors"][0].clone();
+    assert!(!error.is_null(), "expected an error, got {body}");
+    let code = error["extensions"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("error without a code: {body}"))
+        .to_string();
+    (code, error)
+}
+
+pub const REGISTER: &str = r#"mutation($id: String!, $price: Int!, $key: String) {
+  registerProduct(productId: $id, sku: "SKU", name: "Widget", priceCents: $price, idempotencyKey: $key) {
+    position duplicate streams { streamId version firstVersion firstPosition lastPosition }
+  }
+}"#;
+
+pub const RECEIVE: &str = r#"mutation($id: String!, $qty: Int!) {
+  receiveStock(productId: $id, quantity: $qty) { position streams { streamId version } }
+}"#;
+
+pub const PLACE: &str = r#"mutation($order: String!, $product: String!, $qty: Int!, $key: String) {
+  placeOrder(orderId: $order, customerId: "c-1", lines: [{productId: $product, quantity: $qty}], idempotencyKey: $key) {
+    position duplicate streams { streamId version }
+  }
+}"#;
+
+/// Registers a product with stock through the API.
+pub async fn product(server: &TestServer, id: &str, price: i64, stock: i64) {
+    server
+        .ok(REGISTER, json!({ "id": id, "price": price }))
+        .await;
+    if stock > 0 {
+        server.ok(RECEIVE, json!({ "id": id, "qty": stock })).await;
+    }
+}
