@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use annals::server::auth::RateLimit;
 use annals::server::{self, AppState, ServerConfig};
 use annals_store::{RocksEventStore, StoreOptions};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -52,7 +53,16 @@ async fn start() -> Bench {
         annals_projections::RuntimeOptions::default(),
     )
     .unwrap();
-    let state = AppState::new(store, projections, ServerConfig::default());
+    // The bench measures the API, not the per-key limiter's refusals.
+    let unlimited = std::num::NonZeroU32::new(10_000_000).unwrap();
+    let config = ServerConfig {
+        rate_limit: RateLimit {
+            per_second: unlimited,
+            burst: unlimited,
+        },
+        ..ServerConfig::default()
+    };
+    let state = AppState::new(store, projections, config);
     tokio::spawn(server::run(listener, state, std::future::pending()));
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)

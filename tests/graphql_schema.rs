@@ -153,3 +153,99 @@ async fn graphql_js_accepts_the_schema() {
     );
     assert!(stdout.contains("graphql-js accepts the schema"), "{stdout}");
 }
+
+/// The real binary: request ids on the request's log lines, and SIGTERM stops it
+/// gracefully with every acknowledged event durable.
+#[cfg(unix)]
+#[test]
+fn serve_logs_request_ids_and_stops_gracefully_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = annals()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "info,tower_http=debug")
+        .env("NO_COLOR", "1")
+        .env_remove("ANNALS_API_KEYS")
+        .env_remove("ANNALS_API_KEYS_FILE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // Whatever happens below, the server does not outlive the test.
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+    let guard = KillOnDrop(child.id());
+    let mut log = Vec::new();
+    let addr = loop {
+        let line = lines.next().expect("the server logs").unwrap();
+        log.push(line.clone());
+        if line.contains("annals serving")
+            && let Some(rest) = line.split("addr=").nth(1)
+        {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    assert!(
+        log.iter().any(|l| l.contains("no API keys configured")),
+        "warns about running without keys: {log:?}"
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let status = runtime.block_on(async {
+        reqwest::Client::new()
+            .post(format!("http://{addr}/graphql"))
+            .header("x-request-id", "req-e2e-42")
+            .json(&serde_json::json!({ "query":
+                r#"mutation { registerProduct(productId: "p1", sku: "S", name: "N", priceCents: 5) { position } }"# }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    log.extend(lines.map_while(Result::ok));
+    let exit = child.wait().unwrap();
+    std::mem::forget(guard);
+    assert!(exit.success(), "exit {exit:?}; log:\n{}", log.join("\n"));
+
+    let request_lines: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("processing request"))
+        .collect();
+    assert!(request_lines.len() >= 2, "{log:?}");
+    for line in request_lines {
+        assert!(line.contains("request_id=req-e2e-42"), "{line}");
+    }
+    assert!(
+        log.iter().any(|l| l.contains("SIGTERM received")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter().any(|l| l.contains("event store closed")),
+        "{log:?}"
+    );
+
+    // The acknowledged command is in the log after the shutdown.
+    let store = annals_store::RocksEventStore::open(
+        dir.path().join("log"),
+        annals_store::StoreOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(annals_store::EventStore::head(&store).get(), 1);
+}

@@ -365,42 +365,6 @@ pub fn from_status(status: StatusCode, body_limit: usize) -> Option<ApiError> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use annals_store::StreamId;
-
-    #[test]
-    fn wrong_expected_version_carries_both_versions() {
-        let e = ApiError::from(StoreError::WrongExpectedVersion {
-            stream: StreamId::new("order-1").unwrap(),
-            expected: ExpectedVersion::Exact(3),
-            actual: 5,
-        })
-        .into_graphql();
-        let ext = serde_json::to_value(e.extensions.unwrap()).unwrap();
-        assert_eq!(ext["code"], "WRONG_EXPECTED_VERSION");
-        assert_eq!(ext["expected"], "3");
-        assert_eq!(ext["actual"], "5");
-    }
-
-    #[test]
-    fn internal_errors_hide_their_detail() {
-        let e = ApiError::from(StoreError::Corruption {
-            position: annals_store::Position(7),
-        });
-        assert_eq!(e.code(), ErrorCode::Internal);
-        assert!(!e.message().contains('7'));
-    }
-
-    #[test]
-    fn retry_after_rounds_up() {
-        let e = ApiError::rate_limited(Duration::from_millis(1200)).into_graphql();
-        let ext = serde_json::to_value(e.extensions.unwrap()).unwrap();
-        assert_eq!(ext["retryAfter"], 2);
-    }
-}
-
 impl From<annals_projections::ProjectionError> for ApiError {
     fn from(error: annals_projections::ProjectionError) -> Self {
         use annals_projections::ProjectionError as E;
@@ -434,5 +398,41 @@ impl From<crate::read_models::QueryError> for ApiError {
             }
             E::ReadModel(e) => e.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use annals_store::StreamId;
+
+    #[test]
+    fn wrong_expected_version_carries_both_versions() {
+        let e = ApiError::from(StoreError::WrongExpectedVersion {
+            stream: StreamId::new("order-1").unwrap(),
+            expected: ExpectedVersion::Exact(3),
+            actual: 5,
+        })
+        .into_graphql();
+        let ext = serde_json::to_value(e.extensions.unwrap()).unwrap();
+        assert_eq!(ext["code"], "WRONG_EXPECTED_VERSION");
+        assert_eq!(ext["expected"], "3");
+        assert_eq!(ext["actual"], "5");
+    }
+
+    #[test]
+    fn internal_errors_hide_their_detail() {
+        let e = ApiError::from(StoreError::Corruption {
+            position: annals_store::Position(7),
+        });
+        assert_eq!(e.code(), ErrorCode::Internal);
+        assert!(!e.message().contains('7'));
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        let e = ApiError::rate_limited(Duration::from_millis(1200)).into_graphql();
+        let ext = serde_json::to_value(e.extensions.unwrap()).unwrap();
+        assert_eq!(ext["retryAfter"], 2);
     }
 }
