@@ -1,7 +1,8 @@
 //! Disk full: the store runs on a small tmpfs (mounted by the test when it runs as root;
 //! skipped with a printed reason otherwise). Appends fail with a clear `Storage` error once
-//! it fills, nothing acknowledged is lost, reads keep working, and appends work again once
-//! space is freed.
+//! it fills, nothing acknowledged is lost, no event of a failed append is ever visible (not
+//! while failed, not after the store reopened itself, not after a restart), reads keep
+//! working, and appends work again once space is freed.
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -752,7 +752,7 @@ pub(crate) fn truncate_above(db: &DB, head: Position) -> Result<u64, StoreError>
         );
         let id_key = keys::event_id_key(&event.event_id);
         let names_this = db
-            .get_pinned_cf(ids_cf, &id_key)?
+            .get_pinned_cf(ids_cf, id_key)?
             .and_then(|v| EventIdEntry::decode(&v))
             .is_some_and(|entry| entry.position == position);
         if names_this {
