@@ -24,6 +24,9 @@
 //!   answered only after the WAL sync of its group returned; [`EventStore::head`] and
 //!   [`EventStore::subscribe_head`] move only then, so no reader sees an event that could
 //!   still be lost.
+//! - **Storage failures heal.** After a failed WAL write or sync (a full disk) appends get
+//!   [`StoreError::Storage`] until the writer has reopened the database in-process and
+//!   removed what the failed groups may have written; reads keep working meanwhile.
 //! - **Hash chain.** `hash = blake3(prev_hash ‖ canonical body)` with an all-zero genesis;
 //!   the encoding is pinned in [`codec`] and by committed fixtures.
 //! - **Idempotency.** Re-sending the same event ids to the same stream in the same order

@@ -7,14 +7,14 @@
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
 use rocksdb::{
     BlockBasedOptions, ColumnFamilyDescriptor, DB, DBCompressionType, Options, ReadOptions,
-    SliceTransform,
+    SliceTransform, WriteBatch,
 };
 use tokio::sync::{Mutex as AsyncMutex, Semaphore, oneshot, watch};
 use uuid::Uuid;
@@ -29,7 +29,7 @@ use crate::types::{
     RecordedEvent, StreamAppend, StreamId,
 };
 
-use writer::{Failure, Syncer, WriteRequest, Writer};
+use writer::{Failure, WriteRequest, Writer, WriterSetup, spawn_syncer};
 
 /// Counters of the write path, for benchmarks and metrics.
 #[derive(Debug, Default)]
@@ -109,8 +109,35 @@ pub struct RocksEventStore {
     inner: Arc<Inner>,
 }
 
+/// The database handle readers use. The writer swaps it when it reopens the database
+/// after a storage failure; a reader clones the current handle (one `Arc` clone) and keeps
+/// it for the one read, so a swap never pulls a handle from under a read.
+pub(crate) struct DbSlot(RwLock<Arc<DB>>);
+
+impl DbSlot {
+    fn new(db: Arc<DB>) -> Self {
+        Self(RwLock::new(db))
+    }
+
+    pub(crate) fn get(&self) -> Arc<DB> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set(&self, db: Arc<DB>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = db;
+    }
+}
+
 struct Inner {
-    db: Arc<DB>,
+    /// Read the head before taking the handle: the writer installs a reopened database
+    /// before the head moves past what the previous handle holds (see `writer`).
+    db: Arc<DbSlot>,
     path: PathBuf,
     options: StoreOptions,
     requests: Sender<WriteRequest>,
@@ -125,6 +152,8 @@ struct Inner {
     snapshot_lock: AsyncMutex<()>,
     /// Opened with [`RocksEventStore::open_read_only`]: no writer, every write refused.
     read_only: bool,
+    /// The storage failure appends are refused for, until the writer has recovered.
+    failure: Failure,
 }
 
 impl std::fmt::Debug for RocksEventStore {
@@ -178,20 +207,10 @@ impl RocksEventStore {
             what: format!("cannot create {}", path.display()),
             source,
         })?;
-        let cfs = keys::ALL_CFS
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
-        let db =
-            DB::open_cf_descriptors(&db_options(options.durability), &path, cfs).map_err(|e| {
-                if e.as_ref().contains("lock") {
-                    StoreError::Locked { path: path.clone() }
-                } else {
-                    StoreError::Storage(e)
-                }
-            })?;
-        check_format(&db)?;
+        let db = open_writable(&path, options.durability)?;
         let (head, tip) = recover_tip(&db)?;
         let db = Arc::new(db);
+        let slot = Arc::new(DbSlot::new(db.clone()));
 
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = crossbeam_channel::bounded(options.queue_capacity);
@@ -199,34 +218,26 @@ impl RocksEventStore {
         let failure: Failure = Arc::default();
         let syncer = match options.durability {
             Durability::Buffered => None,
-            Durability::Fsync => {
-                let (written_tx, written_rx) = crossbeam_channel::unbounded();
-                let syncer = Syncer::new(
-                    db.clone(),
-                    head,
-                    head_tx.clone(),
-                    stats.clone(),
-                    failure.clone(),
-                );
-                let handle = std::thread::Builder::new()
-                    .name("annals-syncer".into())
-                    .spawn(move || syncer.run(written_rx))
-                    .map_err(|source| StoreError::Io {
-                        what: "cannot start the WAL syncer thread".into(),
-                        source,
-                    })?;
-                Some((written_tx, handle))
-            }
+            Durability::Fsync => Some(spawn_syncer(
+                db.clone(),
+                head,
+                head_tx.clone(),
+                stats.clone(),
+                failure.clone(),
+            )?),
         };
-        let writer = Writer::new(
-            db.clone(),
-            options.clone(),
-            (head, tip),
+        let writer = Writer::new(WriterSetup {
+            db,
+            slot: slot.clone(),
+            path: path.clone(),
+            options: options.clone(),
+            head,
+            tip,
             head_tx,
-            stats.clone(),
+            stats: stats.clone(),
             syncer,
-            failure,
-        );
+            failure: failure.clone(),
+        });
         let handle = std::thread::Builder::new()
             .name("annals-writer".into())
             .spawn(move || writer.run(rx))
@@ -237,7 +248,7 @@ impl RocksEventStore {
         tracing::info!(path = %path.display(), head = head.0, "event store opened");
         Ok(Self {
             inner: Arc::new(Inner {
-                db,
+                db: slot,
                 path,
                 permits: Arc::new(Semaphore::new(options.queue_capacity)),
                 options,
@@ -248,6 +259,7 @@ impl RocksEventStore {
                 writer: std::sync::Mutex::new(Some(handle)),
                 snapshot_lock: AsyncMutex::new(()),
                 read_only: false,
+                failure,
             }),
         })
     }
@@ -267,10 +279,7 @@ impl RocksEventStore {
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),
             });
         }
-        let cfs = keys::ALL_CFS
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
-        let db = DB::open_cf_descriptors_read_only(&Options::default(), &path, cfs, false)?;
+        let db = open_read_only_db(&path)?;
         if let Some(bytes) = db.get_cf(cf(&db, CF_META), keys::META_FORMAT_VERSION)? {
             let found = <[u8; 4]>::try_from(bytes.as_slice())
                 .map(u32::from_be_bytes)
@@ -291,7 +300,7 @@ impl RocksEventStore {
         tracing::debug!(path = %path.display(), head = head.0, "event store opened read-only");
         Ok(Self {
             inner: Arc::new(Inner {
-                db: Arc::new(db),
+                db: Arc::new(DbSlot::new(Arc::new(db))),
                 path,
                 permits: Arc::new(Semaphore::new(1)),
                 options,
@@ -302,6 +311,7 @@ impl RocksEventStore {
                 writer: std::sync::Mutex::new(None),
                 snapshot_lock: AsyncMutex::new(()),
                 read_only: true,
+                failure: Failure::default(),
             }),
         })
     }
@@ -343,19 +353,19 @@ impl RocksEventStore {
         self.inner.shutdown();
     }
 
-    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        cf(&self.inner.db, name)
+    /// The current database handle, for one read. Take it after reading the head.
+    fn db(&self) -> Arc<DB> {
+        self.inner.db.get()
     }
 
-    fn get_event(&self, position: Position) -> Result<Option<RecordedEvent>, StoreError> {
-        let Some(bytes) = self
-            .inner
-            .db
-            .get_pinned_cf(self.cf(CF_EVENTS), keys::position_key(position))?
-        else {
-            return Ok(None);
-        };
-        decode_at(position, &bytes).map(Some)
+    /// Whether appends are refused because of a storage failure the store has not yet
+    /// recovered from (the writer retries reopening the database with a backoff).
+    pub fn is_failed(&self) -> bool {
+        self.inner
+            .failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
     }
 
     fn read_stream_sync(
@@ -369,17 +379,15 @@ impl RocksEventStore {
             return Ok(Vec::new());
         }
         let head = self.head();
-        let positions = stream_positions(&self.inner.db, stream, from_version, direction, limit)?;
-        let cf = self.cf(CF_EVENTS);
+        let db = self.db();
+        let positions = stream_positions(&db, stream, from_version, direction, limit)?;
+        let cf = cf(&db, CF_EVENTS);
         let keys: Vec<[u8; 8]> = positions
             .iter()
             .filter(|p| **p <= head)
             .map(|p| keys::position_key(*p))
             .collect();
-        let values =
-            self.inner
-                .db
-                .batched_multi_get_cf(cf, keys.iter(), direction == Direction::Forward);
+        let values = db.batched_multi_get_cf(cf, keys.iter(), direction == Direction::Forward);
         let mut events = Vec::with_capacity(keys.len());
         for (key, value) in keys.iter().zip(values) {
             let position = Position(u64::from_be_bytes(*key));
@@ -409,10 +417,11 @@ impl RocksEventStore {
         if limit == 0 || from > head {
             return Ok(page);
         }
+        let db = self.db();
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(keys::position_key(head.next()));
         opts.set_readahead_size(2 * 1024 * 1024);
-        let mut iter = self.inner.db.raw_iterator_cf_opt(self.cf(CF_EVENTS), opts);
+        let mut iter = db.raw_iterator_cf_opt(cf(&db, CF_EVENTS), opts);
         iter.seek(keys::position_key(from));
         let mut examined = 0usize;
         while let Some((key, value)) = iter.item() {
@@ -461,11 +470,12 @@ impl RocksEventStore {
         if from > to {
             return Ok(report);
         }
+        let db = self.db();
         let mut prev: Hash = if from == Position::FIRST {
             GENESIS_HASH
         } else {
             let before = Position(from.0 - 1);
-            match self.get_event(before) {
+            match get_event(&db, before) {
                 Ok(Some(event)) => event.hash,
                 Ok(None) => {
                     report.first_fault = Some((before, ChainFault::Missing));
@@ -480,7 +490,7 @@ impl RocksEventStore {
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(keys::position_key(to.next()));
         opts.set_readahead_size(2 * 1024 * 1024);
-        let mut iter = self.inner.db.raw_iterator_cf_opt(self.cf(CF_EVENTS), opts);
+        let mut iter = db.raw_iterator_cf_opt(cf(&db, CF_EVENTS), opts);
         iter.seek(keys::position_key(from));
         let mut expected = from;
         while let Some((key, value)) = iter.item() {
@@ -596,32 +606,27 @@ impl EventStore for RocksEventStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
-        durable_stream_version(
-            &self.inner.db,
-            &keys::stream_key(stream.as_str()),
-            self.head(),
-        )
+        let head = self.head();
+        durable_stream_version(&self.db(), &keys::stream_key(stream.as_str()), head)
     }
 
     async fn find_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
-        let Some(value) = self
-            .inner
-            .db
-            .get_pinned_cf(self.cf(keys::CF_EVENT_IDS), keys::event_id_key(&event_id))?
+        let head = self.head();
+        let db = self.db();
+        let Some(value) =
+            db.get_pinned_cf(cf(&db, keys::CF_EVENT_IDS), keys::event_id_key(&event_id))?
         else {
             return Ok(None);
         };
         let entry = EventIdEntry::decode(&value).ok_or(StoreError::Corruption {
             position: Position::ZERO,
         })?;
-        if entry.position > self.head() {
+        if entry.position > head {
             return Ok(None);
         }
-        let event = self
-            .get_event(entry.position)?
-            .ok_or(StoreError::Corruption {
-                position: entry.position,
-            })?;
+        let event = get_event(&db, entry.position)?.ok_or(StoreError::Corruption {
+            position: entry.position,
+        })?;
         if event.event_id != event_id {
             return Err(StoreError::Corruption {
                 position: entry.position,
@@ -645,10 +650,8 @@ impl EventStore for RocksEventStore {
 
 impl SnapshotStore for RocksEventStore {
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
-        let value = self
-            .inner
-            .db
-            .get_pinned_cf(self.cf(CF_SNAPSHOTS), keys::stream_key(stream.as_str()))?;
+        let db = self.db();
+        let value = db.get_pinned_cf(cf(&db, CF_SNAPSHOTS), keys::stream_key(stream.as_str()))?;
         // A snapshot this build cannot read is as good as none: the events are the truth.
         Ok(value.and_then(|v| codec::decode_snapshot(&v)))
     }
@@ -668,8 +671,9 @@ impl SnapshotStore for RocksEventStore {
         {
             return Ok(());
         }
-        self.inner.db.put_cf(
-            self.cf(CF_SNAPSHOTS),
+        let db = self.db();
+        db.put_cf(
+            cf(&db, CF_SNAPSHOTS),
             keys::stream_key(stream.as_str()),
             codec::encode_snapshot(&snapshot),
         )?;
@@ -681,6 +685,89 @@ pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
     // Every CF in keys::ALL_CFS is created on open, so a missing handle is a bug here.
     db.cf_handle(name)
         .unwrap_or_else(|| panic!("column family {name} is opened with the database"))
+}
+
+fn get_event(db: &DB, position: Position) -> Result<Option<RecordedEvent>, StoreError> {
+    let Some(bytes) = db.get_pinned_cf(cf(db, CF_EVENTS), keys::position_key(position))? else {
+        return Ok(None);
+    };
+    decode_at(position, &bytes).map(Some)
+}
+
+/// Opens the log for writing (creating what is missing) and checks its format version.
+pub(crate) fn open_writable(path: &Path, durability: Durability) -> Result<DB, StoreError> {
+    let cfs = keys::ALL_CFS
+        .iter()
+        .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
+    let db = DB::open_cf_descriptors(&db_options(durability), path, cfs).map_err(|e| {
+        if e.as_ref().contains("lock") {
+            StoreError::Locked {
+                path: path.to_path_buf(),
+            }
+        } else {
+            StoreError::Storage(e)
+        }
+    })?;
+    check_format(&db)?;
+    Ok(db)
+}
+
+/// Opens the log read-only: no lock taken, nothing written (so it works on a full disk).
+pub(crate) fn open_read_only_db(path: &Path) -> Result<DB, rocksdb::Error> {
+    let cfs = keys::ALL_CFS
+        .iter()
+        .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
+    DB::open_cf_descriptors_read_only(&Options::default(), path, cfs, false)
+}
+
+/// Deletes every record above `head` (the last acknowledged position) with its stream-index
+/// run and event-id entry, and syncs the deletion; returns how many records it removed.
+///
+/// Used when the writer reopens the database after a failed write or sync: what the failed
+/// groups wrote may or may not have reached the disk, and their callers were told it failed,
+/// so none of it may come back. Without this, a group that did reach the disk would appear
+/// once the head moved past it, and a failed append's event ids would look like duplicates.
+/// An append's stream-index run is keyed by its first version, so deleting the index key of
+/// every removed event's version removes the run.
+pub(crate) fn truncate_above(db: &DB, head: Position) -> Result<u64, StoreError> {
+    let (events_cf, streams_cf, ids_cf) = (
+        cf(db, CF_EVENTS),
+        cf(db, CF_STREAMS),
+        cf(db, keys::CF_EVENT_IDS),
+    );
+    let mut batch = WriteBatch::default();
+    let mut removed = 0;
+    let mut iter = db.raw_iterator_cf(events_cf);
+    iter.seek(keys::position_key(head.next()));
+    while let Some((key, value)) = iter.item() {
+        let position = keys::decode_position_key(key).ok_or(StoreError::Corruption {
+            position: head.next(),
+        })?;
+        let event = decode_at(position, value)?;
+        batch.delete_cf(events_cf, key);
+        let stream_key = keys::stream_key(event.stream_id.as_str());
+        batch.delete_cf(
+            streams_cf,
+            keys::stream_index_key(&stream_key, event.stream_version),
+        );
+        let id_key = keys::event_id_key(&event.event_id);
+        let names_this = db
+            .get_pinned_cf(ids_cf, id_key)?
+            .and_then(|v| EventIdEntry::decode(&v))
+            .is_some_and(|entry| entry.position == position);
+        if names_this {
+            batch.delete_cf(ids_cf, id_key);
+        }
+        removed += 1;
+        iter.next();
+    }
+    iter.status()?;
+    drop(iter);
+    if removed > 0 {
+        db.write(batch)?;
+        db.flush_wal(true)?;
+    }
+    Ok(removed)
 }
 
 /// Whether the record at `position` passes `filter`, from its head alone.
@@ -877,7 +964,8 @@ mod tests {
             .await
             .unwrap();
         let key = keys::stream_key(stream.as_str());
-        let db = &store.inner.db;
+        let db = store.db();
+        let db = &*db;
         assert_eq!(
             durable_stream_version(db, &key, second.last_position).unwrap(),
             3
@@ -896,5 +984,77 @@ mod tests {
         );
         assert_eq!(indexed_stream_version(db, &key).unwrap(), 3);
         assert_eq!(store.stream_version(&stream).await.unwrap(), 3);
+    }
+
+    /// The unacknowledged tail a failed group may leave on disk goes entirely: records,
+    /// stream-index runs and event-id entries above the head, and nothing at or below it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn truncate_above_removes_the_tail_and_only_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = StreamId::new("order-1").unwrap();
+        let other = StreamId::new("order-2").unwrap();
+        let event = || NewEvent::json("Thing", &serde_json::json!({})).with_id(Uuid::now_v7());
+        let (kept, gone) = (vec![event(), event()], vec![event(), event()]);
+        let kept_ids: Vec<Uuid> = kept.iter().filter_map(|e| e.event_id).collect();
+        let gone_ids: Vec<Uuid> = gone.iter().filter_map(|e| e.event_id).collect();
+        {
+            let store = RocksEventStore::open(dir.path(), StoreOptions::default()).unwrap();
+            store
+                .append(stream.clone(), ExpectedVersion::NoStream, kept)
+                .await
+                .unwrap();
+            // Positions 3 and 4: one more run of the first stream, one of a new stream.
+            store
+                .append(
+                    stream.clone(),
+                    ExpectedVersion::Exact(2),
+                    vec![gone[0].clone()],
+                )
+                .await
+                .unwrap();
+            store
+                .append(
+                    other.clone(),
+                    ExpectedVersion::NoStream,
+                    vec![gone[1].clone()],
+                )
+                .await
+                .unwrap();
+            store.close();
+        }
+        let db = open_writable(dir.path(), Durability::Fsync).unwrap();
+        assert_eq!(truncate_above(&db, Position(2)).unwrap(), 2);
+        assert_eq!(truncate_above(&db, Position(2)).unwrap(), 0);
+        assert_eq!(recover_tip(&db).unwrap().0, Position(2));
+        let key = keys::stream_key(stream.as_str());
+        assert_eq!(indexed_stream_version(&db, &key).unwrap(), 2);
+        let other_key = keys::stream_key(other.as_str());
+        assert_eq!(indexed_stream_version(&db, &other_key).unwrap(), 0);
+        let ids = cf(&db, keys::CF_EVENT_IDS);
+        for id in &kept_ids {
+            assert!(db.get_cf(ids, keys::event_id_key(id)).unwrap().is_some());
+        }
+        for id in &gone_ids {
+            assert!(db.get_cf(ids, keys::event_id_key(id)).unwrap().is_none());
+        }
+        drop(db);
+        // Reopened, the log continues at position 3 with the truncated ids free again.
+        let store = RocksEventStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(store.head(), Position(2));
+        let again = store
+            .append(
+                stream.clone(),
+                ExpectedVersion::Exact(2),
+                vec![gone[0].clone()],
+            )
+            .await
+            .unwrap();
+        assert!(!again.duplicate);
+        assert_eq!(again.last_position, Position(3));
+        let report = store
+            .verify_chain(Position::FIRST, Position(3))
+            .await
+            .unwrap();
+        assert!(report.is_ok(), "{report:?}");
     }
 }

@@ -16,24 +16,51 @@
 //!
 //! The writer owns the next position, the chain tip and the stream-version cache, so none
 //! of them needs a lock and every position is assigned exactly once.
+//!
+//! ## Storage failures
+//!
+//! After a failed WAL write or sync (a full disk, an I/O error) RocksDB keeps a background
+//! error and refuses every later write, and the Rust binding cannot call `DB::Resume`. So
+//! the store enters a failed state: appends are answered with `Storage` at once, and the
+//! writer retries, with a backoff, to reopen the database in-process:
+//!
+//! 1. stop the syncer (it answers what it holds with `Storage`: nothing of it is
+//!    acknowledged, and the durable head stays at the last acknowledged position);
+//! 2. move readers to a read-only instance of the same directory (it takes no lock and
+//!    writes nothing, so it opens on a full disk) and close the failed instance once the
+//!    reads in flight on it have dropped their handle, which releases the lock;
+//! 3. open the database for writing again (this fails while there is no room: stay failed
+//!    and retry later, readers keep the read-only instance), delete every record above the
+//!    acknowledged head (written by failed groups, maybe on disk, never acknowledged) and
+//!    sync that;
+//! 4. re-read the tip, which must be the acknowledged head, clear the version cache, start
+//!    a new syncer, hand the new instance to readers, and take appends again.
+//!
+//! Readers read the head before they take the handle, and the new instance is handed to
+//! readers before the head can move past the old one, so a reader never looks for a
+//! position its handle does not have.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rocksdb::{DB, WriteBatch, WriteOptions};
 use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 use uuid::Uuid;
 
-use super::{WriterStats, cf, decode_at, indexed_stream_version, recover_tip};
+use super::{
+    DbSlot, WriterStats, cf, decode_at, indexed_stream_version, open_read_only_db, open_writable,
+    recover_tip, truncate_above,
+};
 use crate::cache::GenerationalCache;
 use crate::codec::{self, RecordFields};
 use crate::error::StoreError;
 use crate::keys::{self, CF_EVENT_IDS, CF_EVENTS, CF_STREAMS, EventIdEntry, StreamRun};
-use crate::store::StoreOptions;
+use crate::store::{Durability, StoreOptions};
 use crate::types::{
     AppendResult, Hash, MultiAppendResult, Position, StreamAppend, StreamId, Timestamp,
 };
@@ -69,8 +96,45 @@ struct Group {
     events: u64,
 }
 
+/// The first wait before reopening the database after a storage failure.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+/// The longest wait between two reopen attempts.
+const MAX_RETRY: Duration = Duration::from_secs(5);
+/// How long one reopen attempt waits for reads in flight to drop the failed instance.
+const RETIRE_WAIT: Duration = Duration::from_secs(1);
+
+/// The failed state: why appends are refused and when to try reopening.
+struct Recovery {
+    error: rocksdb::Error,
+    next_attempt: Instant,
+    backoff: Duration,
+    /// Readers were moved to a read-only instance.
+    readers_moved: bool,
+    /// The failed read-write instance, waiting for the reads in flight on it to finish so
+    /// that it can be closed.
+    retired: Option<Arc<DB>>,
+}
+
+/// What [`Writer::new`] needs.
+pub(crate) struct WriterSetup {
+    pub(crate) db: Arc<DB>,
+    pub(crate) slot: Arc<DbSlot>,
+    pub(crate) path: PathBuf,
+    pub(crate) options: StoreOptions,
+    pub(crate) head: Position,
+    pub(crate) tip: Hash,
+    pub(crate) head_tx: watch::Sender<Position>,
+    pub(crate) stats: Arc<WriterStats>,
+    pub(crate) syncer: Option<(Sender<Written>, JoinHandle<()>)>,
+    pub(crate) failure: Failure,
+}
+
 pub(crate) struct Writer {
+    /// The read-write instance (a read-only one while the store is failed).
     db: Arc<DB>,
+    /// The handle readers use; swapped on recovery.
+    slot: Arc<DbSlot>,
+    path: PathBuf,
     options: StoreOptions,
     write_options: WriteOptions,
     /// The last position written (with `Fsync`, possibly not yet synced).
@@ -84,6 +148,8 @@ pub(crate) struct Writer {
     /// With `Fsync`: where written groups go to be synced, and the syncer thread.
     syncer: Option<(Sender<Written>, JoinHandle<()>)>,
     failure: Failure,
+    /// `Some` while appends are refused after a storage failure.
+    recovery: Option<Recovery>,
 }
 
 type Reply = oneshot::Sender<Result<MultiAppendResult, StoreError>>;
@@ -103,10 +169,18 @@ pub(crate) struct Written {
     outcomes: Vec<Outcome>,
 }
 
-/// The first WAL sync failure, shared by the writer and the syncer. After it the store
-/// takes no more appends (RocksDB itself refuses writes after a failed WAL sync): what the
-/// failed sync covered may or may not be on disk, and only a reopen can tell.
+/// The first storage failure (a failed WAL write or sync), shared by the writer, the syncer
+/// and the store. While it is set the store takes no appends (RocksDB itself refuses writes
+/// after one): what the failed write or sync covered may or may not be on disk. The writer
+/// clears it once it has reopened the database and removed that unacknowledged tail.
 pub(crate) type Failure = Arc<Mutex<Option<rocksdb::Error>>>;
+
+fn set_failure(failure: &Failure, error: &rocksdb::Error) {
+    failure
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get_or_insert_with(|| error.clone());
+}
 
 fn failure_of(failure: &Failure) -> Option<rocksdb::Error> {
     failure
@@ -125,8 +199,28 @@ pub(crate) struct Syncer {
     failure: Failure,
 }
 
+/// Starts a syncer thread for `db`, whose durable head is `durable`.
+pub(crate) fn spawn_syncer(
+    db: Arc<DB>,
+    durable: Position,
+    head_tx: watch::Sender<Position>,
+    stats: Arc<WriterStats>,
+    failure: Failure,
+) -> Result<(Sender<Written>, JoinHandle<()>), StoreError> {
+    let (written_tx, written_rx) = crossbeam_channel::unbounded();
+    let syncer = Syncer::new(db, durable, head_tx, stats, failure);
+    let handle = std::thread::Builder::new()
+        .name("annals-syncer".into())
+        .spawn(move || syncer.run(written_rx))
+        .map_err(|source| StoreError::Io {
+            what: "cannot start the WAL syncer thread".into(),
+            source,
+        })?;
+    Ok((written_tx, handle))
+}
+
 impl Syncer {
-    pub(crate) fn new(
+    fn new(
         db: Arc<DB>,
         durable: Position,
         head_tx: watch::Sender<Position>,
@@ -172,11 +266,8 @@ impl Syncer {
                     }
                 }
                 Err(error) => {
-                    tracing::error!(%error, "WAL sync failed; the store takes no more appends");
-                    self.failure
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .get_or_insert_with(|| error.clone());
+                    tracing::error!(%error, "WAL sync failed; appends are refused until the database is reopened");
+                    set_failure(&self.failure, &error);
                     for w in &mut pending {
                         fail_unanswered(&mut w.outcomes, &error);
                     }
@@ -213,40 +304,48 @@ fn answer(outcomes: Vec<Outcome>, stats: &WriterStats) {
 }
 
 impl Writer {
-    pub(crate) fn new(
-        db: Arc<DB>,
-        options: StoreOptions,
-        (head, tip): (Position, Hash),
-        head_tx: watch::Sender<Position>,
-        stats: Arc<WriterStats>,
-        syncer: Option<(Sender<Written>, JoinHandle<()>)>,
-        failure: Failure,
-    ) -> Self {
+    pub(crate) fn new(setup: WriterSetup) -> Self {
         // Never `sync` here: with `Fsync` the syncer thread makes the WAL durable (the
         // database runs with `manual_wal_flush`), with `Buffered` nobody does.
         let write_options = WriteOptions::default();
         Self {
-            syncer,
-            failure,
-            versions: GenerationalCache::new(options.stream_cache_capacity.max(2)),
-            db,
-            options,
+            syncer: setup.syncer,
+            failure: setup.failure,
+            versions: GenerationalCache::new(setup.options.stream_cache_capacity.max(2)),
+            db: setup.db,
+            slot: setup.slot,
+            path: setup.path,
+            options: setup.options,
             write_options,
-            head,
-            tip,
-            head_tx,
-            stats,
+            head: setup.head,
+            tip: setup.tip,
+            head_tx: setup.head_tx,
+            stats: setup.stats,
             buffer: Vec::with_capacity(1024),
+            recovery: None,
         }
     }
 
     pub(crate) fn run(mut self, requests: Receiver<WriteRequest>) {
         let mut group: Vec<(Vec<StreamAppend>, Reply, OwnedSemaphorePermit)> = Vec::new();
         loop {
+            self.notice_failure();
             let idle = Instant::now();
-            let Ok(first) = requests.recv() else {
-                self.stop_syncer();
-                return;
+            let received = match self.recovery.as_ref().map(|r| r.next_attempt) {
+                None => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                // While failed, retry the reopen on time even if no append comes.
+                Some(at) => requests.recv_deadline(at),
+            };
+            let first = match received {
+                Ok(first) => first,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.try_recover();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.stop_syncer();
+                    return;
+                }
             };
             add_elapsed(&self.stats.idle_nanos, idle);
             let mut shutdown = false;
@@ -288,7 +387,9 @@ impl Writer {
                     }
                 }
                 self.stop_syncer();
-                if let Err(e) = self.db.flush_wal(true) {
+                if self.recovery.is_none()
+                    && let Err(e) = self.db.flush_wal(true)
+                {
                     tracing::error!(error = %e, "final WAL sync failed");
                 }
                 return;
@@ -307,12 +408,20 @@ impl Writer {
     }
 
     fn commit(&mut self, requests: &mut Vec<(Vec<StreamAppend>, Reply, OwnedSemaphorePermit)>) {
-        if let Some(error) = failure_of(&self.failure) {
-            let mut outcomes: Vec<Outcome> = requests
+        self.notice_failure();
+        if self
+            .recovery
+            .as_ref()
+            .is_some_and(|r| Instant::now() >= r.next_attempt)
+        {
+            self.try_recover();
+        }
+        if let Some(recovery) = &self.recovery {
+            let error = &recovery.error;
+            let outcomes: Vec<Outcome> = requests
                 .drain(..)
                 .map(|(_, reply, permit)| (reply, Err(StoreError::Storage(error.clone())), permit))
                 .collect();
-            fail_unanswered(&mut outcomes, &error);
             answer(outcomes, &self.stats);
             return;
         }
@@ -353,7 +462,10 @@ impl Writer {
                 Err(error) => {
                     tracing::error!(%error, "group commit failed; no append of it is acknowledged");
                     fail_unanswered(&mut outcomes, &error);
-                    self.recover_after_failed_write();
+                    // RocksDB may or may not hold the batch, and refuses writes from now on:
+                    // the syncer acknowledges nothing more, and the writer reopens.
+                    set_failure(&self.failure, &error);
+                    self.notice_failure();
                 }
             }
         }
@@ -389,21 +501,117 @@ impl Writer {
         }
     }
 
-    /// After a failed write RocksDB may or may not hold the batch (a WAL write that
-    /// succeeded before the memtable insert failed). Re-read the tip so positions stay
-    /// gapless whichever it was, and forget cached versions. The durable head moves only
-    /// through the syncer (with `Fsync`) or the next successful commit.
-    fn recover_after_failed_write(&mut self) {
-        self.versions.clear();
-        match recover_tip(&self.db) {
-            Ok((head, tip)) => {
-                self.head = head;
-                self.tip = tip;
+    /// Enters the failed state if a write or sync failed since the last look.
+    fn notice_failure(&mut self) {
+        if self.recovery.is_some() {
+            return;
+        }
+        if let Some(error) = failure_of(&self.failure) {
+            self.recovery = Some(Recovery {
+                error,
+                next_attempt: Instant::now() + FIRST_RETRY,
+                backoff: FIRST_RETRY,
+                readers_moved: false,
+                retired: None,
+            });
+        }
+    }
+
+    /// One attempt to leave the failed state; on failure the next one is scheduled later.
+    fn try_recover(&mut self) {
+        let Some(mut recovery) = self.recovery.take() else {
+            return;
+        };
+        match self.reopen(&mut recovery) {
+            Ok(removed) => {
+                tracing::warn!(
+                    head = self.head.0,
+                    removed,
+                    "event store reopened after a storage failure; appends resume"
+                );
             }
             Err(error) => {
-                tracing::error!(%error, "cannot re-read the log tip after a failed write")
+                recovery.backoff = (recovery.backoff * 2).min(MAX_RETRY);
+                recovery.next_attempt = Instant::now() + recovery.backoff;
+                tracing::warn!(%error, retry_in = ?recovery.backoff, "cannot reopen the event store yet");
+                if let StoreError::Storage(error) = error {
+                    recovery.error = error;
+                }
+                self.recovery = Some(recovery);
             }
         }
+    }
+
+    /// Closes the failed instance and opens the database again (see the module docs);
+    /// returns how many unacknowledged records it removed.
+    fn reopen(&mut self, recovery: &mut Recovery) -> Result<u64, StoreError> {
+        // Everything the syncer holds is answered (as failed) before the head is read.
+        self.stop_syncer();
+        if !recovery.readers_moved {
+            let read_only = Arc::new(open_read_only_db(&self.path)?);
+            self.slot.set(read_only.clone());
+            recovery.retired = Some(std::mem::replace(&mut self.db, read_only));
+            recovery.readers_moved = true;
+        }
+        if let Some(failed) = recovery.retired.take() {
+            // Closing the instance releases its lock; reads in flight hold it briefly.
+            let deadline = Instant::now() + RETIRE_WAIT;
+            let mut failed = failed;
+            loop {
+                match Arc::try_unwrap(failed) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(still_shared) if Instant::now() < deadline => {
+                        failed = still_shared;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(still_shared) => {
+                        recovery.retired = Some(still_shared);
+                        return Err(StoreError::Locked {
+                            path: self.path.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        let db = open_writable(&self.path, self.options.durability)?;
+        let acknowledged = *self.head_tx.borrow();
+        let removed = truncate_above(&db, acknowledged)?;
+        let (head, tip) = recover_tip(&db)?;
+        if head != acknowledged {
+            // Acknowledged events are missing: taking appends would reuse their positions.
+            tracing::error!(
+                head = head.0,
+                acknowledged = acknowledged.0,
+                "the reopened log ends before the acknowledged head"
+            );
+            return Err(StoreError::Corruption {
+                position: head.next(),
+            });
+        }
+        let db = Arc::new(db);
+        if self.options.durability == Durability::Fsync {
+            self.syncer = Some(spawn_syncer(
+                db.clone(),
+                head,
+                self.head_tx.clone(),
+                self.stats.clone(),
+                self.failure.clone(),
+            )?);
+        }
+        self.head = head;
+        self.tip = tip;
+        self.versions.clear();
+        // Readers get the new instance before the head can move past the old one.
+        self.slot.set(db.clone());
+        self.db = db;
+        *self
+            .failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        Ok(removed)
     }
 
     /// Checks one request against the group's state and, if it passes, adds its events to
