@@ -401,6 +401,16 @@ impl From<crate::read_models::QueryError> for ApiError {
     }
 }
 
+impl From<crate::audit::AuditError> for ApiError {
+    fn from(error: crate::audit::AuditError) -> Self {
+        match error {
+            crate::audit::AuditError::InvalidOptions(reason) => ApiError::bad_input(reason),
+            crate::audit::AuditError::Store(e) => e.into(),
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

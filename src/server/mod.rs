@@ -189,6 +189,7 @@ pub fn app(state: AppState) -> Router {
             get(routes::graphql_get).post(routes::graphql_post),
         )
         .route("/graphql/ws", get(routes::graphql_ws))
+        .route("/export", get(routes::export))
         .route_layer(from_fn_with_state(state.clone(), routes::authenticate));
     let cors = CorsLayer::new()
         .allow_origin(Any)

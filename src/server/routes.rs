@@ -355,3 +355,38 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
             .into_response(),
     }
 }
+
+/// `GET /export?format=…&stream=…&category=…&type=…&fromPosition=…`: the audit trail,
+/// streamed in constant memory up to the head at the start of the request. Admin role.
+pub(super) async fn export(
+    State(state): State<AppState>,
+    principal: Option<axum::Extension<crate::server::auth::Principal>>,
+    query: Result<
+        axum::extract::Query<crate::audit::ExportQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Response {
+    match principal {
+        Some(axum::Extension(p)) if p.role >= crate::server::auth::Role::Admin => {}
+        Some(axum::Extension(p)) => {
+            return ApiError::forbidden("admin", p.role.as_str()).into_response();
+        }
+        None => return ApiError::unauthenticated("an API key is required").into_response(),
+    }
+    let options = match query {
+        Ok(axum::extract::Query(query)) => query.into_options(),
+        Err(rejection) => return ApiError::bad_input(rejection.body_text()).into_response(),
+    };
+    let result = options.and_then(|options| {
+        let content_type = options.format.content_type();
+        crate::audit::export_stream(state.store().clone(), options).map(|s| (content_type, s))
+    });
+    match result {
+        Ok((content_type, stream)) => (
+            [(header::CONTENT_TYPE, content_type)],
+            axum::body::Body::from_stream(stream),
+        )
+            .into_response(),
+        Err(error) => ApiError::from(error).into_response(),
+    }
+}
