@@ -132,6 +132,11 @@ pub fn run_catchup(bench: &CatchupBench) -> Result<CatchupReport, BenchError> {
     if bench.events == 0 {
         return Err(BenchError::Invalid("--events must be at least 1".into()));
     }
+    if bench.batch_size == Some(0) {
+        return Err(BenchError::Invalid(
+            "--batch-size must be at least 1".into(),
+        ));
+    }
     let dir = BenchDir::new(bench.data_dir.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -153,11 +158,6 @@ pub fn run_catchup(bench: &CatchupBench) -> Result<CatchupReport, BenchError> {
     let read = Arc::new(ReadModelStore::open(read_dir.path())?);
     let mut options = RuntimeOptions::default();
     if let Some(size) = bench.batch_size {
-        if size == 0 {
-            return Err(BenchError::Invalid(
-                "--batch-size must be at least 1".into(),
-            ));
-        }
         options.batch_size = size;
     }
     let meter = Meter::new();
