@@ -235,6 +235,9 @@ pub struct BenchCatchupArgs {
     /// Data directory (default: a fresh temporary directory, removed afterwards).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Most events per projection batch (default: the runtime's default).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -79,6 +79,7 @@ fn main() -> anyhow::Result<()> {
             let report = bench::run_catchup(&bench::CatchupBench {
                 events: args.events,
                 data_dir: args.data_dir,
+                batch_size: args.batch_size,
             })?;
             print_report(&report, args.json, || report.table())
         }

@@ -194,6 +194,8 @@ fn catchup_bench_builds_the_read_models_over_the_generated_log() {
         "catchup",
         "--events",
         "3000",
+        "--batch-size",
+        "100",
         "--json",
         "--data-dir",
         data,
@@ -207,6 +209,19 @@ fn catchup_bench_builds_the_read_models_over_the_generated_log() {
         report["projections"],
         serde_json::json!(["orders", "products"])
     );
+    let out = annals(&[
+        "bench",
+        "catchup",
+        "--events",
+        "3000",
+        "--batch-size",
+        "0",
+        "--data-dir",
+        data,
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--batch-size"), "{stderr}");
 }
 
 #[test]

@@ -402,9 +402,10 @@ impl ProjectionRuntime {
     /// it has caught up.
     pub fn rebuild(&self, name: &str) -> Result<(), ProjectionError> {
         let worker = self.worker(name)?;
-        let running = worker.observe(|o| o.rebuild.is_some());
+        // Both looked at under the control lock: the worker clears the request only after
+        // it has recorded the running rebuild, so one of the two is always visible.
         let refused = worker.control(|c| {
-            if running || c.rebuild {
+            if c.rebuild || worker.observe(|o| o.rebuild.is_some()) {
                 true
             } else {
                 c.rebuild = true;
@@ -668,7 +669,7 @@ pub(crate) fn apply_events(
             }
         }
     }
-    let mut batch = tx.into_batch();
+    let mut batch = tx.into_batch()?;
     for record in &parked {
         batch.put_cf(
             read.cf(CF_META),
@@ -868,7 +869,7 @@ async fn step<S: EventStore>(
         (
             c.paused,
             c.failed,
-            std::mem::take(&mut c.rebuild),
+            c.rebuild,
             c.rewind.take(),
             std::mem::take(&mut c.replay),
         )
@@ -889,9 +890,13 @@ async fn step<S: EventStore>(
         worker.advance_checkpoint(to);
         tracing::info!(projection = name, from = from.0, "projection rewound");
     }
-    if rebuild && state.rebuild.is_none() {
-        state.rebuild = Some((start_rebuild(ctx, state)?, Position::ZERO));
-        worker.observe(|o| o.rebuild = state.rebuild);
+    if rebuild {
+        if state.rebuild.is_none() {
+            state.rebuild = Some((start_rebuild(ctx, state)?, Position::ZERO));
+            worker.observe(|o| o.rebuild = state.rebuild);
+        }
+        // Cleared only now that the rebuild is visible in the status (see `rebuild`).
+        worker.control.lock().expect("control lock").rebuild = false;
     }
     drop_due(ctx, state)?;
     if failed || paused {
@@ -925,8 +930,9 @@ async fn step<S: EventStore>(
         .await?;
         let done = applied.checkpoint.0.saturating_sub(state.checkpoint.0);
         state.checkpoint = applied.checkpoint;
-        worker.advance_checkpoint(applied.checkpoint);
+        // The status first: whoever `wait_for` wakes sees the batch's errors and parks.
         report(ctx, &applied, done, false);
+        worker.advance_checkpoint(applied.checkpoint);
         if applied.stopped.is_some() {
             return Ok(false);
         }
@@ -1105,7 +1111,7 @@ async fn replay_one<S: EventStore>(
         match outcome {
             Ok(()) => {
                 tx.accept();
-                let mut batch = tx.into_batch();
+                let mut batch = tx.into_batch()?;
                 batch.delete_cf(read.cf(CF_META), &key);
                 read.write(batch)?;
                 Ok(true)

@@ -1,7 +1,8 @@
 //! `ReadModelStore`: the RocksDB instance that holds every read model, and the two ways
 //! into it — [`ReadView`] for readers and [`ReadModelTx`] for projection handlers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::any::Any;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -251,6 +252,10 @@ fn db_options_for(name: &str) -> Options {
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
         opts.set_block_based_table_factory(&table);
+        // A projection asks for many keys that do not exist yet (a new order): a bloom
+        // filter over the memtable answers those without walking its skip list.
+        opts.set_memtable_prefix_bloom_ratio(0.1);
+        opts.set_memtable_whole_key_filtering(true);
     }
     opts
 }
@@ -353,49 +358,113 @@ impl ReadView<'_> {
     }
 }
 
+/// A value a handler stored typed with [`ReadModelTx::put_typed`]: kept as it is until
+/// the batch is committed, so the next event of the batch that touches the key does not
+/// parse it again, and encoded to JSON once per batch.
+trait TypedValue: Any + Send {
+    fn encode(&self) -> Result<Vec<u8>, serde_json::Error>;
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: Serialize + Any + Send> TypedValue for T {
+    fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// A key's state as the batch has left it.
+enum Slot {
+    Deleted,
+    Bytes(Vec<u8>),
+    Typed(Box<dyn TypedValue>),
+}
+
+impl Slot {
+    fn bytes(&self) -> Result<Option<Vec<u8>>, ProjectionError> {
+        Ok(match self {
+            Slot::Deleted => None,
+            Slot::Bytes(bytes) => Some(bytes.clone()),
+            Slot::Typed(value) => Some(value.encode()?),
+        })
+    }
+}
+
 /// What a projection handler writes through: reads see the handler's own writes (of this
 /// event and of the earlier events of the batch), and nothing reaches the database until
 /// the worker commits the whole batch together with the checkpoint.
+///
+/// Values stored with [`Self::put_typed`] stay typed in memory until the commit, where
+/// they are encoded as JSON, once per key and batch: a read model row that many events of
+/// a batch touch (a product's stock, a customer's statistics) is parsed and encoded once
+/// per batch rather than once per event.
 pub struct ReadModelTx<'a> {
     view: ReadView<'a>,
-    /// Changes of the events of this batch that were applied successfully. Ordered, so the
-    /// batch reaches the memtable in key order, which its skip list inserts fastest.
-    batch: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    /// Changes of the event being applied; dropped if its handler fails.
-    staged: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Every change of the batch: those of the events applied successfully and those of
+    /// the event being applied. One map, so a change is inserted once; sorted at commit.
+    changes: HashMap<Vec<u8>, Slot>,
+    /// How to undo the changes of the event being applied: each key it changed, with the
+    /// batch's slot before the event (`None`: the batch had not changed the key).
+    undo: Vec<(Vec<u8>, Option<Slot>)>,
 }
 
 impl<'a> ReadModelTx<'a> {
     pub(crate) fn new(view: ReadView<'a>) -> Self {
         Self {
             view,
-            batch: BTreeMap::new(),
-            staged: BTreeMap::new(),
+            changes: HashMap::new(),
+            undo: Vec::new(),
         }
     }
 
     /// The value under `key` as this batch has left it.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
-        if let Some(v) = self.staged.get(key).or_else(|| self.batch.get(key)) {
-            return Ok(v.clone());
+        match self.changes.get(key) {
+            Some(slot) => slot.bytes(),
+            None => self.view.get(key),
         }
-        self.view.get(key)
     }
 
     /// The JSON value under `key` as this batch has left it.
     pub fn get_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, ProjectionError> {
-        if let Some(v) = self.staged.get(key).or_else(|| self.batch.get(key)) {
-            return match v {
-                None => Ok(None),
-                Some(bytes) => Ok(Some(serde_json::from_slice(bytes)?)),
-            };
+        match self.changes.get(key) {
+            None => self.view.get_json(key),
+            Some(Slot::Deleted) => Ok(None),
+            Some(Slot::Bytes(bytes)) => Ok(Some(serde_json::from_slice(bytes)?)),
+            Some(Slot::Typed(value)) => Ok(Some(serde_json::from_slice(&value.encode()?)?)),
         }
-        self.view.get_json(key)
+    }
+
+    /// The value under `key` as this batch has left it, read as JSON from the database or
+    /// taken as it is (cloned) when this batch stored it with [`Self::put_typed`].
+    pub fn get_typed<T>(&self, key: &[u8]) -> Result<Option<T>, ProjectionError>
+    where
+        T: DeserializeOwned + Clone + 'static,
+    {
+        if let Some(Slot::Typed(value)) = self.changes.get(key)
+            && let Some(value) = value.as_any().downcast_ref::<T>()
+        {
+            return Ok(Some(value.clone()));
+        }
+        self.get_json(key)
+    }
+
+    fn set(&mut self, key: Vec<u8>, slot: Slot) {
+        // Only the first change of a key by an event is what an undo restores.
+        if self.undo.iter().any(|(k, _)| *k == key) {
+            self.changes.insert(key, slot);
+            return;
+        }
+        let before = self.changes.insert(key.clone(), slot);
+        self.undo.push((key, before));
     }
 
     /// Stores `value` under `key`.
     pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
-        self.staged.insert(key.into(), Some(value.into()));
+        self.set(key.into(), Slot::Bytes(value.into()));
     }
 
     /// Stores `value` as JSON under `key`.
@@ -409,36 +478,114 @@ impl<'a> ReadModelTx<'a> {
         Ok(())
     }
 
+    /// Stores `value` under `key`, kept typed until the batch is committed and written as
+    /// JSON then (what [`Self::put_json`] would have written). The type must always
+    /// serialize (plain data with derived `Serialize`): an encoding failure at the commit
+    /// fails the whole batch, not just this event.
+    pub fn put_typed<T>(&mut self, key: impl Into<Vec<u8>>, value: T)
+    where
+        T: Serialize + Send + 'static,
+    {
+        self.set(key.into(), Slot::Typed(Box::new(value)));
+    }
+
     /// Removes `key`.
     pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
-        self.staged.insert(key.into(), None);
+        self.set(key.into(), Slot::Deleted);
     }
 
-    /// Keeps the staged changes of the event just applied.
+    /// Keeps the changes of the event just applied.
     pub(crate) fn accept(&mut self) {
-        // `BTreeMap::append` rebuilds the whole map; inserting the few staged keys is what
-        // keeps a batch linear.
-        for (key, value) in std::mem::take(&mut self.staged) {
-            self.batch.insert(key, value);
+        self.undo.clear();
+    }
+
+    /// Drops the changes of an event whose handler failed.
+    pub(crate) fn discard(&mut self) {
+        for (key, before) in self.undo.drain(..) {
+            match before {
+                Some(slot) => self.changes.insert(key, slot),
+                None => self.changes.remove(&key),
+            };
         }
     }
 
-    /// Drops the staged changes of an event whose handler failed.
-    pub(crate) fn discard(&mut self) {
-        self.staged.clear();
-    }
-
-    /// Turns the accepted changes into a write batch.
-    pub(crate) fn into_batch(self) -> WriteBatch {
+    /// Turns the accepted changes into a write batch, in key order (the memtable's skip
+    /// list inserts a sorted batch fastest).
+    pub(crate) fn into_batch(mut self) -> Result<WriteBatch, ProjectionError> {
+        self.discard();
+        let mut changes: Vec<(Vec<u8>, Slot)> = self.changes.into_iter().collect();
+        changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut batch = WriteBatch::default();
         let cf = self.view.store.cf(CF_DATA);
-        for (key, value) in self.batch {
-            let full = self.view.full_key(&key);
-            match value {
-                Some(v) => batch.put_cf(cf, full, v),
-                None => batch.delete_cf(cf, full),
+        let mut full = self.view.prefix.clone();
+        let prefix_len = full.len();
+        for (key, slot) in changes {
+            full.truncate(prefix_len);
+            full.extend_from_slice(&key);
+            match slot {
+                Slot::Deleted => batch.delete_cf(cf, &full),
+                Slot::Bytes(v) => batch.put_cf(cf, &full, v),
+                Slot::Typed(value) => batch.put_cf(cf, &full, value.encode()?),
             }
         }
-        batch
+        Ok(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    struct Stock {
+        units: u64,
+    }
+
+    #[test]
+    fn a_failed_event_leaves_the_batch_as_the_events_before_it_left_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReadModelStore::open(dir.path()).unwrap();
+        let mut tx = ReadModelTx::new(store.view_generation("p", 1));
+        tx.put_typed("s", Stock { units: 1 });
+        tx.put("gone", b"x".to_vec());
+        tx.accept();
+        // The failing event changes, overwrites, deletes and adds keys, then is dropped.
+        tx.put_typed("s", Stock { units: 2 });
+        tx.put_typed("s", Stock { units: 3 });
+        tx.delete("gone");
+        tx.put_json("new", &7u64).unwrap();
+        tx.discard();
+        assert_eq!(
+            tx.get_typed::<Stock>(b"s").unwrap(),
+            Some(Stock { units: 1 })
+        );
+        assert_eq!(tx.get(b"gone").unwrap(), Some(b"x".to_vec()));
+        assert_eq!(tx.get(b"new").unwrap(), None);
+        // A typed value reads as JSON too, and is written as JSON.
+        assert_eq!(
+            tx.get_json::<Stock>(b"s").unwrap(),
+            Some(Stock { units: 1 })
+        );
+        tx.put_typed("s", Stock { units: 4 });
+        tx.accept();
+        store.write(tx.into_batch().unwrap()).unwrap();
+        let view = store.view_generation("p", 1);
+        assert_eq!(view.get(b"s").unwrap(), Some(br#"{"units":4}"#.to_vec()));
+        assert_eq!(view.get(b"gone").unwrap(), Some(b"x".to_vec()));
+        assert_eq!(view.get(b"new").unwrap(), None);
+    }
+
+    #[test]
+    fn changes_of_an_event_not_accepted_never_reach_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReadModelStore::open(dir.path()).unwrap();
+        let mut tx = ReadModelTx::new(store.view_generation("p", 1));
+        tx.put_typed("a", Stock { units: 1 });
+        tx.accept();
+        tx.put_typed("b", Stock { units: 2 });
+        store.write(tx.into_batch().unwrap()).unwrap();
+        let view = store.view_generation("p", 1);
+        assert!(view.get(b"a").unwrap().is_some());
+        assert_eq!(view.get(b"b").unwrap(), None);
     }
 }

@@ -27,6 +27,8 @@ pub struct CatchupBench {
     pub events: u64,
     /// Where to write (a fresh temporary directory when none).
     pub data_dir: Option<PathBuf>,
+    /// Most events per projection batch (the runtime's default when none).
+    pub batch_size: Option<usize>,
 }
 
 /// What `annals bench catchup` reports.
@@ -74,10 +76,11 @@ pub async fn build_log(store: &RocksEventStore, target: u64) -> Result<(), Store
         for _ in 0..ORDERS_PER_COMMIT {
             let p = order % PRODUCTS;
             let quantity = 1 + (order % 3) as u64;
+            // Schema version 2, with `total_cents`, as the domain writes it today.
             let mut events = vec![NewEvent::json(
                 "OrderPlaced",
                 &json!({"customer_id": format!("c{}", order % 5_000), "lines": [{"product_id": format!("p{p}"), "quantity": quantity, "unit_price_cents": 250}], "total_cents": 250 * quantity}),
-            )];
+            ).with_schema_version(2)];
             per_product[p].push(NewEvent::json(
                 "StockReserved",
                 &json!({"order_id": format!("o{order}"), "quantity": quantity}),
@@ -129,6 +132,11 @@ pub fn run_catchup(bench: &CatchupBench) -> Result<CatchupReport, BenchError> {
     if bench.events == 0 {
         return Err(BenchError::Invalid("--events must be at least 1".into()));
     }
+    if bench.batch_size == Some(0) {
+        return Err(BenchError::Invalid(
+            "--batch-size must be at least 1".into(),
+        ));
+    }
     let dir = BenchDir::new(bench.data_dir.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -148,6 +156,10 @@ pub fn run_catchup(bench: &CatchupBench) -> Result<CatchupReport, BenchError> {
         .prefix("annals-bench-read-")
         .tempdir_in(dir.path())?;
     let read = Arc::new(ReadModelStore::open(read_dir.path())?);
+    let mut options = RuntimeOptions::default();
+    if let Some(size) = bench.batch_size {
+        options.batch_size = size;
+    }
     let meter = Meter::new();
     let (elapsed, names) = rt.block_on(async {
         let started = Instant::now();
@@ -156,7 +168,7 @@ pub fn run_catchup(bench: &CatchupBench) -> Result<CatchupReport, BenchError> {
             read,
             read_models::projections(),
             Arc::new(domain::upcasters()),
-            RuntimeOptions::default(),
+            options,
         )?;
         let mut last = Instant::now();
         loop {

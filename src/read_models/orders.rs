@@ -118,8 +118,11 @@ impl Projection for OrdersProjection {
         let decoded: OrderEvent = super::decode(event)?;
         let id = aggregate_id(event.stream_id.as_str());
         let key = order_key(id);
-        let previous: Option<OrderView> = tx.get_json(&key)?;
-        let mut order = match (&decoded, previous.clone()) {
+        let previous: Option<OrderView> = tx.get_typed(&key)?;
+        // Only the index entries whose key changes are rewritten: the customer and
+        // all-orders indexes do not depend on the status.
+        let old_keys = previous.as_ref().map(index_keys);
+        let mut order = match (&decoded, previous) {
             (
                 OrderEvent::OrderPlaced {
                     customer_id,
@@ -150,11 +153,11 @@ impl Projection for OrdersProjection {
                     last_position: event.position.0,
                 };
                 let stats_key = customer_stats_key(customer_id);
-                let mut stats: CustomerStats = tx.get_json(&stats_key)?.unwrap_or_default();
+                let mut stats: CustomerStats = tx.get_typed(&stats_key)?.unwrap_or_default();
                 stats.customer_id = customer_id.clone();
                 stats.total_orders += 1;
                 stats.revenue_cents += total_cents;
-                tx.put_json(stats_key, &stats)?;
+                tx.put_typed(stats_key, stats);
                 order
             }
             (OrderEvent::OrderPlaced { .. }, Some(_)) => {
@@ -174,18 +177,15 @@ impl Projection for OrdersProjection {
                 order.status = OrderStatus::Cancelled;
                 order.cancel_reason = Some(reason);
                 let stats_key = customer_stats_key(&order.customer_id);
-                let mut stats: CustomerStats = tx.get_json(&stats_key)?.unwrap_or_default();
+                let mut stats: CustomerStats = tx.get_typed(&stats_key)?.unwrap_or_default();
                 stats.cancelled_orders += 1;
                 stats.revenue_cents = stats.revenue_cents.saturating_sub(order.total_cents);
-                tx.put_json(stats_key, &stats)?;
+                tx.put_typed(stats_key, stats);
             }
         }
         order.updated_at_micros = event.recorded_at.as_micros();
         order.version = event.stream_version;
         order.last_position = event.position.0;
-        // Only the index entries whose key changed are rewritten: the customer and all-orders
-        // indexes do not depend on the status.
-        let old_keys = previous.as_ref().map(index_keys);
         let new_keys = index_keys(&order);
         for (i, key) in new_keys.into_iter().enumerate() {
             match &old_keys {
@@ -197,7 +197,7 @@ impl Projection for OrdersProjection {
                 None => tx.put(key, order.id.as_bytes().to_vec()),
             }
         }
-        tx.put_json(key, &order)?;
+        tx.put_typed(key, order);
         Ok(())
     }
 }

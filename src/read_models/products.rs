@@ -70,8 +70,9 @@ impl Projection for ProductsProjection {
         let decoded: ProductEvent = super::decode(event)?;
         let id = aggregate_id(event.stream_id.as_str());
         let key = product_key(id);
-        let previous: Option<ProductView> = tx.get_json(&key)?;
-        let mut product = match (&decoded, previous.clone()) {
+        let previous: Option<ProductView> = tx.get_typed(&key)?;
+        let old_low_stock = previous.as_ref().map(low_stock_key);
+        let mut product = match (&decoded, previous) {
             (ProductEvent::ProductRegistered { .. }, None) => ProductView {
                 id: id.to_string(),
                 ..ProductView::default()
@@ -105,7 +106,7 @@ impl Projection for ProductsProjection {
         product.version = event.stream_version;
         product.updated_at_micros = event.recorded_at.as_micros();
         let low_stock = low_stock_key(&product);
-        match previous.map(|p| low_stock_key(&p)) {
+        match old_low_stock {
             Some(old) if old == low_stock => {}
             Some(old) => {
                 tx.delete(old);
@@ -113,7 +114,7 @@ impl Projection for ProductsProjection {
             }
             None => tx.put(low_stock, product.id.as_bytes().to_vec()),
         }
-        tx.put_json(key, &product)?;
+        tx.put_typed(key, product);
         Ok(())
     }
 }
