@@ -21,7 +21,10 @@ const PRODUCT: &str = r#"query($id: String!, $at: Position) {
 
 async fn place(server: &TestServer, order: &str, product: &str, qty: i64) -> String {
     let data = server
-        .ok(PLACE, json!({ "order": order, "product": product, "qty": qty }))
+        .ok(
+            PLACE,
+            json!({ "order": order, "product": product, "qty": qty }),
+        )
         .await;
     data["placeOrder"]["position"].as_str().unwrap().to_string()
 }
@@ -32,7 +35,9 @@ async fn a_placed_order_reads_back_with_at_least_without_sleeping() {
     product(&server, "mug", 900, 5).await;
     let position = place(&server, "o-1", "mug", 2).await;
     // No sleep: atLeast makes the query wait for the read model to apply the commit.
-    let data = server.ok(ORDER, json!({ "id": "o-1", "at": position })).await;
+    let data = server
+        .ok(ORDER, json!({ "id": "o-1", "at": position }))
+        .await;
     let order = &data["order"];
     assert_eq!(order["id"], "o-1");
     assert_eq!(order["customerId"], "c-1");
@@ -42,9 +47,18 @@ async fn a_placed_order_reads_back_with_at_least_without_sleeping() {
     assert_eq!(order["lines"][0]["quantity"], "2");
     assert_eq!(order["version"], "1");
     assert!(order["placedAt"].as_str().unwrap().ends_with('Z'));
-    let data = server.ok(PRODUCT, json!({ "id": "mug", "at": position })).await;
+    let data = server
+        .ok(PRODUCT, json!({ "id": "mug", "at": position }))
+        .await;
     let p = &data["product"];
-    assert_eq!((p["onHand"].as_str(), p["reserved"].as_str(), p["available"].as_str()), (Some("5"), Some("2"), Some("3")));
+    assert_eq!(
+        (
+            p["onHand"].as_str(),
+            p["reserved"].as_str(),
+            p["available"].as_str()
+        ),
+        (Some("5"), Some("2"), Some("3"))
+    );
     assert_eq!(p["sku"], "SKU");
     let stats = server
         .ok(
@@ -55,7 +69,9 @@ async fn a_placed_order_reads_back_with_at_least_without_sleeping() {
     assert_eq!(stats["customerStats"]["revenueCents"], "1800");
     assert_eq!(stats["customerStats"]["averageOrderValueCents"], "1800");
     // Unknown ids are null, not errors.
-    let data = server.ok(ORDER, json!({ "id": "nope", "at": position })).await;
+    let data = server
+        .ok(ORDER, json!({ "id": "nope", "at": position }))
+        .await;
     assert!(data["order"].is_null());
 }
 
@@ -68,9 +84,15 @@ async fn orders_paginate_with_cursors_by_customer_and_status() {
         last = place(&server, &format!("o-{i}"), "pen", 1).await;
     }
     let confirm = server
-        .ok(r#"mutation { confirmOrder(orderId: "o-3") { position } }"#, json!({}))
+        .ok(
+            r#"mutation { confirmOrder(orderId: "o-3") { position } }"#,
+            json!({}),
+        )
         .await;
-    let confirmed_at = confirm["confirmOrder"]["position"].as_str().unwrap().to_string();
+    let confirmed_at = confirm["confirmOrder"]["position"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(!last.is_empty());
     const ORDERS: &str = r#"query($first: Int, $after: String, $status: OrderStatus, $at: Position) {
       orders(customerId: "c-1", status: $status, first: $first, after: $after, atLeast: $at) {
@@ -82,7 +104,10 @@ async fn orders_paginate_with_cursors_by_customer_and_status() {
     let mut after: Option<String> = None;
     loop {
         let data = server
-            .ok(ORDERS, json!({ "first": 2, "after": after, "at": confirmed_at }))
+            .ok(
+                ORDERS,
+                json!({ "first": 2, "after": after, "at": confirmed_at }),
+            )
             .await;
         let page = &data["orders"];
         for edge in page["edges"].as_array().unwrap() {
@@ -97,7 +122,12 @@ async fn orders_paginate_with_cursors_by_customer_and_status() {
     let data = server
         .ok(ORDERS, json!({ "status": "CONFIRMED", "at": confirmed_at }))
         .await;
-    let ids: Vec<_> = data["orders"]["edges"].as_array().unwrap().iter().map(|e| e["node"]["id"].clone()).collect();
+    let ids: Vec<_> = data["orders"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"]["id"].clone())
+        .collect();
     assert_eq!(ids, [json!("o-3")]);
     // Bad cursors and page sizes are the client's error.
     let (code, _) = server.error(ORDERS, json!({ "after": "zz" })).await;
@@ -123,7 +153,10 @@ async fn products_and_low_stock() {
         .await;
     assert_eq!(data["products"]["nodes"], json!([{"id": "a"}, {"id": "b"}]));
     assert_eq!(data["products"]["pageInfo"]["hasNextPage"], true);
-    assert_eq!(data["lowStock"], json!([{"id": "c", "available": "0"}, {"id": "a", "available": "3"}]));
+    assert_eq!(
+        data["lowStock"],
+        json!([{"id": "c", "available": "0"}, {"id": "a", "available": "3"}])
+    );
     let (code, _) = server
         .error(r#"{ lowStock(threshold: -1) { id } }"#, json!({}))
         .await;
@@ -139,7 +172,10 @@ async fn stale_reads_time_out_and_positions_beyond_the_head_are_refused() {
     .await;
     product(&server, "mug", 900, 5).await;
     let data = server
-        .ok(r#"mutation { pauseProjection(name: "orders") { name state } }"#, json!({}))
+        .ok(
+            r#"mutation { pauseProjection(name: "orders") { name state } }"#,
+            json!({}),
+        )
         .await;
     assert_eq!(data["pauseProjection"]["name"], "orders");
     let position = place(&server, "o-1", "mug", 1).await;
@@ -149,17 +185,33 @@ async fn stale_reads_time_out_and_positions_beyond_the_head_are_refused() {
     assert_eq!(code, "STALE_READ_TIMEOUT", "{error}");
     assert_eq!(error["extensions"]["atLeast"], json!(position));
     // The products projection is not paused: its read model answers.
-    server.ok(PRODUCT, json!({ "id": "mug", "at": position })).await;
-    let status = server
-        .ok(r#"{ projections { name state checkpoint head lag } }"#, json!({}))
+    server
+        .ok(PRODUCT, json!({ "id": "mug", "at": position }))
         .await;
-    let orders = status["projections"].as_array().unwrap().iter().find(|p| p["name"] == "orders").unwrap().clone();
+    let status = server
+        .ok(
+            r#"{ projections { name state checkpoint head lag } }"#,
+            json!({}),
+        )
+        .await;
+    let orders = status["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "orders")
+        .unwrap()
+        .clone();
     assert_eq!(orders["state"], "PAUSED");
     assert_ne!(orders["lag"], "0");
     server
-        .ok(r#"mutation { resumeProjection(name: "orders") { state } }"#, json!({}))
+        .ok(
+            r#"mutation { resumeProjection(name: "orders") { state } }"#,
+            json!({}),
+        )
         .await;
-    server.ok(ORDER, json!({ "id": "o-1", "at": position })).await;
+    server
+        .ok(ORDER, json!({ "id": "o-1", "at": position }))
+        .await;
     let (code, _) = server
         .error(ORDER, json!({ "id": "o-1", "at": "999999999" }))
         .await;
@@ -169,7 +221,10 @@ async fn stale_reads_time_out_and_positions_beyond_the_head_are_refused() {
         .await;
     assert_eq!(code, "BAD_USER_INPUT");
     let (code, _) = server
-        .error(r#"mutation { pauseProjection(name: "nope") { state } }"#, json!({}))
+        .error(
+            r#"mutation { pauseProjection(name: "nope") { state } }"#,
+            json!({}),
+        )
         .await;
     assert_eq!(code, "NOT_FOUND");
 }
@@ -189,12 +244,20 @@ async fn rebuild_keeps_answering_and_only_admins_control_projections() {
         .await;
     for key in [&reader, &writer] {
         let (code, _) = server
-            .error_as(Some(key), r#"mutation { rebuildProjection(name: "products") { state } }"#, json!({}))
+            .error_as(
+                Some(key),
+                r#"mutation { rebuildProjection(name: "products") { state } }"#,
+                json!({}),
+            )
             .await;
         assert_eq!(code, "FORBIDDEN");
     }
     let data = server
-        .ok_as(Some(&admin), r#"mutation { rebuildProjection(name: "products") { name generation } }"#, json!({}))
+        .ok_as(
+            Some(&admin),
+            r#"mutation { rebuildProjection(name: "products") { name generation } }"#,
+            json!({}),
+        )
         .await;
     assert_eq!(data["rebuildProjection"]["name"], "products");
     // Queries keep answering during and after the rebuild; it takes over as generation 2.
@@ -204,15 +267,28 @@ async fn rebuild_keeps_answering_and_only_admins_control_projections() {
             .ok_as(Some(&reader), r#"{ product(id: "p") { id } projections { name generation rebuild { checkpoint } } }"#, json!({}))
             .await;
         assert_eq!(data["product"]["id"], "p");
-        let products: Value = data["projections"].as_array().unwrap().iter().find(|p| p["name"] == "products").unwrap().clone();
+        let products: Value = data["projections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "products")
+            .unwrap()
+            .clone();
         if products["generation"] == 2 && products["rebuild"].is_null() {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "rebuild never took over: {products}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rebuild never took over: {products}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (code, _) = server
-        .error_as(Some(&admin), r#"mutation { rebuildProjection(name: "nope") { state } }"#, json!({}))
+        .error_as(
+            Some(&admin),
+            r#"mutation { rebuildProjection(name: "nope") { state } }"#,
+            json!({}),
+        )
         .await;
     assert_eq!(code, "NOT_FOUND");
 }
@@ -221,14 +297,37 @@ async fn rebuild_keeps_answering_and_only_admins_control_projections() {
 async fn ready_and_metrics_report_the_projections() {
     let server = TestServer::open().await;
     product(&server, "mug", 900, 5).await;
-    let ready: Value = server.client.get(server.url("/ready")).send().await.unwrap().json().await.unwrap();
+    let ready: Value = server
+        .client
+        .get(server.url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     for name in ["projection:orders", "projection:products"] {
         let check = &ready["checks"][name];
         assert_eq!(check["status"], "up", "{ready}");
-        assert!(check["state"].is_string() && check["lag"].is_u64(), "{ready}");
+        assert!(
+            check["state"].is_string() && check["lag"].is_u64(),
+            "{ready}"
+        );
     }
-    let metrics = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    for needle in ["annals_projection_lag_events{projection=\"orders\"}", "annals_projection_checkpoint_position{projection=\"products\"}", "annals_projection_events_per_second"] {
+    let metrics = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "annals_projection_lag_events{projection=\"orders\"}",
+        "annals_projection_checkpoint_position{projection=\"products\"}",
+        "annals_projection_events_per_second",
+    ] {
         assert!(metrics.contains(needle), "{needle} missing");
     }
 }
@@ -246,7 +345,11 @@ async fn export_over_http_streams_the_audit_trail_for_admins_only() {
         .ok_as(Some(&admin), r#"mutation { registerProduct(productId: "p", sku: "S", name: "N", priceCents: 5) { position } }"#, json!({}))
         .await;
     server
-        .ok_as(Some(&admin), r#"mutation { receiveStock(productId: "p", quantity: 3) { position } }"#, json!({}))
+        .ok_as(
+            Some(&admin),
+            r#"mutation { receiveStock(productId: "p", quantity: 3) { position } }"#,
+            json!({}),
+        )
         .await;
     let get = |key: Option<&str>, query: &str| {
         let mut request = server.client.get(server.url(&format!("/export{query}")));
@@ -259,11 +362,16 @@ async fn export_over_http_streams_the_audit_trail_for_admins_only() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/x-ndjson");
     let body = response.text().await.unwrap();
-    let lines: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3, "two events and the manifest: {body}");
     assert_eq!(lines[0]["position"], 1);
     assert_eq!(lines[2]["manifest"]["count"], 2);
-    let csv = get(Some(&admin), "?format=csv&category=product").await.unwrap();
+    let csv = get(Some(&admin), "?format=csv&category=product")
+        .await
+        .unwrap();
     assert_eq!(csv.status(), 200);
     assert!(csv.text().await.unwrap().lines().count() >= 3);
 
