@@ -8,7 +8,9 @@
 //! verifies, no product has more reserved than it has on hand, and every read model equals
 //! a from-scratch build up to its checkpoint. After each restart the server is ready
 //! within a bound and the `product` read model, asked for `atLeast` the head, agrees with
-//! the stock computed from the log.
+//! the stock computed from the log. Orders and raw appends that got no answer are retried
+//! after the restart with the same idempotency key / event ids: each retry is either the
+//! original commit (`duplicate`) or a fresh one, never a second commit.
 //!
 //! `ANNALS_SERVER_CRASH_ROUNDS` sets the number of kills (default 20; `make soak` runs 100).
 
@@ -69,7 +71,7 @@ struct Ack {
 }
 
 const STREAMS: &str =
-    "position streams { streamId firstVersion version firstPosition lastPosition }";
+    "position duplicate streams { streamId firstVersion version firstPosition lastPosition }";
 
 fn number(value: &Value) -> u64 {
     value
@@ -153,12 +155,33 @@ struct Journal {
     unexpected: Mutex<Vec<String>>,
     refused: std::sync::atomic::AtomicU64,
     unknown: std::sync::atomic::AtomicU64,
+    /// Requests without an answer, to retry after the restart.
+    pending: Mutex<Vec<Retry>>,
+    /// Retries the server answered as the original commit.
+    duplicates: std::sync::atomic::AtomicU64,
+}
+
+/// A request that got no answer, with everything needed to send it again unchanged.
+#[derive(Clone)]
+struct Retry {
+    what: &'static str,
+    query: String,
+    variables: Value,
+    allowed: &'static [&'static str],
+    types: Vec<(String, &'static str)>,
+    ids: Vec<String>,
 }
 
 impl Journal {
     fn record(&self, outcome: Outcome, allowed: &[&str], on_ack: impl FnOnce(&Value) -> Ack) {
         match outcome {
-            Outcome::Acked(result) => self.acks.lock().unwrap().push(on_ack(&result)),
+            Outcome::Acked(result) => {
+                assert_eq!(
+                    result["duplicate"], false,
+                    "a first request is never a retry"
+                );
+                self.acks.lock().unwrap().push(on_ack(&result));
+            }
             Outcome::Refused(code) => {
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 if !allowed.contains(&code.as_str()) {
@@ -192,20 +215,26 @@ async fn client_loop(
                 let order = format!("{tag}-{n}");
                 let qty = 1 + rng.below(3);
                 let query = format!(
-                    r#"mutation($o: String!, $p: String!, $q: Int!) {{ placeOrder(orderId: $o, customerId: "c", lines: [{{productId: $p, quantity: $q}}]) {{ {STREAMS} }} }}"#
+                    r#"mutation($o: String!, $p: String!, $q: Int!, $k: String) {{ placeOrder(orderId: $o, customerId: "c", lines: [{{productId: $p, quantity: $q}}], idempotencyKey: $k) {{ {STREAMS} }} }}"#
                 );
-                let outcome = client
-                    .mutate(
-                        "placeOrder",
-                        &query,
-                        json!({ "o": order, "p": product, "q": qty }),
-                    )
-                    .await;
+                let variables =
+                    json!({ "o": order, "p": product, "q": qty, "k": format!("key-{order}") });
+                let outcome = client.mutate("placeOrder", &query, variables.clone()).await;
                 let placed = matches!(outcome, Outcome::Acked(_));
                 let types = vec![
                     (format!("order-{order}"), "OrderPlaced"),
                     (format!("product-{product}"), "StockReserved"),
                 ];
+                if matches!(outcome, Outcome::Unknown) {
+                    journal.pending.lock().unwrap().push(Retry {
+                        what: "placeOrder",
+                        query: query.clone(),
+                        variables,
+                        allowed: &["INSUFFICIENT_STOCK", "CONFLICT"],
+                        types: types.clone(),
+                        ids: Vec::new(),
+                    });
+                }
                 journal.record(outcome, &["INSUFFICIENT_STOCK", "CONFLICT"], |r| {
                     ack("placeOrder", r, types, Vec::new())
                 });
@@ -276,14 +305,21 @@ async fn client_loop(
                 let query = format!(
                     r#"mutation($s: String!, $e: [EventInput!]!) {{ appendToStream(streamId: $s, expectedVersion: {{state: ANY}}, events: $e) {{ {STREAMS} }} }}"#
                 );
+                let variables = json!({ "s": stream, "e": events });
                 let outcome = client
-                    .mutate(
-                        "appendToStream",
-                        &query,
-                        json!({ "s": stream, "e": events }),
-                    )
+                    .mutate("appendToStream", &query, variables.clone())
                     .await;
                 let types = vec![(stream.clone(), "NoteTaken")];
+                if matches!(outcome, Outcome::Unknown) {
+                    journal.pending.lock().unwrap().push(Retry {
+                        what: "appendToStream",
+                        query: query.clone(),
+                        variables,
+                        allowed: &[],
+                        types: types.clone(),
+                        ids: ids.clone(),
+                    });
+                }
                 journal.record(outcome, &[], |r| ack("appendToStream", r, types, ids));
             }
         }
@@ -501,6 +537,39 @@ async fn check_stopped(
     (head.0, stock, checkpoints)
 }
 
+/// With the server up again: every request that got no answer is sent again unchanged.
+/// A retry of a request that had committed must be answered as that commit
+/// (`duplicate`); one that had not commits now or is refused with its usual code.
+async fn retry_pending(http: &reqwest::Client, base: &str, journal: &Journal) {
+    let pending = std::mem::take(&mut *journal.pending.lock().unwrap());
+    let client = Client {
+        http: http.clone(),
+        url: format!("{base}/graphql"),
+    };
+    for retry in pending {
+        let field = retry.what;
+        match client
+            .mutate(field, &retry.query, retry.variables.clone())
+            .await
+        {
+            Outcome::Acked(result) => {
+                if result["duplicate"] == true {
+                    journal.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+                let acked = ack(retry.what, &result, retry.types, retry.ids);
+                journal.acks.lock().unwrap().push(acked);
+            }
+            Outcome::Refused(code) => {
+                assert!(
+                    retry.allowed.contains(&code.as_str()),
+                    "retry of {field} refused with {code}"
+                );
+            }
+            Outcome::Unknown => panic!("retry of {field} got no answer from a live server"),
+        }
+    }
+}
+
 /// With the server up again: the `product` read model at the head agrees with the log.
 async fn check_products(
     http: &reqwest::Client,
@@ -602,6 +671,7 @@ fn kill_9_of_the_whole_server_loses_nothing_acknowledged() {
             let served = number(&graphql(&http, &server.base, "{ head }", json!({})).await["head"]);
             assert_eq!(served, head, "the restarted server's head");
             check_products(&http, &server.base, head, &stock).await;
+            retry_pending(&http, &server.base, &journal).await;
         }
         server.child.kill().unwrap();
         server.child.wait().unwrap();
@@ -611,11 +681,12 @@ fn kill_9_of_the_whole_server_loses_nothing_acknowledged() {
         assert!(grew >= rounds / 2, "the log barely grew between kills: {heads:?}");
         eprintln!(
             "server crash test: {rounds} kills, {acks} acknowledged mutations checked, \
-             head {}, refused {}, unanswered {}, read-model checkpoints {last_checkpoints:?}, \
+             head {}, refused {}, unanswered {} (retries answered as duplicates {}), read-model checkpoints {last_checkpoints:?}, \
              slowest ready {:.2}s, {:.1}s",
             heads.last().copied().unwrap_or(0),
             journal.refused.load(Ordering::Relaxed),
             journal.unknown.load(Ordering::Relaxed),
+            journal.duplicates.load(Ordering::Relaxed),
             slowest_ready.as_secs_f64(),
             started.elapsed().as_secs_f64()
         );
