@@ -84,8 +84,8 @@ fn number(value: &Value) -> u64 {
 enum Outcome {
     /// Committed: the commit result.
     Acked(Value),
-    /// Refused with this code.
-    Refused(String),
+    /// Refused with this code (and the request and response, for the failure message).
+    Refused(String, String),
     /// No answer (the server died): committed or not, nobody knows.
     Unknown,
 }
@@ -114,7 +114,7 @@ impl Client {
             let code = error["extensions"]["code"]
                 .as_str()
                 .unwrap_or_else(|| panic!("error without a code: {body}"));
-            return Outcome::Refused(code.to_string());
+            return Outcome::Refused(code.to_string(), format!("{field}({variables}): {body}"));
         }
         Outcome::Acked(body["data"][field].clone())
     }
@@ -182,10 +182,10 @@ impl Journal {
                 );
                 self.acks.lock().unwrap().push(on_ack(&result));
             }
-            Outcome::Refused(code) => {
+            Outcome::Refused(code, detail) => {
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 if !allowed.contains(&code.as_str()) {
-                    self.unexpected.lock().unwrap().push(code);
+                    self.unexpected.lock().unwrap().push(detail);
                 }
             }
             Outcome::Unknown => {
@@ -559,10 +559,10 @@ async fn retry_pending(http: &reqwest::Client, base: &str, journal: &Journal) {
                 let acked = ack(retry.what, &result, retry.types, retry.ids);
                 journal.acks.lock().unwrap().push(acked);
             }
-            Outcome::Refused(code) => {
+            Outcome::Refused(code, detail) => {
                 assert!(
                     retry.allowed.contains(&code.as_str()),
-                    "retry of {field} refused with {code}"
+                    "retry refused with {code}: {detail}"
                 );
             }
             Outcome::Unknown => panic!("retry of {field} got no answer from a live server"),
