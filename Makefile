@@ -36,3 +36,4 @@ fuzz: deps
 soak: deps
 	ANNALS_CRASH_ROUNDS=100 $(CARGO) test --release -p annals-store --test crash
 	ANNALS_PROJECTION_CRASH_ROUNDS=100 $(CARGO) test --release --test projection_crash
+	ANNALS_SERVER_CRASH_ROUNDS=100 $(CARGO) test --release --test server_crash

@@ -297,6 +297,22 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Caches a stream's state unless the cache already holds a later version. Two commits
+    /// of one stream can finish (and get here) in either order; the older must not
+    /// overwrite the newer, or the next command would decide on a state that misses
+    /// events and could be refused by a domain rule (which no retry corrects) before its
+    /// commit's expected version could notice.
+    fn remember(&self, stream: StreamId, cached: Cached) {
+        let mut cache = self.cache();
+        if cache
+            .get(&stream)
+            .is_some_and(|held| held.version > cached.version)
+        {
+            return;
+        }
+        cache.insert(stream, cached);
+    }
+
     /// Loads an aggregate: from the cache if it has it, otherwise from its latest usable
     /// snapshot plus the events after it.
     pub async fn load<A: Aggregate>(&self, id: &str) -> Result<Loaded<A>, StoreError> {
@@ -369,7 +385,7 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
             }
         }
         let loaded = self.load_uncached::<A>(id, true).await?;
-        self.cache().insert(
+        self.remember(
             loaded.stream.clone(),
             Cached {
                 version: loaded.version,
@@ -673,7 +689,7 @@ impl<S: EventStore + SnapshotStore> Transaction<'_, S> {
             if due {
                 snapshot_version = appended.last_version;
             }
-            bus.cache().insert(
+            bus.remember(
                 stream.clone(),
                 Cached {
                     version: appended.last_version,
@@ -787,6 +803,27 @@ mod tests {
         fn handle(&self, (): ()) -> Result<Vec<Counted>, Never> {
             Ok(vec![Counted::Incremented { by: 1 }])
         }
+    }
+
+    /// Two commits of one stream may reach the cache in either order: the older state
+    /// arriving last must not replace the newer one (the server crash test caught
+    /// commands refused by domain rules on such a stale state).
+    #[tokio::test]
+    async fn the_cache_never_goes_back_to_an_older_version() {
+        let bus = CommandBus::new(InMemoryEventStore::new(crate::StoreOptions::default()));
+        let stream = Counter::stream_id("c").unwrap();
+        let state = |value: u64, version: u64| Cached {
+            version,
+            snapshot_version: 0,
+            state: Arc::new(Counter { value }),
+        };
+        bus.remember(stream.clone(), state(5, 5));
+        bus.remember(stream.clone(), state(3, 3));
+        let loaded = bus.load::<Counter>("c").await.unwrap();
+        assert_eq!((loaded.version, loaded.state.value), (5, 5));
+        bus.remember(stream, state(6, 6));
+        let loaded = bus.load::<Counter>("c").await.unwrap();
+        assert_eq!((loaded.version, loaded.state.value), (6, 6));
     }
 
     /// With one attempt and no retry, 64 concurrent commands on one aggregate all succeed
