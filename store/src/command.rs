@@ -398,6 +398,10 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
 
     /// Starts a transaction for one attempt of a command. `attempt > 0` bypasses the
     /// cache, because the previous attempt found it stale.
+    ///
+    /// A transaction holds the gates of the streams it loaded (see [`StreamGates`]) until
+    /// it is committed or dropped: finish it before running another command on those
+    /// streams from the same task, or that command waits for it forever.
     pub fn transaction<'b>(&'b self, ctx: &'b CommandContext, attempt: u32) -> Transaction<'b, S> {
         Transaction {
             bus: self,
