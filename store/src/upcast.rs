@@ -15,15 +15,20 @@ use crate::types::{Position, RecordedEvent};
 /// One step: the payload of `event_type` at version `from` becomes version `from + 1`.
 pub type UpcastFn = dyn Fn(Value) -> Result<Value, String> + Send + Sync;
 
-/// The registry of upcasters, keyed by event type and source version.
+/// The registry of upcasters, keyed by event type and then source version, so that a
+/// lookup borrows the event type instead of allocating a key for every event read.
 #[derive(Clone, Default)]
 pub struct Upcasters {
-    steps: HashMap<(String, u16), Arc<UpcastFn>>,
+    steps: HashMap<String, HashMap<u16, Arc<UpcastFn>>>,
 }
 
 impl std::fmt::Debug for Upcasters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut keys: Vec<_> = self.steps.keys().collect();
+        let mut keys: Vec<_> = self
+            .steps
+            .iter()
+            .flat_map(|(t, by_version)| by_version.keys().map(move |v| (t, *v)))
+            .collect();
         keys.sort();
         f.debug_struct("Upcasters").field("steps", &keys).finish()
     }
@@ -43,13 +48,19 @@ impl Upcasters {
         step: impl Fn(Value) -> Result<Value, String> + Send + Sync + 'static,
     ) -> Self {
         self.steps
-            .insert((event_type.to_string(), from), Arc::new(step));
+            .entry(event_type.to_string())
+            .or_default()
+            .insert(from, Arc::new(step));
         self
     }
 
     /// Whether any step is registered for this event type and version.
     pub fn has_step(&self, event_type: &str, version: u16) -> bool {
-        self.steps.contains_key(&(event_type.to_string(), version))
+        self.step(event_type, version).is_some()
+    }
+
+    fn step(&self, event_type: &str, version: u16) -> Option<&Arc<UpcastFn>> {
+        self.steps.get(event_type)?.get(&version)
     }
 
     /// Runs the chain on a JSON payload: returns the payload at the newest version reachable
@@ -61,7 +72,7 @@ impl Upcasters {
         mut payload: Value,
     ) -> Result<(Value, u16), String> {
         // The chain is finite: every step raises the version, which is a u16.
-        while let Some(step) = self.steps.get(&(event_type.to_string(), version)) {
+        while let Some(step) = self.step(event_type, version) {
             payload = step(payload)?;
             version = version
                 .checked_add(1)
