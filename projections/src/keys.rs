@@ -75,6 +75,12 @@ pub fn drop_key(name: &str, generation: Generation) -> Vec<u8> {
     meta_key("drop", name, &generation.to_be_bytes())
 }
 
+/// The generation named by a pending-drop key of `name` (`None` for any other key).
+pub fn decode_drop_key(name: &str, key: &[u8]) -> Option<Generation> {
+    let bytes = key.strip_prefix(drop_prefix(name).as_slice())?;
+    Some(Generation::from_be_bytes(bytes.try_into().ok()?))
+}
+
 /// Prefix of every pending drop of a projection.
 pub fn drop_prefix(name: &str) -> Vec<u8> {
     meta_key("drop", name, &[])
@@ -111,6 +117,15 @@ mod tests {
         assert!(!b.starts_with(&a));
         assert!(!a.starts_with(&b));
         assert!(keyspace_prefix("orders", 2) > a);
+    }
+
+    #[test]
+    fn drop_keys_round_trip_whatever_bytes_the_generation_has() {
+        for generation in [1, 2, 256, 0x0100_0000, u32::MAX] {
+            let key = drop_key("orders", generation);
+            assert_eq!(decode_drop_key("orders", &key), Some(generation));
+        }
+        assert_eq!(decode_drop_key("other", &drop_key("orders", 1)), None);
     }
 
     #[test]

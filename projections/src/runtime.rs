@@ -530,12 +530,9 @@ fn prepare(
     };
     read.set_active(&name, active.generation);
     for (key, _) in read.meta_scan(&keys::drop_prefix(&name))? {
-        let generation = key
-            .rsplit(|b| *b == 0)
-            .next()
-            .and_then(|g| g.try_into().ok())
-            .map(Generation::from_be_bytes);
-        if let Some(generation) = generation
+        // The generation's bytes may contain 0x00 (generation 1 is `00 00 00 01`), so the
+        // key is parsed by its known prefix, never by splitting on the separator.
+        if let Some(generation) = keys::decode_drop_key(&name, &key)
             && generation != active.generation
         {
             read.drop_generation(&name, generation)?;
