@@ -240,27 +240,22 @@ pub fn run_append(bench: &AppendBench) -> Result<AppendReport, BenchError> {
 /// round's and the last second the last round's.
 fn merge(rounds: &[Round]) -> RunFigures {
     let mut latency = stats::histogram();
-    let mut total = RunFigures::default();
+    let mut elapsed = Duration::ZERO;
+    let totals = Meter::new();
     for round in rounds {
         let _ = latency.add(&round.latency);
-        let f = stats::figures(&round.meter, round.elapsed, &round.latency, &round.rates);
-        total.events += f.events;
-        total.operations += f.operations;
-        total.seconds += f.seconds;
+        elapsed += round.elapsed;
+        totals.add(&round.meter);
     }
-    let seconds = total.seconds.max(1e-9);
-    total.events_per_second = total.events as f64 / seconds;
-    total.operations_per_second = total.operations as f64 / seconds;
-    total.latency = stats::Latency::of(&latency);
+    // A round shorter than a second has no sampled second: its mean rate stands in.
+    let mean = |r: &Round| r.meter.events() as f64 / r.elapsed.as_secs_f64().max(1e-9);
     let first = rounds
         .first()
-        .map(|r| stats::figures(&r.meter, r.elapsed, &r.latency, &r.rates));
+        .map_or(0.0, |r| r.rates.first().copied().unwrap_or_else(|| mean(r)));
     let last = rounds
         .last()
-        .map(|r| stats::figures(&r.meter, r.elapsed, &r.latency, &r.rates));
-    total.first_second_events_per_second = first.map_or(0.0, |f| f.first_second_events_per_second);
-    total.last_second_events_per_second = last.map_or(0.0, |f| f.last_second_events_per_second);
-    total
+        .map_or(0.0, |r| r.rates.last().copied().unwrap_or_else(|| mean(r)));
+    stats::figures(&totals, elapsed, &latency, &[first, last])
 }
 
 async fn annals_round(

@@ -78,6 +78,13 @@ impl Meter {
         self.operations.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds another meter's counts (to total several rounds).
+    pub(crate) fn add(&self, other: &Meter) {
+        self.events.fetch_add(other.events(), Ordering::Relaxed);
+        self.operations
+            .fetch_add(other.operations(), Ordering::Relaxed);
+    }
+
     pub(crate) fn events(&self) -> u64 {
         self.events.load(Ordering::Relaxed)
     }
