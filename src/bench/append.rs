@@ -69,6 +69,8 @@ pub struct AppendReport {
     pub annals: RunFigures,
     /// Mean events per group commit (per fsync with `fsync`).
     pub mean_group_commit_events: f64,
+    /// Where the writer thread's time went and how many events each WAL sync covered.
+    pub writer: WriterBreakdown,
     /// Appends that hit a wrong expected version and were retried (shared streams).
     pub conflicts: u64,
     /// The store's head afterwards: every event the run reports is in the log.
@@ -77,6 +79,34 @@ pub struct AppendReport {
     pub baseline: Option<RunFigures>,
     /// Annals events/s ÷ raw RocksDB records/s.
     pub ratio: Option<f64>,
+}
+
+/// The writer's time over the Annals rounds, from the store's own counters.
+#[derive(Clone, Debug, Serialize)]
+pub struct WriterBreakdown {
+    /// WAL syncs made (0 with `buffered`).
+    pub syncs: u64,
+    /// Mean events made durable by one WAL sync.
+    pub events_per_sync: f64,
+    /// Mean duration of one WAL sync, in microseconds.
+    pub mean_sync_micros: f64,
+    /// Microseconds per event the writer spent checking requests and encoding records.
+    pub stage_micros_per_event: f64,
+    /// Microseconds per event spent in RocksDB writes (memtables and WAL buffer).
+    pub write_micros_per_event: f64,
+}
+
+impl WriterBreakdown {
+    fn from_stats(s: &annals_store::StoreStats) -> Self {
+        let per = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
+        Self {
+            syncs: s.syncs,
+            events_per_sync: per(s.events, s.syncs),
+            mean_sync_micros: per(s.sync_nanos, s.syncs) / 1e3,
+            stage_micros_per_event: per(s.stage_nanos, s.events) / 1e3,
+            write_micros_per_event: per(s.write_nanos, s.events) / 1e3,
+        }
+    }
 }
 
 fn durability_name(d: Durability) -> &'static str {
@@ -228,6 +258,7 @@ pub fn run_append(bench: &AppendBench) -> Result<AppendReport, BenchError> {
         } else {
             events as f64 / commits as f64
         },
+        writer: WriterBreakdown::from_stats(&after.since(&before)),
         conflicts: annals_rounds.iter().map(|r| r.conflicts).sum(),
         store_head,
         annals,

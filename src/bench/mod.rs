@@ -211,6 +211,15 @@ impl append::AppendReport {
             thousands(self.annals.last_second_events_per_second),
             self.store_head
         ));
+        let w = &self.writer;
+        out.push_str(&format!(
+            "writer: {} syncs, {:.1} events/sync, {:.0} µs/sync; {:.2} µs/event staging, {:.2} µs/event writing\n",
+            w.syncs,
+            w.events_per_sync,
+            w.mean_sync_micros,
+            w.stage_micros_per_event,
+            w.write_micros_per_event
+        ));
         if let Some(r) = self.ratio {
             out.push_str(&format!("ratio annals / raw RocksDB: {r:.2}\n"));
         }
