@@ -130,6 +130,8 @@ pub enum BenchCommand {
     Command(BenchCommandArgs),
     /// Projection catch-up of the reference read models over a generated log.
     Catchup(BenchCatchupArgs),
+    /// placeOrder mutations and point queries over HTTP from concurrent connections.
+    Graphql(BenchGraphqlArgs),
 }
 
 /// Durability of a benchmark's appends.
@@ -241,6 +243,52 @@ pub struct BenchCatchupArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Options of `annals bench graphql`.
+#[derive(Debug, clap::Args)]
+pub struct BenchGraphqlArgs {
+    /// The GraphQL endpoint of a running server (`http://HOST:PORT/graphql`; a bare
+    /// `http://HOST:PORT` gets `/graphql`). Without it a server is started in-process on
+    /// 127.0.0.1 over a fresh temporary data directory, removed afterwards.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Concurrent keep-alive connections, each with one request in flight.
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
+    /// Run this many seconds (default 10 when --requests is not given).
+    #[arg(long, conflicts_with = "requests")]
+    pub duration: Option<f64>,
+    /// Run until this many requests (of both kinds) are sent.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Which requests to send: placeOrder mutations, point queries, or both in turn.
+    #[arg(long, value_enum, default_value = "both")]
+    pub mix: crate::bench::Mix,
+    /// API key sent as `Authorization: Bearer <key>` (a writer key; the in-process server
+    /// has no keys and ignores it).
+    #[arg(long, env = "ANNALS_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Data directory of the in-process server (default: a fresh temporary directory,
+    /// removed afterwards); never one in use.
+    #[arg(long, conflicts_with = "url")]
+    pub data_dir: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchGraphqlArgs {
+    /// The limit these options ask for.
+    pub fn limit(&self) -> crate::bench::Limit {
+        match (self.requests, self.duration) {
+            (Some(requests), _) => crate::bench::Limit::Requests(requests),
+            (None, Some(secs)) => {
+                crate::bench::Limit::Duration(std::time::Duration::from_secs_f64(secs.max(0.0)))
+            }
+            (None, None) => crate::bench::Limit::Duration(std::time::Duration::from_secs(10)),
+        }
+    }
 }
 
 /// Options of `annals replay`.

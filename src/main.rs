@@ -83,6 +83,17 @@ fn main() -> anyhow::Result<()> {
             })?;
             print_report(&report, args.json, || report.table())
         }
+        Command::Bench(BenchCommand::Graphql(args)) => {
+            let report = bench::run_graphql(&bench::GraphqlBench {
+                url: args.url.clone(),
+                connections: args.connections,
+                limit: args.limit(),
+                mix: args.mix,
+                api_key: args.api_key.clone(),
+                data_dir: args.data_dir.clone(),
+            })?;
+            print_report(&report, args.json, || report.table())
+        }
         Command::Export(args) => {
             audit::exit_on_error(audit::run_export(args));
             Ok(())

@@ -137,7 +137,7 @@ impl Budget {
                 deadline: Some(Instant::now() + d),
                 left: None,
             },
-            Limit::Events(n) => Self {
+            Limit::Events(n) | Limit::Requests(n) => Self {
                 deadline: None,
                 left: Some(Arc::new(AtomicU64::new(n.div_ceil(per_op as u64)))),
             },
@@ -165,6 +165,7 @@ fn per_round(limit: Limit, rounds: usize) -> Limit {
     match limit {
         Limit::Duration(d) => Limit::Duration(d / rounds as u32),
         Limit::Events(n) => Limit::Events(n.div_ceil(rounds as u64)),
+        Limit::Requests(n) => Limit::Requests(n.div_ceil(rounds as u64)),
     }
 }
 
@@ -188,7 +189,7 @@ pub fn run_append(bench: &AppendBench) -> Result<AppendReport, BenchError> {
     }
     if matches!(
         bench.limit,
-        Limit::Events(0) | Limit::Duration(Duration::ZERO)
+        Limit::Events(0) | Limit::Requests(0) | Limit::Duration(Duration::ZERO)
     ) {
         return Err(BenchError::Invalid(
             "the run must have a positive --duration or --events".into(),

@@ -1,5 +1,5 @@
-//! `annals bench`: throughput and latency of the append path, the command path and the
-//! projection catch-up, with the conditions they were measured under and, for appends, a
+//! `annals bench`: throughput and latency of the append path, the command path, the
+//! projection catch-up and the GraphQL API over HTTP, with the conditions they were measured under and, for appends, a
 //! raw-RocksDB baseline measured in the same invocation.
 //!
 //! Every figure names its conditions (durability, sizes, writers, CPU count, RocksDB
@@ -10,6 +10,7 @@
 mod append;
 mod catchup;
 mod command;
+mod graphql;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use serde::Serialize;
 pub use append::{AppendBench, run_append};
 pub use catchup::{CatchupBench, build_log, log_options, run_catchup};
 pub use command::{CommandBench, run_command};
+pub use graphql::{GraphqlBench, GraphqlReport, Mix, OperationFigures, run_graphql};
 pub use stats::{Latency, RunFigures};
 
 /// The RocksDB version compiled in (librocksdb-sys `0.19.0+11.8.1`); a test checks it
@@ -47,6 +49,10 @@ pub enum BenchError {
     /// The file system failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The run could not do what it measures: its setup was refused, or most of its
+    /// requests failed (so its figures would describe errors, not the system).
+    #[error("benchmark failed: {0}")]
+    Failed(String),
 }
 
 /// When a run stops.
@@ -57,6 +63,8 @@ pub enum Limit {
     Duration(Duration),
     /// After this many events.
     Events(u64),
+    /// After this many requests (`annals bench graphql`).
+    Requests(u64),
 }
 
 /// What the machine and build were.

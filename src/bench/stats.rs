@@ -103,6 +103,11 @@ pub(crate) struct Sampler {
 
 impl Sampler {
     pub(crate) fn start(meter: &Meter, label: String) -> Self {
+        Self::start_counting(meter, label, "events")
+    }
+
+    /// Like `start`, naming what the meter counts (`requests`, say) on the progress line.
+    pub(crate) fn start_counting(meter: &Meter, label: String, unit: &'static str) -> Self {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let meter = meter.clone();
         let flag = stop.clone();
@@ -118,7 +123,7 @@ impl Sampler {
                     last = events;
                     next += Duration::from_secs(1);
                     super::progress(&format!(
-                        "{label}: {}s, {} events, {} events/s",
+                        "{label}: {}s, {} {unit}, {} {unit}/s",
                         rates.len(),
                         super::thousands(events as f64),
                         super::thousands(*rates.last().unwrap_or(&0.0))
