@@ -137,10 +137,10 @@ pub struct GraphqlReport {
 }
 
 const REGISTER: &str = r#"mutation($p: String!, $sku: String!) { registerProduct(productId: $p, sku: $sku, name: "Bench product", priceCents: 100) { position } }"#;
-const RECEIVE: &str = r#"mutation($p: String!) { receiveStock(productId: $p, quantity: 2000000000) { position } }"#;
+const RECEIVE: &str =
+    r#"mutation($p: String!) { receiveStock(productId: $p, quantity: 2000000000) { position } }"#;
 const PLACE: &str = r#"mutation($o: String!, $c: String!, $p: String!) { placeOrder(orderId: $o, customerId: $c, lines: [{productId: $p, quantity: 1}]) { position } }"#;
-const ORDER: &str =
-    r#"query($id: String!, $at: Position) { order(id: $id, atLeast: $at) { id status totalCents version } }"#;
+const ORDER: &str = r#"query($id: String!, $at: Position) { order(id: $id, atLeast: $at) { id status totalCents version } }"#;
 const PRODUCT: &str = r#"query($id: String!, $at: Position) { product(id: $id, atLeast: $at) { id available version } }"#;
 
 /// A failed request: its code, and what the server or the transport said.
@@ -235,9 +235,7 @@ impl Connection {
 /// What to try when a request is refused.
 fn hint(code: &str) -> &'static str {
     match code {
-        "UNAUTHENTICATED" | "FORBIDDEN" => {
-            "; pass a writer key with --api-key or ANNALS_API_KEY"
-        }
+        "UNAUTHENTICATED" | "FORBIDDEN" => "; pass a writer key with --api-key or ANNALS_API_KEY",
         "RATE_LIMITED" => {
             "; the server's per-key rate limit refuses the load: raise `annals serve --rate-limit/--rate-burst`"
         }
@@ -256,8 +254,8 @@ fn position(data: &Value, field: &str) -> u64 {
 
 /// The endpoint: the URL as given, with `/graphql` when it names only the server.
 fn endpoint(url: &str) -> Result<String, BenchError> {
-    let mut parsed = reqwest::Url::parse(url)
-        .map_err(|e| BenchError::Invalid(format!("--url {url}: {e}")))?;
+    let mut parsed =
+        reqwest::Url::parse(url).map_err(|e| BenchError::Invalid(format!("--url {url}: {e}")))?;
     if parsed.scheme() != "http" {
         return Err(BenchError::Invalid(format!(
             "--url {url}: only http:// is supported (this build has no TLS client)"
@@ -288,8 +286,7 @@ impl InProcess {
             .enable_all()
             .thread_name("annals-server")
             .build()?;
-        let store = match RocksEventStore::open(dir.path().join("log"), StoreOptions::default())
-        {
+        let store = match RocksEventStore::open(dir.path().join("log"), StoreOptions::default()) {
             Ok(store) => Arc::new(store),
             Err(StoreError::Locked { path }) => {
                 return Err(BenchError::InUse(path.display().to_string()));
@@ -308,7 +305,8 @@ impl InProcess {
             )?
         };
         // The bench measures the API, not the per-key limiter's refusals.
-        let unlimited = std::num::NonZeroU32::new(1_000_000_000).unwrap_or(std::num::NonZeroU32::MAX);
+        let unlimited =
+            std::num::NonZeroU32::new(1_000_000_000).unwrap_or(std::num::NonZeroU32::MAX);
         let config = ServerConfig {
             rate_limit: RateLimit {
                 per_second: unlimited,
@@ -366,7 +364,9 @@ struct Measured {
 /// Runs the benchmark.
 pub fn run_graphql(bench: &GraphqlBench) -> Result<GraphqlReport, BenchError> {
     if bench.connections == 0 {
-        return Err(BenchError::Invalid("--connections must be at least 1".into()));
+        return Err(BenchError::Invalid(
+            "--connections must be at least 1".into(),
+        ));
     }
     if matches!(
         bench.limit,
@@ -407,10 +407,7 @@ pub fn run_graphql(bench: &GraphqlBench) -> Result<GraphqlReport, BenchError> {
 }
 
 /// Setup, measured part and figures, on the client runtime.
-async fn drive(
-    bench: &GraphqlBench,
-    url: &str,
-) -> Result<GraphqlReport, BenchError> {
+async fn drive(bench: &GraphqlBench, url: &str) -> Result<GraphqlReport, BenchError> {
     let url: Arc<str> = url.into();
     let key = bench.api_key.as_deref().map(Arc::<str>::from);
     let connections = (0..bench.connections)
@@ -457,11 +454,7 @@ async fn drive(
     for (c, connection) in connections.iter().enumerate() {
         let order = &orders[c % orders.len()];
         let data = connection
-            .must(
-                "order(atLeast)",
-                ORDER,
-                json!({ "id": order, "at": at }),
-            )
+            .must("order(atLeast)", ORDER, json!({ "id": order, "at": at }))
             .await?;
         if data["order"].is_null() {
             return Err(BenchError::Failed(format!(
