@@ -502,7 +502,7 @@ async fn drive(bench: &GraphqlBench, url: &str) -> Result<GraphqlReport, BenchEr
                 let mutation = match mix {
                     Mix::Mutation => true,
                     Mix::Query => false,
-                    Mix::Both => i % 2 == 0,
+                    Mix::Both => i.is_multiple_of(2),
                 };
                 let round = if mix == Mix::Both { i / 2 } else { i };
                 i += 1;
@@ -518,7 +518,7 @@ async fn drive(bench: &GraphqlBench, url: &str) -> Result<GraphqlReport, BenchEr
                     // Alternate the two point queries; walk the setup orders and products
                     // so that connections do not all read the same key.
                     let n = round as usize + c;
-                    let (query, field, id) = if round % 2 == 0 {
+                    let (query, field, id) = if round.is_multiple_of(2) {
                         (ORDER, "order", &orders[n.wrapping_mul(7) % orders.len()])
                     } else {
                         (PRODUCT, "product", &products[n % products.len()])
