@@ -241,6 +241,17 @@ fn a_data_directory_in_use_is_never_touched() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("in use"), "{stderr}");
+    let out = annals(&[
+        "bench",
+        "graphql",
+        "--requests",
+        "10",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in use"), "{stderr}");
     assert_eq!(held.head().0, 0);
 }
 
