@@ -397,12 +397,10 @@ pub fn run_graphql(bench: &GraphqlBench) -> Result<GraphqlReport, BenchError> {
     drop(client_runtime);
     super::progress_done();
     // Stop the in-process server whatever the outcome, so its directory is removed.
-    let store_head = match server {
-        Some(server) => Some(server.stop()?),
-        None => None,
-    };
+    let stopped = server.map(InProcess::stop).transpose();
+    // The run's own failure says more than a failure to stop after it.
     let mut report = outcome?;
-    report.store_head = store_head;
+    report.store_head = stopped?;
     Ok(report)
 }
 
