@@ -328,11 +328,7 @@ fn tag(error: &mut ServerError) {
     let message = error.message.as_str();
     let code = if message.contains("nested too deep") || message.contains("too complex") {
         ErrorCode::QueryTooComplex
-    } else if error.path.is_empty()
-        || message.starts_with("Failed to parse")
-        || message.starts_with("Invalid value for argument")
-        || message.starts_with("Internal: Failed to parse")
-    {
+    } else if error.path.is_empty() || is_input_error(message) {
         ErrorCode::BadUserInput
     } else {
         tracing::error!(error = %error.message, path = ?error.path, "uncoded resolver error");
@@ -343,6 +339,25 @@ fn tag(error: &mut ServerError) {
         .extensions
         .get_or_insert_with(Default::default)
         .set("code", code.as_str());
+}
+
+/// Whether a message async-graphql raised while resolving a field is about the client's
+/// input: an argument or variable that does not coerce to its type (the fuzz target found
+/// `filter: []` coming back as `INTERNAL` before "Expected input type" was listed), an
+/// undefined variable, an unknown field or fragment its validation let through.
+fn is_input_error(message: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "Failed to parse",
+        "Internal: Failed to parse",
+        "Invalid value for argument",
+        "Expected input type",
+        "Enumeration type does not contain value",
+        "Cannot query field",
+        "Unknown fragment",
+    ];
+    PREFIXES.iter().any(|p| message.starts_with(p))
+        || message.contains("(occurred while parsing")
+        || (message.starts_with("Variable ") && message.ends_with("is not defined."))
 }
 
 /// A request body that was not valid JSON (or not a GraphQL request object).
