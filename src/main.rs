@@ -10,6 +10,7 @@ use clap::Parser;
 use annals::audit::cli as audit;
 use annals::bench;
 use annals::cli::{BenchCommand, Cli, Command, KeysCommand, SchemaArgs, ServeArgs};
+use annals::graphql::GraphqlLimits;
 use annals::server::auth::{RateLimit, check_exposure, generate_key};
 use annals::server::{self, AppState, ServerConfig};
 use annals_projections::{ProjectionRuntime, ReadModelStore, RuntimeOptions};
@@ -166,6 +167,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         request_timeout: Duration::from_secs(args.request_timeout_secs),
         data_dir: Some(args.data_dir.clone()),
+        graphql: GraphqlLimits {
+            max_subscriptions_per_key: args.max_subscriptions_per_key,
+            ..GraphqlLimits::default()
+        },
         ..ServerConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(addr)

@@ -179,6 +179,23 @@ impl ApiError {
         error
     }
 
+    /// The principal already holds `limit` live subscriptions. `RATE_LIMITED` like the
+    /// request budget, with the limit; `retryAfter` is a hint, since a slot frees only
+    /// when one of the principal's subscriptions ends.
+    pub fn too_many_subscriptions(limit: usize) -> Self {
+        let mut error = Self::new(
+            ErrorCode::RateLimited,
+            format!(
+                "this API key already holds {limit} live subscriptions, the most allowed; \
+                 complete one before starting another"
+            ),
+        )
+        .with("limit", limit as u64)
+        .with("retryAfter", 1u64);
+        error.retry_after = Some(Duration::from_secs(1));
+        error
+    }
+
     /// The request body is larger than `limit` bytes.
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
@@ -314,6 +331,35 @@ impl From<StoreError> for ApiError {
 pub fn finish_response(response: &mut async_graphql::Response) {
     for error in &mut response.errors {
         tag(error);
+    }
+}
+
+/// An executor that runs `E` and tags every response it yields with
+/// [`finish_response`]: the WebSocket transport executes through it, so a subscription's
+/// syntax, validation or argument error carries a code exactly as over HTTP.
+#[derive(Clone)]
+pub struct Coded<E>(pub E);
+
+impl<E: async_graphql::Executor> async_graphql::Executor for Coded<E> {
+    async fn execute(&self, request: async_graphql::Request) -> async_graphql::Response {
+        let mut response = self.0.execute(request).await;
+        finish_response(&mut response);
+        response
+    }
+
+    fn execute_stream(
+        &self,
+        request: async_graphql::Request,
+        session_data: Option<std::sync::Arc<async_graphql::Data>>,
+    ) -> futures::stream::BoxStream<'static, async_graphql::Response> {
+        use futures::StreamExt;
+        self.0
+            .execute_stream(request, session_data)
+            .map(|mut response| {
+                finish_response(&mut response);
+                response
+            })
+            .boxed()
     }
 }
 

@@ -22,8 +22,8 @@ use tokio::sync::watch;
 use super::error::ApiError;
 use super::scalars::Position;
 use super::types::{Event, EventFilter};
-use super::{RoleGuard, api};
-use crate::server::auth::Role;
+use super::{RoleGuard, SubscriptionSlot, api};
+use crate::server::auth::{Principal, Role};
 
 /// Events read from the log per page while catching up: the most a subscription holds.
 const PAGE: usize = 256;
@@ -41,6 +41,8 @@ struct Tail {
     head: watch::Receiver<StorePosition>,
     shutdown: watch::Receiver<bool>,
     failed: bool,
+    /// Held as long as the stream lives: the principal's subscription slot.
+    _slot: SubscriptionSlot,
 }
 
 impl Tail {
@@ -93,6 +95,13 @@ impl LogSubscription {
         filter: Option<EventFilter>,
     ) -> Result<BoxStream<'static, Result<Event, ApiError>>, ApiError> {
         let api = api(ctx);
+        // The guard ran, so a principal is present; `anonymous` only without keys.
+        let principal = ctx
+            .data_opt::<Principal>()
+            .map_or("anonymous", |p| p.id.as_str());
+        let slot = api
+            .subscriptions
+            .acquire(principal, api.limits.max_subscriptions_per_key)?;
         let after = after.unwrap_or_default().0;
         let tail = Tail {
             store: api.store.clone(),
@@ -102,6 +111,7 @@ impl LogSubscription {
             head: api.store.subscribe_head(),
             shutdown: api.shutdown.clone(),
             failed: after == u64::MAX,
+            _slot: slot,
         };
         Ok(futures::stream::unfold(tail, |mut tail| async move {
             let item = tail.next_event().await?;

@@ -130,6 +130,7 @@ impl AppState {
             ),
             projections: projections.clone(),
             stale_read_timeout: config.stale_read_timeout,
+            subscriptions: graphql::SubscriptionSlots::default(),
         });
         Self {
             inner: Arc::new(Inner {

@@ -235,7 +235,7 @@ pub(super) async fn graphql_ws(
         .on_upgrade(move |socket| async move {
             let mut data = Data::default();
             data.insert(request_id);
-            GraphQLWebSocket::new(socket, schema, protocol)
+            GraphQLWebSocket::new(socket, error::Coded(schema), protocol)
                 .with_data(data)
                 .on_connection_init(move |payload| async move {
                     let principal = match principal {
