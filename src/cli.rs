@@ -39,7 +39,7 @@ pub enum Command {
 }
 
 /// Options of `annals serve`.
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct ServeArgs {
     /// Where the event log (`<dir>/log`) and the read models (`<dir>/read`) live.
     #[arg(long, env = "ANNALS_DATA_DIR", default_value = "./data")]

@@ -4,8 +4,13 @@
 //! configured with their SHA-256 hashes, one `role:sha256hex` line per key, so a leaked
 //! configuration does not leak a usable key. A key's identity in logs and event metadata
 //! (`actor`) is the first 12 hex digits of its hash.
+//!
+//! A key is revoked by removing its line, or by a `revoked:sha256hex` line (which wins
+//! over any role line for the same hash, from any source: a key given inline can be
+//! revoked in the file), and having the server reload: `annals serve` re-reads its keys
+//! on SIGHUP ([`crate::server::AppState::replace_api_keys`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -80,10 +85,11 @@ impl Principal {
     }
 }
 
-/// The configured keys, by SHA-256 hash.
+/// The configured keys, by SHA-256 hash, and the revoked ones.
 #[derive(Clone, Debug, Default)]
 pub struct ApiKeys {
     by_hash: HashMap<[u8; 32], Role>,
+    revoked: HashSet<[u8; 32]>,
 }
 
 /// SHA-256 of a key, in lowercase hex: the form the configuration holds.
@@ -123,6 +129,7 @@ impl ApiKeys {
 
     /// Parses `role:sha256hex` entries, one per line; blank lines and `#` comments are
     /// skipped. Commas also separate entries, so an environment variable can hold several.
+    /// `revoked:sha256hex` revokes a key whatever else configures it.
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut keys = Self::default();
         keys.add(text)?;
@@ -137,27 +144,40 @@ impl ApiKeys {
                 let (role, hash) = entry.split_once(':').ok_or_else(|| {
                     format!("line {}: expected role:sha256hex, got {entry:?}", n + 1)
                 })?;
+                let hash = unhex(&hash.trim().to_ascii_lowercase()).ok_or_else(|| {
+                    format!("line {}: the hash must be 64 hex digits (SHA-256)", n + 1)
+                })?;
+                if role.trim() == "revoked" {
+                    self.revoked.insert(hash);
+                    continue;
+                }
                 let role: Role = role
                     .trim()
                     .parse()
                     .map_err(|e| format!("line {}: {e}", n + 1))?;
-                let hash = unhex(&hash.trim().to_ascii_lowercase()).ok_or_else(|| {
-                    format!("line {}: the hash must be 64 hex digits (SHA-256)", n + 1)
-                })?;
                 self.by_hash.insert(hash, role);
             }
         }
         Ok(())
     }
 
-    /// Whether any key is configured.
+    /// Whether no key is configured (nor revoked: a configuration that revokes every key
+    /// lets nobody in, it does not open the server).
     pub fn is_empty(&self) -> bool {
-        self.by_hash.is_empty()
+        self.by_hash.is_empty() && self.revoked.is_empty()
     }
 
-    /// How many keys are configured.
+    /// How many keys are configured and not revoked.
     pub fn len(&self) -> usize {
-        self.by_hash.len()
+        self.by_hash
+            .keys()
+            .filter(|h| !self.revoked.contains(*h))
+            .count()
+    }
+
+    /// How many keys are revoked.
+    pub fn revoked(&self) -> usize {
+        self.revoked.len()
     }
 
     /// Resolves an `Authorization` header value.
@@ -180,14 +200,21 @@ impl ApiKeys {
             .ok_or_else(|| {
                 ApiError::unauthenticated("the Authorization header must be `Bearer <API key>`")
             })?;
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        if self.revoked.contains(&digest) {
+            return Err(ApiError::unauthenticated("this API key has been revoked"));
+        }
         self.principal_for_key(key)
             .map(Some)
             .ok_or_else(|| ApiError::unauthenticated("unknown API key"))
     }
 
-    /// The principal of a raw key, if the key is configured.
+    /// The principal of a raw key, if the key is configured and not revoked.
     pub fn principal_for_key(&self, key: &str) -> Option<Principal> {
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        if self.revoked.contains(&digest) {
+            return None;
+        }
         self.by_hash.get(&digest).map(|role| Principal {
             role: *role,
             id: format!("key:{}", &hex(&digest)[..12]),
@@ -287,6 +314,26 @@ mod tests {
             err.contains("line 2") && err.contains("unknown role"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn revoked_lines_win_over_role_lines_from_any_source() {
+        let (key, line) = generate_key(Role::Admin).unwrap();
+        let (other, other_line) = generate_key(Role::Reader).unwrap();
+        let hash = line.split_once(':').unwrap().1;
+        let mut keys = ApiKeys::parse(&format!("revoked:{hash}\n{other_line}")).unwrap();
+        keys.add(&line).unwrap();
+        let err = keys
+            .authenticate(Some(&format!("Bearer {key}")))
+            .unwrap_err();
+        assert!(err.message().contains("revoked"), "{}", err.message());
+        assert!(keys.principal_for_key(&key).is_none());
+        assert!(keys.principal_for_key(&other).is_some());
+        assert_eq!((keys.len(), keys.revoked()), (1, 1));
+        // Revoking every key locks everyone out; it does not turn authentication off.
+        let only_revoked = ApiKeys::parse(&format!("revoked:{hash}")).unwrap();
+        assert!(!only_revoked.is_empty());
+        assert!(only_revoked.authenticate(None).unwrap().is_none());
     }
 
     #[test]

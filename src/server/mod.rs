@@ -16,8 +16,8 @@ mod routes;
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use annals_projections::ProjectionRuntime;
@@ -48,7 +48,8 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// How the server is set up.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// The API keys; empty allows everything (loopback only, checked by `annals serve`).
+    /// The API keys at startup; empty allows everything (loopback only, checked by
+    /// `annals serve`). [`AppState::replace_api_keys`] swaps them while serving.
     pub api_keys: ApiKeys,
     /// Requests per key.
     pub rate_limit: RateLimit,
@@ -95,6 +96,8 @@ struct Inner {
     config: ServerConfig,
     shutdown: watch::Sender<bool>,
     draining: AtomicBool,
+    /// The keys in force: `config.api_keys` until a reload replaces them.
+    keys: RwLock<Arc<ApiKeys>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -138,6 +141,7 @@ impl AppState {
                 projections,
                 schema,
                 limiter: KeyRateLimiter::new(config.rate_limit),
+                keys: RwLock::new(Arc::new(config.api_keys.clone())),
                 config,
                 shutdown,
                 draining: AtomicBool::new(false),
@@ -163,6 +167,37 @@ impl AppState {
     /// The configuration.
     pub fn config(&self) -> &ServerConfig {
         &self.inner.config
+    }
+
+    /// The API keys in force.
+    pub fn api_keys(&self) -> Arc<ApiKeys> {
+        self.inner
+            .keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `keys` in force for every later request and WebSocket connection (a revoked
+    /// or removed key is refused from then on). Refused, keeping the keys in force, when
+    /// the server has keys and `keys` has none: that would let every caller in as admin.
+    /// To lock every key out, revoke them (`revoked:` lines) instead.
+    pub fn replace_api_keys(&self, keys: ApiKeys) -> Result<(), String> {
+        let mut current = self
+            .inner
+            .keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if keys.is_empty() && !current.is_empty() {
+            return Err(
+                "the new configuration has no API keys, which would allow every \
+                        request; keeping the keys in force (revoke keys with `revoked:` \
+                        lines instead)"
+                    .into(),
+            );
+        }
+        *current = Arc::new(keys);
+        Ok(())
     }
 
     pub(crate) fn limiter(&self) -> &KeyRateLimiter {

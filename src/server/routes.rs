@@ -62,7 +62,7 @@ pub(super) async fn authenticate(
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or("<not UTF-8>"));
-    match state.config().api_keys.authenticate(header) {
+    match state.api_keys().authenticate(header) {
         Err(error) => return error.into_response(),
         Ok(Some(principal)) => {
             if let Err(error) = state.limiter().check(&principal) {
@@ -257,8 +257,7 @@ fn connection_principal(state: &AppState, payload: &Value) -> async_graphql::Res
         .or_else(|| payload.get("authorization"))
         .and_then(Value::as_str);
     let principal = state
-        .config()
-        .api_keys
+        .api_keys()
         .authenticate(header)?
         .ok_or_else(|| ApiError::unauthenticated("connection_init needs an Authorization field"))?;
     state.limiter().check(&principal)?;
