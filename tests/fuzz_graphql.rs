@@ -52,6 +52,7 @@ const CODES: &[&str] = &[
     "PAYLOAD_TOO_LARGE",
     "QUERY_TOO_COMPLEX",
     "STALE_READ_TIMEOUT",
+    "UNAVAILABLE",
 ];
 
 /// The real server over a fresh log and read models, with one key per role.

@@ -55,6 +55,10 @@ pub enum ErrorCode {
     QueryTooComplex,
     /// A read model did not reach the requested position in time.
     StaleReadTimeout,
+    /// The store cannot serve the operation right now (its disk is full or failing, or
+    /// it is shutting down). A mutation answered so was not written: retry it later,
+    /// with the same idempotency key or event ids. Details only in the server's log.
+    Unavailable,
     /// Something failed inside the server; details are in its log, not in the response.
     Internal,
 }
@@ -78,6 +82,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ErrorCode::QueryTooComplex => "QUERY_TOO_COMPLEX",
             ErrorCode::StaleReadTimeout => "STALE_READ_TIMEOUT",
+            ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
         }
     }
@@ -90,6 +95,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -218,6 +224,19 @@ impl ApiError {
         .with("reached", reached.to_string())
     }
 
+    /// The store failed to do the operation (a full or failing disk, a closed store):
+    /// `detail` is logged (with the request id of the current span) and never sent.
+    pub fn unavailable(detail: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "store unavailable");
+        let mut error = Self::new(
+            ErrorCode::Unavailable,
+            "the event store cannot do this right now; nothing was written, retry later",
+        )
+        .with("retryAfter", 1u64);
+        error.retry_after = Some(Duration::from_secs(1));
+        error
+    }
+
     /// An internal failure: `detail` is logged (with the request id of the current span)
     /// and never sent to the client.
     pub fn internal(detail: &dyn std::fmt::Display) -> Self {
@@ -315,8 +334,13 @@ impl From<StoreError> for ApiError {
             StoreError::Rejected(domain) => {
                 ApiError::new(ErrorCode::from_domain(domain.code()), domain.to_string())
             }
-            // Corruption, storage, a closed store, undecodable events: the client can do
-            // nothing about them and must not learn the server's internals.
+            // A full or failing disk, or a store shutting down: not written, and worth a
+            // retry later; what went wrong stays in the log.
+            StoreError::Storage(_) | StoreError::Io { .. } | StoreError::Closed => {
+                ApiError::unavailable(&error)
+            }
+            // Corruption, undecodable events, ...: the client can do nothing about them
+            // and must not learn the server's internals.
             _ => ApiError::internal(&error),
         }
     }
@@ -498,6 +522,17 @@ mod tests {
         });
         assert_eq!(e.code(), ErrorCode::Internal);
         assert!(!e.message().contains('7'));
+    }
+
+    #[test]
+    fn storage_failures_are_unavailable_without_detail() {
+        let e = ApiError::from(StoreError::Io {
+            what: "writing /srv/annals/log".into(),
+            source: std::io::Error::other("No space left on device"),
+        });
+        assert_eq!(e.code(), ErrorCode::Unavailable);
+        assert!(!e.message().contains("space") && !e.message().contains("/srv"));
+        assert_eq!(e.code().http_status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]

@@ -281,6 +281,10 @@ pub fn readiness(state: &AppState) -> (bool, Map<String, Value>) {
         .unwrap_or_else(|| store.path().to_path_buf());
     let writable = if state.is_draining() {
         Err("shutting down".to_string())
+    } else if store.is_failed() {
+        // A write failed (full or failing disk): appends are refused until the store
+        // has reopened itself, even if the probe below would pass again already.
+        Err("the store refuses writes after a storage failure; recovering".to_string())
     } else {
         probe_writable(&probe_dir)
     };
