@@ -374,3 +374,43 @@ async fn subscription_errors_over_the_websocket_carry_codes() {
     // The connection still serves a valid subscription.
     assert_eq!(try_subscribe(&mut socket, "ok", 0).await, Ok(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_key_ends_its_live_subscriptions() {
+    let (revoked, r) = generate_key(Role::Reader).unwrap();
+    let (kept, k) = generate_key(Role::Reader).unwrap();
+    let server = TestServer::start(ServerConfig {
+        api_keys: ApiKeys::parse(&format!("{r}\n{k}\n")).unwrap(),
+        ..ServerConfig::default()
+    })
+    .await;
+    append(&server, "tick-a", 1).await;
+    let auth = |key: &str| json!({ "Authorization": format!("Bearer {key}") });
+    let mut doomed = connect(&server, auth(&revoked)).await.unwrap();
+    let mut other = connect(&server, auth(&kept)).await.unwrap();
+    assert_eq!(try_subscribe(&mut doomed, "1", 0).await, Ok(1));
+    assert_eq!(try_subscribe(&mut other, "1", 0).await, Ok(1));
+
+    let hash = r.split_once(':').unwrap().1;
+    server
+        .state
+        .replace_api_keys(ApiKeys::parse(&format!("{r}\n{k}\nrevoked:{hash}\n")).unwrap())
+        .unwrap();
+    // The live subscription of the revoked key ends with a coded error.
+    let message = next_json(&mut doomed).await.expect("socket closed");
+    assert_eq!(message["id"], "1", "{message}");
+    assert_eq!(first_outcome(&message), Err("UNAUTHENTICATED".into()));
+    assert_eq!(
+        next_json(&mut doomed).await.unwrap(),
+        json!({ "id": "1", "type": "complete" })
+    );
+    // The connection takes no new subscription, and the key no new connection.
+    assert_eq!(
+        try_subscribe(&mut doomed, "2", 0).await,
+        Err("UNAUTHENTICATED".into())
+    );
+    assert!(connect(&server, auth(&revoked)).await.is_err());
+    // The other key's subscription goes on.
+    append(&server, "tick-b", 1).await;
+    assert_eq!(receive(&mut other, "1", 1).await, [2]);
+}

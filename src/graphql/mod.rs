@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::domain::Commerce;
 use crate::read_models::CommerceReadModels;
-use crate::server::auth::{Principal, Role};
+use crate::server::auth::{KeyRing, Principal, Role};
 use error::ApiError;
 
 pub use mutation::{AdminMutation, CommandMutation};
@@ -92,6 +92,8 @@ pub struct ApiContext {
     pub stale_read_timeout: Duration,
     /// The live subscriptions per principal, against `limits.max_subscriptions_per_key`.
     pub subscriptions: SubscriptionSlots,
+    /// The API keys in force: a live subscription ends when its key is revoked.
+    pub keys: KeyRing,
 }
 
 /// Counts live subscriptions per principal. A slot is a guard: it is given back when the

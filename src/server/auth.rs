@@ -15,11 +15,12 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 use crate::graphql::error::ApiError;
 
@@ -219,6 +220,75 @@ impl ApiKeys {
             role: *role,
             id: format!("key:{}", &hex(&digest)[..12]),
         })
+    }
+}
+
+impl ApiKeys {
+    /// Whether `principal` (authenticated earlier, e.g. when its WebSocket connected) may
+    /// still act under these keys: its key is configured and not revoked, or, for
+    /// [`Principal::anonymous`], no keys are configured at all.
+    pub fn is_active(&self, principal: &Principal) -> bool {
+        let Some(prefix) = principal.id.strip_prefix("key:") else {
+            return self.is_empty();
+        };
+        self.by_hash
+            .iter()
+            .any(|(hash, role)| *role == principal.role && hex(hash).starts_with(prefix))
+            && !self
+                .revoked
+                .iter()
+                .any(|hash| hex(hash).starts_with(prefix))
+    }
+}
+
+/// The API keys in force, replaceable while serving (SIGHUP), with a watch that moves on
+/// every replacement so that live subscriptions re-check their key. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct KeyRing {
+    keys: Arc<RwLock<Arc<ApiKeys>>>,
+    changed: Arc<watch::Sender<u64>>,
+}
+
+impl KeyRing {
+    /// A ring holding `keys`.
+    pub fn new(keys: ApiKeys) -> Self {
+        Self {
+            keys: Arc::new(RwLock::new(Arc::new(keys))),
+            changed: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    /// The keys in force.
+    pub fn current(&self) -> Arc<ApiKeys> {
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `keys` in force. Refused, keeping the keys in force, when there are keys and
+    /// `keys` has none: that would let every caller in as admin. To lock every key out,
+    /// revoke them (`revoked:` lines) instead.
+    pub fn replace(&self, keys: ApiKeys) -> Result<(), String> {
+        {
+            let mut current = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+            if keys.is_empty() && !current.is_empty() {
+                return Err(
+                    "the new configuration has no API keys, which would allow every \
+                            request; keeping the keys in force (revoke keys with `revoked:` \
+                            lines instead)"
+                        .into(),
+                );
+            }
+            *current = Arc::new(keys);
+        }
+        self.changed.send_modify(|generation| *generation += 1);
+        Ok(())
+    }
+
+    /// Moves on every [`KeyRing::replace`].
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 }
 

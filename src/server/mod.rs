@@ -16,8 +16,8 @@ mod routes;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use annals_projections::ProjectionRuntime;
@@ -40,7 +40,7 @@ use tower_http::trace::TraceLayer;
 use crate::domain::{self, Commerce};
 use crate::graphql::{self, AnnalsSchema, ApiContext, GraphqlLimits};
 use crate::read_models::{CommerceReadModels, PageLimits};
-use auth::{ApiKeys, KeyRateLimiter, RateLimit};
+use auth::{ApiKeys, KeyRateLimiter, KeyRing, RateLimit};
 
 /// The request-id header.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -97,7 +97,7 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     draining: AtomicBool,
     /// The keys in force: `config.api_keys` until a reload replaces them.
-    keys: RwLock<Arc<ApiKeys>>,
+    keys: KeyRing,
 }
 
 impl std::fmt::Debug for AppState {
@@ -122,6 +122,7 @@ impl AppState {
         // The recorder must exist before the first request so that no sample is lost.
         let _ = metrics::handle();
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let keys = KeyRing::new(config.api_keys.clone());
         let schema = graphql::build_schema(ApiContext {
             store: store.clone(),
             commerce: Arc::new(Commerce::new(bus)),
@@ -134,6 +135,7 @@ impl AppState {
             projections: projections.clone(),
             stale_read_timeout: config.stale_read_timeout,
             subscriptions: graphql::SubscriptionSlots::default(),
+            keys: keys.clone(),
         });
         Self {
             inner: Arc::new(Inner {
@@ -141,7 +143,7 @@ impl AppState {
                 projections,
                 schema,
                 limiter: KeyRateLimiter::new(config.rate_limit),
-                keys: RwLock::new(Arc::new(config.api_keys.clone())),
+                keys,
                 config,
                 shutdown,
                 draining: AtomicBool::new(false),
@@ -171,33 +173,15 @@ impl AppState {
 
     /// The API keys in force.
     pub fn api_keys(&self) -> Arc<ApiKeys> {
-        self.inner
-            .keys
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.inner.keys.current()
     }
 
-    /// Puts `keys` in force for every later request and WebSocket connection (a revoked
-    /// or removed key is refused from then on). Refused, keeping the keys in force, when
-    /// the server has keys and `keys` has none: that would let every caller in as admin.
-    /// To lock every key out, revoke them (`revoked:` lines) instead.
+    /// Puts `keys` in force for every later request and WebSocket connection; live
+    /// subscriptions of a key revoked or removed by them end with `UNAUTHENTICATED`.
+    /// Refused, keeping the keys in force, when the server has keys and `keys` has none
+    /// (that would let every caller in as admin): revoke keys with `revoked:` lines.
     pub fn replace_api_keys(&self, keys: ApiKeys) -> Result<(), String> {
-        let mut current = self
-            .inner
-            .keys
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if keys.is_empty() && !current.is_empty() {
-            return Err(
-                "the new configuration has no API keys, which would allow every \
-                        request; keeping the keys in force (revoke keys with `revoked:` \
-                        lines instead)"
-                    .into(),
-            );
-        }
-        *current = Arc::new(keys);
-        Ok(())
+        self.inner.keys.replace(keys)
     }
 
     pub(crate) fn limiter(&self) -> &KeyRateLimiter {
