@@ -359,7 +359,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /export?format=…&stream=…&category=…&type=…&fromPosition=…`: the audit trail,
+/// `GET /export?format=…&stream=…&category=…&type=…&from_position=…`: the audit trail,
 /// streamed in constant memory up to the head at the start of the request. Admin role.
 pub(super) async fn export(
     State(state): State<AppState>,
