@@ -4,7 +4,8 @@
 
 CARGO ?= cargo
 DATA_DIR ?= ./data
-# Cases per fuzz target in `make fuzz` (the smoke run in `make test` uses 2,000).
+# Cases per fuzz target in `make fuzz` (the smoke run in `make test` uses 2,000, and 300
+# for the GraphQL request path, whose cases each run a request through the server).
 FUZZ_CASES ?= 200000
 
 .PHONY: run test deps fmt bench fuzz soak
@@ -27,10 +28,12 @@ fmt:
 bench: deps
 	$(CARGO) bench
 
-# The fuzz targets, long: arbitrary inputs against the decoders, validators, upcasters.
+# The fuzz targets, long: arbitrary inputs against the decoders, validators, upcasters
+# and the GraphQL request path.
 fuzz: deps
 	ANNALS_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release -p annals-store --test fuzz
 	ANNALS_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release --test fuzz_domain
+	ANNALS_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release --test fuzz_graphql -- --nocapture
 
 # The crash loops, long: 100+ kills each.
 soak: deps

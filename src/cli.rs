@@ -39,7 +39,7 @@ pub enum Command {
 }
 
 /// Options of `annals serve`.
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct ServeArgs {
     /// Where the event log (`<dir>/log`) and the read models (`<dir>/read`) live.
     #[arg(long, env = "ANNALS_DATA_DIR", default_value = "./data")]
@@ -65,6 +65,9 @@ pub struct ServeArgs {
     /// Longest a request may take, in seconds.
     #[arg(long, env = "ANNALS_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// Live subscriptions one API key may hold at once (over all its connections).
+    #[arg(long, env = "ANNALS_MAX_SUBSCRIPTIONS_PER_KEY", default_value_t = 16)]
+    pub max_subscriptions_per_key: usize,
 }
 
 impl ServeArgs {

@@ -10,6 +10,7 @@ use clap::Parser;
 use annals::audit::cli as audit;
 use annals::bench;
 use annals::cli::{BenchCommand, Cli, Command, KeysCommand, SchemaArgs, ServeArgs};
+use annals::graphql::GraphqlLimits;
 use annals::server::auth::{RateLimit, check_exposure, generate_key};
 use annals::server::{self, AppState, ServerConfig};
 use annals_projections::{ProjectionRuntime, ReadModelStore, RuntimeOptions};
@@ -177,6 +178,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         request_timeout: Duration::from_secs(args.request_timeout_secs),
         data_dir: Some(args.data_dir.clone()),
+        graphql: GraphqlLimits {
+            max_subscriptions_per_key: args.max_subscriptions_per_key,
+            ..GraphqlLimits::default()
+        },
         ..ServerConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(addr)
@@ -199,13 +204,45 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )
     .context("starting the projections")?;
     let state = AppState::new(store.clone(), projections.clone(), config);
+    #[cfg(unix)]
+    let reloader = tokio::spawn(reload_keys_on_hangup(args, state.clone()));
     let served = server::run(listener, state, shutdown_signal()).await;
+    #[cfg(unix)]
+    reloader.abort();
     // Workers stop at a checkpoint (every batch is atomic), then the log closes.
     projections.shutdown().await;
     // Close even when serving failed: the writer finishes what it was given and joins.
     store.close();
     tracing::info!("event store closed");
     served.context("serving HTTP")
+}
+
+/// Re-reads the API keys (file and inline) on every SIGHUP and puts them in force: how a
+/// key is revoked without a restart. A file that does not parse, or that would leave the
+/// server without keys, is refused and the keys in force stay.
+#[cfg(unix)]
+async fn reload_keys_on_hangup(args: ServeArgs, state: AppState) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(signal) => signal,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGHUP: API keys will not be reloaded");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        let reloaded = args.load_keys().and_then(|keys| {
+            let counts = (keys.len(), keys.revoked());
+            state.replace_api_keys(keys).map(|()| counts)
+        });
+        match reloaded {
+            Ok((keys, revoked)) => tracing::info!(keys, revoked, "SIGHUP: API keys reloaded"),
+            Err(error) => tracing::error!(
+                %error,
+                "SIGHUP: API keys not reloaded; the keys in force stay"
+            ),
+        }
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -220,3 +220,197 @@ async fn shutdown_ends_live_subscriptions_and_the_server() {
         .expect("graceful shutdown finished")
         .unwrap();
 }
+
+/// Subscribes as `id` after `after`; the first message's outcome: `Ok` with the first
+/// event's position, or `Err` with the error's code.
+async fn try_subscribe(socket: &mut Socket, id: &str, after: u64) -> Result<u64, String> {
+    subscribe(socket, id, json!({ "after": after.to_string() })).await;
+    let message = next_json(socket).await.expect("socket closed");
+    assert_eq!(message["id"], id, "{message}");
+    let outcome = first_outcome(&message);
+    if outcome.is_err() {
+        // A refused subscription is completed right after its error.
+        let done = next_json(socket).await.expect("socket closed");
+        assert_eq!(done, json!({ "id": id, "type": "complete" }));
+    }
+    outcome
+}
+
+/// A `next` message's event position, or the code of its (or an `error` message's) error.
+fn first_outcome(message: &Value) -> Result<u64, String> {
+    let errors = match message["type"].as_str() {
+        Some("next") if message["payload"]["errors"].is_null() => {
+            let position = &message["payload"]["data"]["events"]["position"];
+            return Ok(position.as_str().unwrap().parse().unwrap());
+        }
+        Some("next") => &message["payload"]["errors"],
+        Some("error") => &message["payload"],
+        _ => panic!("unexpected message {message}"),
+    };
+    Err(errors[0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("error without a code: {message}"))
+        .to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_flood_from_one_key_is_capped_and_slots_free_on_disconnect() {
+    let (flooder, f) = generate_key(Role::Reader).unwrap();
+    let (other, o) = generate_key(Role::Reader).unwrap();
+    let server = TestServer::start(ServerConfig {
+        api_keys: ApiKeys::parse(&format!("{f}\n{o}\n")).unwrap(),
+        graphql: annals::graphql::GraphqlLimits {
+            max_subscriptions_per_key: 3,
+            ..Default::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    append(&server, "tick-a", 1).await;
+    let auth = |key: &str| json!({ "Authorization": format!("Bearer {key}") });
+
+    // Three subscriptions of one key work, the fourth is refused with a code.
+    let mut first = connect(&server, auth(&flooder)).await.unwrap();
+    for id in ["1", "2", "3"] {
+        assert_eq!(try_subscribe(&mut first, id, 0).await, Ok(1));
+    }
+    assert_eq!(
+        try_subscribe(&mut first, "4", 0).await,
+        Err("RATE_LIMITED".into())
+    );
+    // The cap is per key, not per connection.
+    let mut second = connect(&server, auth(&flooder)).await.unwrap();
+    assert_eq!(
+        try_subscribe(&mut second, "1", 0).await,
+        Err("RATE_LIMITED".into())
+    );
+    // Another key is not affected.
+    let mut bystander = connect(&server, auth(&other)).await.unwrap();
+    assert_eq!(try_subscribe(&mut bystander, "1", 0).await, Ok(1));
+
+    // The admitted subscriptions keep working: each gets the next event live.
+    append(&server, "tick-b", 1).await;
+    let mut live = Vec::new();
+    while live.len() < 3 {
+        let message = next_json(&mut first).await.unwrap();
+        assert_eq!(first_outcome(&message), Ok(2), "{message}");
+        live.push(message["id"].as_str().unwrap().to_string());
+    }
+    live.sort();
+    assert_eq!(live, ["1", "2", "3"]);
+    assert_eq!(receive(&mut bystander, "1", 1).await, [2]);
+
+    // Completing one frees its slot.
+    send(&mut first, json!({ "id": "1", "type": "complete" })).await;
+    let admitted = loop {
+        match try_subscribe(&mut second, "2", 1).await {
+            Ok(position) => break position,
+            Err(code) => {
+                assert_eq!(code, "RATE_LIMITED");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(admitted, 2);
+
+    // Disconnecting frees every slot of the connection: two more fit after it.
+    drop(first);
+    let mut admitted = 0;
+    let mut attempt = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while admitted < 2 {
+        attempt += 1;
+        match try_subscribe(&mut second, &format!("r{attempt}"), 1).await {
+            Ok(position) => {
+                assert_eq!(position, 2);
+                admitted += 1;
+            }
+            Err(code) => {
+                assert_eq!(code, "RATE_LIMITED");
+                assert!(tokio::time::Instant::now() < deadline, "slots never freed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    // And the key is at its cap again.
+    let over = try_subscribe(&mut second, "over", 1).await;
+    assert_eq!(over, Err("RATE_LIMITED".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_errors_over_the_websocket_carry_codes() {
+    let server = TestServer::open().await;
+    append(&server, "tick-a", 1).await;
+    let mut socket = connect(&server, json!({})).await.unwrap();
+    let cases = [
+        ("syntax", r#"subscription { events(after: "0") { position "#),
+        ("validation", "subscription { events { nope } }"),
+        (
+            "argument",
+            r#"subscription { events(after: "-1") { position } }"#,
+        ),
+        (
+            "argument type",
+            "subscription { events(filter: []) { position } }",
+        ),
+    ];
+    for (n, (what, query)) in cases.iter().enumerate() {
+        let id = n.to_string();
+        send(
+            &mut socket,
+            json!({ "id": id, "type": "subscribe", "payload": { "query": query } }),
+        )
+        .await;
+        let message = next_json(&mut socket).await.expect("socket closed");
+        assert_eq!(message["id"], id.as_str(), "{message}");
+        assert_eq!(
+            first_outcome(&message),
+            Err("BAD_USER_INPUT".into()),
+            "{what}: {message}"
+        );
+        let done = next_json(&mut socket).await.expect("socket closed");
+        assert_eq!(done, json!({ "id": id, "type": "complete" }));
+    }
+    // The connection still serves a valid subscription.
+    assert_eq!(try_subscribe(&mut socket, "ok", 0).await, Ok(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_key_ends_its_live_subscriptions() {
+    let (revoked, r) = generate_key(Role::Reader).unwrap();
+    let (kept, k) = generate_key(Role::Reader).unwrap();
+    let server = TestServer::start(ServerConfig {
+        api_keys: ApiKeys::parse(&format!("{r}\n{k}\n")).unwrap(),
+        ..ServerConfig::default()
+    })
+    .await;
+    append(&server, "tick-a", 1).await;
+    let auth = |key: &str| json!({ "Authorization": format!("Bearer {key}") });
+    let mut doomed = connect(&server, auth(&revoked)).await.unwrap();
+    let mut other = connect(&server, auth(&kept)).await.unwrap();
+    assert_eq!(try_subscribe(&mut doomed, "1", 0).await, Ok(1));
+    assert_eq!(try_subscribe(&mut other, "1", 0).await, Ok(1));
+
+    let hash = r.split_once(':').unwrap().1;
+    server
+        .state
+        .replace_api_keys(ApiKeys::parse(&format!("{r}\n{k}\nrevoked:{hash}\n")).unwrap())
+        .unwrap();
+    // The live subscription of the revoked key ends with a coded error.
+    let message = next_json(&mut doomed).await.expect("socket closed");
+    assert_eq!(message["id"], "1", "{message}");
+    assert_eq!(first_outcome(&message), Err("UNAUTHENTICATED".into()));
+    assert_eq!(
+        next_json(&mut doomed).await.unwrap(),
+        json!({ "id": "1", "type": "complete" })
+    );
+    // The connection takes no new subscription, and the key no new connection.
+    assert_eq!(
+        try_subscribe(&mut doomed, "2", 0).await,
+        Err("UNAUTHENTICATED".into())
+    );
+    assert!(connect(&server, auth(&revoked)).await.is_err());
+    // The other key's subscription goes on.
+    append(&server, "tick-b", 1).await;
+    assert_eq!(receive(&mut other, "1", 1).await, [2]);
+}

@@ -55,6 +55,10 @@ pub enum ErrorCode {
     QueryTooComplex,
     /// A read model did not reach the requested position in time.
     StaleReadTimeout,
+    /// The store cannot serve the operation right now (its disk is full or failing, or
+    /// it is shutting down). A mutation answered so was not written: retry it later,
+    /// with the same idempotency key or event ids. Details only in the server's log.
+    Unavailable,
     /// Something failed inside the server; details are in its log, not in the response.
     Internal,
 }
@@ -78,6 +82,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ErrorCode::QueryTooComplex => "QUERY_TOO_COMPLEX",
             ErrorCode::StaleReadTimeout => "STALE_READ_TIMEOUT",
+            ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
         }
     }
@@ -90,6 +95,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -179,6 +185,23 @@ impl ApiError {
         error
     }
 
+    /// The principal already holds `limit` live subscriptions. `RATE_LIMITED` like the
+    /// request budget, with the limit; `retryAfter` is a hint, since a slot frees only
+    /// when one of the principal's subscriptions ends.
+    pub fn too_many_subscriptions(limit: usize) -> Self {
+        let mut error = Self::new(
+            ErrorCode::RateLimited,
+            format!(
+                "this API key already holds {limit} live subscriptions, the most allowed; \
+                 complete one before starting another"
+            ),
+        )
+        .with("limit", limit as u64)
+        .with("retryAfter", 1u64);
+        error.retry_after = Some(Duration::from_secs(1));
+        error
+    }
+
     /// The request body is larger than `limit` bytes.
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
@@ -199,6 +222,19 @@ impl ApiError {
         )
         .with("atLeast", wanted.to_string())
         .with("reached", reached.to_string())
+    }
+
+    /// The store failed to do the operation (a full or failing disk, a closed store):
+    /// `detail` is logged (with the request id of the current span) and never sent.
+    pub fn unavailable(detail: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "store unavailable");
+        let mut error = Self::new(
+            ErrorCode::Unavailable,
+            "the event store cannot do this right now; nothing was written, retry later",
+        )
+        .with("retryAfter", 1u64);
+        error.retry_after = Some(Duration::from_secs(1));
+        error
     }
 
     /// An internal failure: `detail` is logged (with the request id of the current span)
@@ -298,8 +334,13 @@ impl From<StoreError> for ApiError {
             StoreError::Rejected(domain) => {
                 ApiError::new(ErrorCode::from_domain(domain.code()), domain.to_string())
             }
-            // Corruption, storage, a closed store, undecodable events: the client can do
-            // nothing about them and must not learn the server's internals.
+            // A full or failing disk, or a store shutting down: not written, and worth a
+            // retry later; what went wrong stays in the log.
+            StoreError::Storage(_) | StoreError::Io { .. } | StoreError::Closed => {
+                ApiError::unavailable(&error)
+            }
+            // Corruption, undecodable events, ...: the client can do nothing about them
+            // and must not learn the server's internals.
             _ => ApiError::internal(&error),
         }
     }
@@ -317,6 +358,35 @@ pub fn finish_response(response: &mut async_graphql::Response) {
     }
 }
 
+/// An executor that runs `E` and tags every response it yields with
+/// [`finish_response`]: the WebSocket transport executes through it, so a subscription's
+/// syntax, validation or argument error carries a code exactly as over HTTP.
+#[derive(Clone)]
+pub struct Coded<E>(pub E);
+
+impl<E: async_graphql::Executor> async_graphql::Executor for Coded<E> {
+    async fn execute(&self, request: async_graphql::Request) -> async_graphql::Response {
+        let mut response = self.0.execute(request).await;
+        finish_response(&mut response);
+        response
+    }
+
+    fn execute_stream(
+        &self,
+        request: async_graphql::Request,
+        session_data: Option<std::sync::Arc<async_graphql::Data>>,
+    ) -> futures::stream::BoxStream<'static, async_graphql::Response> {
+        use futures::StreamExt;
+        self.0
+            .execute_stream(request, session_data)
+            .map(|mut response| {
+                finish_response(&mut response);
+                response
+            })
+            .boxed()
+    }
+}
+
 fn tag(error: &mut ServerError) {
     let has_code = error
         .extensions
@@ -328,11 +398,7 @@ fn tag(error: &mut ServerError) {
     let message = error.message.as_str();
     let code = if message.contains("nested too deep") || message.contains("too complex") {
         ErrorCode::QueryTooComplex
-    } else if error.path.is_empty()
-        || message.starts_with("Failed to parse")
-        || message.starts_with("Invalid value for argument")
-        || message.starts_with("Internal: Failed to parse")
-    {
+    } else if error.path.is_empty() || is_input_error(message) {
         ErrorCode::BadUserInput
     } else {
         tracing::error!(error = %error.message, path = ?error.path, "uncoded resolver error");
@@ -343,6 +409,25 @@ fn tag(error: &mut ServerError) {
         .extensions
         .get_or_insert_with(Default::default)
         .set("code", code.as_str());
+}
+
+/// Whether a message async-graphql raised while resolving a field is about the client's
+/// input: an argument or variable that does not coerce to its type (the fuzz target found
+/// `filter: []` coming back as `INTERNAL` before "Expected input type" was listed), an
+/// undefined variable, an unknown field or fragment its validation let through.
+fn is_input_error(message: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "Failed to parse",
+        "Internal: Failed to parse",
+        "Invalid value for argument",
+        "Expected input type",
+        "Enumeration type does not contain value",
+        "Cannot query field",
+        "Unknown fragment",
+    ];
+    PREFIXES.iter().any(|p| message.starts_with(p))
+        || message.contains("(occurred while parsing")
+        || (message.starts_with("Variable ") && message.ends_with("is not defined."))
 }
 
 /// A request body that was not valid JSON (or not a GraphQL request object).
@@ -437,6 +522,17 @@ mod tests {
         });
         assert_eq!(e.code(), ErrorCode::Internal);
         assert!(!e.message().contains('7'));
+    }
+
+    #[test]
+    fn storage_failures_are_unavailable_without_detail() {
+        let e = ApiError::from(StoreError::Io {
+            what: "writing /srv/annals/log".into(),
+            source: std::io::Error::other("No space left on device"),
+        });
+        assert_eq!(e.code(), ErrorCode::Unavailable);
+        assert!(!e.message().contains("space") && !e.message().contains("/srv"));
+        assert_eq!(e.code().http_status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]

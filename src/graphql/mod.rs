@@ -14,7 +14,8 @@ pub mod scalars;
 mod subscription;
 pub mod types;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use annals_projections::ProjectionRuntime;
@@ -24,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::domain::Commerce;
 use crate::read_models::CommerceReadModels;
-use crate::server::auth::{Principal, Role};
+use crate::server::auth::{KeyRing, Principal, Role};
 use error::ApiError;
 
 pub use mutation::{AdminMutation, CommandMutation};
@@ -56,6 +57,9 @@ pub struct GraphqlLimits {
     pub max_complexity: usize,
     /// Largest page any list query returns; larger `limit`s are capped to it.
     pub max_page: usize,
+    /// Live subscriptions one principal (API key) may hold at once, over all its
+    /// connections; one more is refused with `RATE_LIMITED`.
+    pub max_subscriptions_per_key: usize,
 }
 
 impl Default for GraphqlLimits {
@@ -64,6 +68,7 @@ impl Default for GraphqlLimits {
             max_depth: 16,
             max_complexity: 1000,
             max_page: 1000,
+            max_subscriptions_per_key: 16,
         }
     }
 }
@@ -85,6 +90,65 @@ pub struct ApiContext {
     pub read_models: CommerceReadModels,
     /// How long a query with `atLeast` waits for its read model.
     pub stale_read_timeout: Duration,
+    /// The live subscriptions per principal, against `limits.max_subscriptions_per_key`.
+    pub subscriptions: SubscriptionSlots,
+    /// The API keys in force: a live subscription ends when its key is revoked.
+    pub keys: KeyRing,
+}
+
+/// Counts live subscriptions per principal. A slot is a guard: it is given back when the
+/// subscription's stream is dropped, which happens when the client completes it, when
+/// the connection closes (async-graphql drops every stream of the connection), and when
+/// the stream ends.
+#[derive(Clone, Debug, Default)]
+pub struct SubscriptionSlots {
+    live: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One live subscription of a principal; dropping it frees the slot.
+#[derive(Debug)]
+pub struct SubscriptionSlot {
+    slots: SubscriptionSlots,
+    principal: String,
+}
+
+impl SubscriptionSlots {
+    /// Takes a slot for `principal` if it holds fewer than `max`.
+    pub fn acquire(&self, principal: &str, max: usize) -> Result<SubscriptionSlot, ApiError> {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = live.entry(principal.to_string()).or_default();
+        if *held >= max {
+            return Err(ApiError::too_many_subscriptions(max));
+        }
+        *held += 1;
+        Ok(SubscriptionSlot {
+            slots: self.clone(),
+            principal: principal.to_string(),
+        })
+    }
+
+    /// The live subscriptions of `principal`.
+    pub fn held(&self, principal: &str) -> usize {
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        live.get(principal).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for SubscriptionSlot {
+    fn drop(&mut self) {
+        let mut live = self
+            .slots
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = live.get_mut(&self.principal) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                // Principals without subscriptions cost no memory.
+                live.remove(&self.principal);
+            }
+        }
+    }
 }
 
 /// The id of the HTTP request an operation belongs to (request data).

@@ -22,8 +22,8 @@ use tokio::sync::watch;
 use super::error::ApiError;
 use super::scalars::Position;
 use super::types::{Event, EventFilter};
-use super::{RoleGuard, api};
-use crate::server::auth::Role;
+use super::{RoleGuard, SubscriptionSlot, api};
+use crate::server::auth::{KeyRing, Principal, Role};
 
 /// Events read from the log per page while catching up: the most a subscription holds.
 const PAGE: usize = 256;
@@ -41,9 +41,22 @@ struct Tail {
     head: watch::Receiver<StorePosition>,
     shutdown: watch::Receiver<bool>,
     failed: bool,
+    /// Held as long as the stream lives: the principal's subscription slot.
+    _slot: SubscriptionSlot,
+    /// Who subscribed, re-checked against the keys whenever they are replaced.
+    principal: Option<Principal>,
+    keys: KeyRing,
+    keys_changed: watch::Receiver<u64>,
 }
 
 impl Tail {
+    /// An `UNAUTHENTICATED` error if the subscriber's key is no longer in force.
+    fn revoked(&self) -> Option<ApiError> {
+        let principal = self.principal.as_ref()?;
+        (!self.keys.current().is_active(principal))
+            .then(|| ApiError::unauthenticated("the API key of this subscription has been revoked"))
+    }
+
     async fn next_event(&mut self) -> Option<Result<RecordedEvent, ApiError>> {
         loop {
             if self.failed {
@@ -75,6 +88,12 @@ impl Tail {
             tokio::select! {
                 changed = self.head.changed() => if changed.is_err() { return None },
                 _ = self.shutdown.changed() => return None,
+                changed = self.keys_changed.changed() => {
+                    if changed.is_ok() && let Some(error) = self.revoked() {
+                        self.failed = true;
+                        return Some(Err(error));
+                    }
+                }
             }
         }
     }
@@ -93,6 +112,20 @@ impl LogSubscription {
         filter: Option<EventFilter>,
     ) -> Result<BoxStream<'static, Result<Event, ApiError>>, ApiError> {
         let api = api(ctx);
+        // The guard ran, so a principal is present; `anonymous` only without keys.
+        let principal = ctx.data_opt::<Principal>().cloned();
+        // A connection authenticates once; its key may have been revoked since.
+        if let Some(p) = &principal
+            && !api.keys.current().is_active(p)
+        {
+            return Err(ApiError::unauthenticated(
+                "the API key of this connection has been revoked",
+            ));
+        }
+        let slot = api.subscriptions.acquire(
+            principal.as_ref().map_or("anonymous", |p| p.id.as_str()),
+            api.limits.max_subscriptions_per_key,
+        )?;
         let after = after.unwrap_or_default().0;
         let tail = Tail {
             store: api.store.clone(),
@@ -102,6 +135,10 @@ impl LogSubscription {
             head: api.store.subscribe_head(),
             shutdown: api.shutdown.clone(),
             failed: after == u64::MAX,
+            _slot: slot,
+            principal,
+            keys: api.keys.clone(),
+            keys_changed: api.keys.watch(),
         };
         Ok(futures::stream::unfold(tail, |mut tail| async move {
             let item = tail.next_event().await?;

@@ -4,17 +4,23 @@
 //! configured with their SHA-256 hashes, one `role:sha256hex` line per key, so a leaked
 //! configuration does not leak a usable key. A key's identity in logs and event metadata
 //! (`actor`) is the first 12 hex digits of its hash.
+//!
+//! A key is revoked by removing its line, or by a `revoked:sha256hex` line (which wins
+//! over any role line for the same hash, from any source: a key given inline can be
+//! revoked in the file), and having the server reload: `annals serve` re-reads its keys
+//! on SIGHUP ([`crate::server::AppState::replace_api_keys`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 use crate::graphql::error::ApiError;
 
@@ -80,10 +86,11 @@ impl Principal {
     }
 }
 
-/// The configured keys, by SHA-256 hash.
+/// The configured keys, by SHA-256 hash, and the revoked ones.
 #[derive(Clone, Debug, Default)]
 pub struct ApiKeys {
     by_hash: HashMap<[u8; 32], Role>,
+    revoked: HashSet<[u8; 32]>,
 }
 
 /// SHA-256 of a key, in lowercase hex: the form the configuration holds.
@@ -123,6 +130,7 @@ impl ApiKeys {
 
     /// Parses `role:sha256hex` entries, one per line; blank lines and `#` comments are
     /// skipped. Commas also separate entries, so an environment variable can hold several.
+    /// `revoked:sha256hex` revokes a key whatever else configures it.
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut keys = Self::default();
         keys.add(text)?;
@@ -137,27 +145,40 @@ impl ApiKeys {
                 let (role, hash) = entry.split_once(':').ok_or_else(|| {
                     format!("line {}: expected role:sha256hex, got {entry:?}", n + 1)
                 })?;
+                let hash = unhex(&hash.trim().to_ascii_lowercase()).ok_or_else(|| {
+                    format!("line {}: the hash must be 64 hex digits (SHA-256)", n + 1)
+                })?;
+                if role.trim() == "revoked" {
+                    self.revoked.insert(hash);
+                    continue;
+                }
                 let role: Role = role
                     .trim()
                     .parse()
                     .map_err(|e| format!("line {}: {e}", n + 1))?;
-                let hash = unhex(&hash.trim().to_ascii_lowercase()).ok_or_else(|| {
-                    format!("line {}: the hash must be 64 hex digits (SHA-256)", n + 1)
-                })?;
                 self.by_hash.insert(hash, role);
             }
         }
         Ok(())
     }
 
-    /// Whether any key is configured.
+    /// Whether no key is configured (nor revoked: a configuration that revokes every key
+    /// lets nobody in, it does not open the server).
     pub fn is_empty(&self) -> bool {
-        self.by_hash.is_empty()
+        self.by_hash.is_empty() && self.revoked.is_empty()
     }
 
-    /// How many keys are configured.
+    /// How many keys are configured and not revoked.
     pub fn len(&self) -> usize {
-        self.by_hash.len()
+        self.by_hash
+            .keys()
+            .filter(|h| !self.revoked.contains(*h))
+            .count()
+    }
+
+    /// How many keys are revoked.
+    pub fn revoked(&self) -> usize {
+        self.revoked.len()
     }
 
     /// Resolves an `Authorization` header value.
@@ -180,18 +201,94 @@ impl ApiKeys {
             .ok_or_else(|| {
                 ApiError::unauthenticated("the Authorization header must be `Bearer <API key>`")
             })?;
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        if self.revoked.contains(&digest) {
+            return Err(ApiError::unauthenticated("this API key has been revoked"));
+        }
         self.principal_for_key(key)
             .map(Some)
             .ok_or_else(|| ApiError::unauthenticated("unknown API key"))
     }
 
-    /// The principal of a raw key, if the key is configured.
+    /// The principal of a raw key, if the key is configured and not revoked.
     pub fn principal_for_key(&self, key: &str) -> Option<Principal> {
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        if self.revoked.contains(&digest) {
+            return None;
+        }
         self.by_hash.get(&digest).map(|role| Principal {
             role: *role,
             id: format!("key:{}", &hex(&digest)[..12]),
         })
+    }
+}
+
+impl ApiKeys {
+    /// Whether `principal` (authenticated earlier, e.g. when its WebSocket connected) may
+    /// still act under these keys: its key is configured and not revoked, or, for
+    /// [`Principal::anonymous`], no keys are configured at all.
+    pub fn is_active(&self, principal: &Principal) -> bool {
+        let Some(prefix) = principal.id.strip_prefix("key:") else {
+            return self.is_empty();
+        };
+        self.by_hash
+            .iter()
+            .any(|(hash, role)| *role == principal.role && hex(hash).starts_with(prefix))
+            && !self
+                .revoked
+                .iter()
+                .any(|hash| hex(hash).starts_with(prefix))
+    }
+}
+
+/// The API keys in force, replaceable while serving (SIGHUP), with a watch that moves on
+/// every replacement so that live subscriptions re-check their key. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct KeyRing {
+    keys: Arc<RwLock<Arc<ApiKeys>>>,
+    changed: Arc<watch::Sender<u64>>,
+}
+
+impl KeyRing {
+    /// A ring holding `keys`.
+    pub fn new(keys: ApiKeys) -> Self {
+        Self {
+            keys: Arc::new(RwLock::new(Arc::new(keys))),
+            changed: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    /// The keys in force.
+    pub fn current(&self) -> Arc<ApiKeys> {
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `keys` in force. Refused, keeping the keys in force, when there are keys and
+    /// `keys` has none: that would let every caller in as admin. To lock every key out,
+    /// revoke them (`revoked:` lines) instead.
+    pub fn replace(&self, keys: ApiKeys) -> Result<(), String> {
+        {
+            let mut current = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+            if keys.is_empty() && !current.is_empty() {
+                return Err(
+                    "the new configuration has no API keys, which would allow every \
+                            request; keeping the keys in force (revoke keys with `revoked:` \
+                            lines instead)"
+                        .into(),
+                );
+            }
+            *current = Arc::new(keys);
+        }
+        self.changed.send_modify(|generation| *generation += 1);
+        Ok(())
+    }
+
+    /// Moves on every [`KeyRing::replace`].
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 }
 
@@ -287,6 +384,26 @@ mod tests {
             err.contains("line 2") && err.contains("unknown role"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn revoked_lines_win_over_role_lines_from_any_source() {
+        let (key, line) = generate_key(Role::Admin).unwrap();
+        let (other, other_line) = generate_key(Role::Reader).unwrap();
+        let hash = line.split_once(':').unwrap().1;
+        let mut keys = ApiKeys::parse(&format!("revoked:{hash}\n{other_line}")).unwrap();
+        keys.add(&line).unwrap();
+        let err = keys
+            .authenticate(Some(&format!("Bearer {key}")))
+            .unwrap_err();
+        assert!(err.message().contains("revoked"), "{}", err.message());
+        assert!(keys.principal_for_key(&key).is_none());
+        assert!(keys.principal_for_key(&other).is_some());
+        assert_eq!((keys.len(), keys.revoked()), (1, 1));
+        // Revoking every key locks everyone out; it does not turn authentication off.
+        let only_revoked = ApiKeys::parse(&format!("revoked:{hash}")).unwrap();
+        assert!(!only_revoked.is_empty());
+        assert!(only_revoked.authenticate(None).unwrap().is_none());
     }
 
     #[test]

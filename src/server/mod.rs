@@ -40,7 +40,7 @@ use tower_http::trace::TraceLayer;
 use crate::domain::{self, Commerce};
 use crate::graphql::{self, AnnalsSchema, ApiContext, GraphqlLimits};
 use crate::read_models::{CommerceReadModels, PageLimits};
-use auth::{ApiKeys, KeyRateLimiter, RateLimit};
+use auth::{ApiKeys, KeyRateLimiter, KeyRing, RateLimit};
 
 /// The request-id header.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -48,7 +48,8 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// How the server is set up.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// The API keys; empty allows everything (loopback only, checked by `annals serve`).
+    /// The API keys at startup; empty allows everything (loopback only, checked by
+    /// `annals serve`). [`AppState::replace_api_keys`] swaps them while serving.
     pub api_keys: ApiKeys,
     /// Requests per key.
     pub rate_limit: RateLimit,
@@ -95,6 +96,8 @@ struct Inner {
     config: ServerConfig,
     shutdown: watch::Sender<bool>,
     draining: AtomicBool,
+    /// The keys in force: `config.api_keys` until a reload replaces them.
+    keys: KeyRing,
 }
 
 impl std::fmt::Debug for AppState {
@@ -119,6 +122,7 @@ impl AppState {
         // The recorder must exist before the first request so that no sample is lost.
         let _ = metrics::handle();
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let keys = KeyRing::new(config.api_keys.clone());
         let schema = graphql::build_schema(ApiContext {
             store: store.clone(),
             commerce: Arc::new(Commerce::new(bus)),
@@ -130,6 +134,8 @@ impl AppState {
             ),
             projections: projections.clone(),
             stale_read_timeout: config.stale_read_timeout,
+            subscriptions: graphql::SubscriptionSlots::default(),
+            keys: keys.clone(),
         });
         Self {
             inner: Arc::new(Inner {
@@ -137,6 +143,7 @@ impl AppState {
                 projections,
                 schema,
                 limiter: KeyRateLimiter::new(config.rate_limit),
+                keys,
                 config,
                 shutdown,
                 draining: AtomicBool::new(false),
@@ -162,6 +169,19 @@ impl AppState {
     /// The configuration.
     pub fn config(&self) -> &ServerConfig {
         &self.inner.config
+    }
+
+    /// The API keys in force.
+    pub fn api_keys(&self) -> Arc<ApiKeys> {
+        self.inner.keys.current()
+    }
+
+    /// Puts `keys` in force for every later request and WebSocket connection; live
+    /// subscriptions of a key revoked or removed by them end with `UNAUTHENTICATED`.
+    /// Refused, keeping the keys in force, when the server has keys and `keys` has none
+    /// (that would let every caller in as admin): revoke keys with `revoked:` lines.
+    pub fn replace_api_keys(&self, keys: ApiKeys) -> Result<(), String> {
+        self.inner.keys.replace(keys)
     }
 
     pub(crate) fn limiter(&self) -> &KeyRateLimiter {

@@ -62,7 +62,7 @@ pub(super) async fn authenticate(
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or("<not UTF-8>"));
-    match state.config().api_keys.authenticate(header) {
+    match state.api_keys().authenticate(header) {
         Err(error) => return error.into_response(),
         Ok(Some(principal)) => {
             if let Err(error) = state.limiter().check(&principal) {
@@ -235,7 +235,7 @@ pub(super) async fn graphql_ws(
         .on_upgrade(move |socket| async move {
             let mut data = Data::default();
             data.insert(request_id);
-            GraphQLWebSocket::new(socket, schema, protocol)
+            GraphQLWebSocket::new(socket, error::Coded(schema), protocol)
                 .with_data(data)
                 .on_connection_init(move |payload| async move {
                     let principal = match principal {
@@ -257,8 +257,7 @@ fn connection_principal(state: &AppState, payload: &Value) -> async_graphql::Res
         .or_else(|| payload.get("authorization"))
         .and_then(Value::as_str);
     let principal = state
-        .config()
-        .api_keys
+        .api_keys()
         .authenticate(header)?
         .ok_or_else(|| ApiError::unauthenticated("connection_init needs an Authorization field"))?;
     state.limiter().check(&principal)?;
@@ -282,6 +281,10 @@ pub fn readiness(state: &AppState) -> (bool, Map<String, Value>) {
         .unwrap_or_else(|| store.path().to_path_buf());
     let writable = if state.is_draining() {
         Err("shutting down".to_string())
+    } else if store.is_failed() {
+        // A write failed (full or failing disk): appends are refused until the store
+        // has reopened itself, even if the probe below would pass again already.
+        Err("the store refuses writes after a storage failure; recovering".to_string())
     } else {
         probe_writable(&probe_dir)
     };
@@ -356,7 +359,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /export?format=…&stream=…&category=…&type=…&fromPosition=…`: the audit trail,
+/// `GET /export?format=…&stream=…&category=…&type=…&from_position=…`: the audit trail,
 /// streamed in constant memory up to the head at the start of the request. Admin role.
 pub(super) async fn export(
     State(state): State<AppState>,

@@ -23,7 +23,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: ServerConfig) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), config).await
+    }
+
+    /// A server over the data directory `dir` (its `log` and `read`), which may hold data.
+    pub async fn start_in(dir: tempfile::TempDir, config: ServerConfig) -> Self {
         let store = Arc::new(
             RocksEventStore::open(dir.path().join("log"), StoreOptions::default()).unwrap(),
         );
