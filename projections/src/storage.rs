@@ -242,6 +242,26 @@ impl ReadModelStore {
     pub fn dump(&self, projection: &str) -> Result<Vec<Row>, ProjectionError> {
         self.view(projection)?.scan(&[], None, usize::MAX)
     }
+
+    /// Every row of one generation of `projection` (serving or not, e.g. one a rebuild is
+    /// filling), keys without the keyspace prefix.
+    pub fn dump_generation(
+        &self,
+        projection: &str,
+        generation: Generation,
+    ) -> Result<Vec<Row>, ProjectionError> {
+        self.view_generation(projection, generation)
+            .scan(&[], None, usize::MAX)
+    }
+
+    /// The blue/green rebuild of `projection` recorded as in progress, if any: what a
+    /// restarted runtime resumes.
+    pub fn rebuild_in_progress(
+        &self,
+        projection: &str,
+    ) -> Result<Option<RebuildRecord>, ProjectionError> {
+        self.meta_json(&keys::rebuild_key(projection))
+    }
 }
 
 fn db_options_for(name: &str) -> Options {
