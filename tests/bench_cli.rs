@@ -196,11 +196,13 @@ fn catchup_bench_builds_the_read_models_over_the_generated_log() {
         "3000",
         "--batch-size",
         "100",
+        "--rebuild",
         "--json",
         "--data-dir",
         data,
     ]);
     assert_eq!(report["benchmark"], "catchup");
+    assert!(report["rebuild"]["seconds"].as_f64().unwrap() > 0.0);
     let events = report["annals"]["events"].as_u64().unwrap();
     assert!(events >= 3000);
     assert_eq!(report["store_head"].as_u64(), Some(events));

@@ -29,6 +29,18 @@ pub struct CatchupBench {
     pub data_dir: Option<PathBuf>,
     /// Most events per projection batch (the runtime's default when none).
     pub batch_size: Option<usize>,
+    /// After the catch-up, also time a blue/green rebuild of every projection while the
+    /// runtime stays live (from the request to the last take-over).
+    pub rebuild: bool,
+}
+
+/// How long the blue/green rebuild of every projection took.
+#[derive(Clone, Debug, Serialize)]
+pub struct RebuildFigures {
+    /// Seconds from the rebuild requests to the last take-over.
+    pub seconds: f64,
+    /// Log positions rebuilt per second (the head over the seconds).
+    pub events_per_second: f64,
 }
 
 /// What `annals bench catchup` reports.
@@ -47,6 +59,8 @@ pub struct CatchupReport {
     pub annals: RunFigures,
     /// The store's head: the log the projections caught up with.
     pub store_head: u64,
+    /// The rebuild after the catch-up, with `--rebuild`.
+    pub rebuild: Option<RebuildFigures>,
 }
 
 /// Writes at least `target` events of the reference domain in large multi-stream commits:
@@ -161,7 +175,7 @@ pub fn run_catchup(bench: &CatchupBench) -> Result<CatchupReport, BenchError> {
         options.batch_size = size;
     }
     let meter = Meter::new();
-    let (elapsed, names) = rt.block_on(async {
+    let (elapsed, names, rebuild) = rt.block_on(async {
         let started = Instant::now();
         let runtime = ProjectionRuntime::start(
             store.clone(),
@@ -191,8 +205,14 @@ pub fn run_catchup(bench: &CatchupBench) -> Result<CatchupReport, BenchError> {
         }
         let elapsed = started.elapsed();
         let names = runtime.names();
+        let rebuild = if bench.rebuild {
+            super::progress_done();
+            Some(time_rebuild(&runtime, head).await?)
+        } else {
+            None
+        };
         runtime.shutdown().await;
-        Ok::<_, BenchError>((elapsed, names))
+        Ok::<_, BenchError>((elapsed, names, rebuild))
     })?;
     super::progress_done();
     meter.record(head.0);
@@ -206,5 +226,45 @@ pub fn run_catchup(bench: &CatchupBench) -> Result<CatchupReport, BenchError> {
         log_build_seconds,
         annals: stats::figures(&meter, elapsed, &latency, &[]),
         store_head: head.0,
+        rebuild,
+    })
+}
+
+/// Rebuilds every projection blue/green and waits for the last take-over.
+async fn time_rebuild(
+    runtime: &ProjectionRuntime,
+    head: annals_store::Position,
+) -> Result<RebuildFigures, BenchError> {
+    let started = Instant::now();
+    let names = runtime.names();
+    for name in &names {
+        runtime.rebuild(name)?;
+    }
+    let mut last = Instant::now();
+    loop {
+        let mut running = false;
+        for name in &names {
+            running |= runtime.is_rebuilding(name)?;
+        }
+        if !running {
+            break;
+        }
+        if last.elapsed() >= Duration::from_secs(1) {
+            let done = runtime
+                .status()
+                .iter()
+                .filter_map(|s| s.rebuild.as_ref().map(|r| r.checkpoint.0))
+                .min()
+                .unwrap_or(head.0);
+            super::progress(&format!("rebuild: {done}/{} events", head.0));
+            last = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    super::progress_done();
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(RebuildFigures {
+        seconds,
+        events_per_second: head.0 as f64 / seconds,
     })
 }

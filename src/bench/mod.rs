@@ -246,7 +246,7 @@ impl command::CommandReport {
 impl catchup::CatchupReport {
     /// The report as a readable table.
     pub fn table(&self) -> String {
-        format!(
+        let mut out = format!(
             "catchup: projections {} over {} events (log built in {:.1}s)\n{}\ncaught up in {:.2}s: {} events/s\n",
             self.projections.join(", "),
             self.store_head,
@@ -254,6 +254,14 @@ impl catchup::CatchupReport {
             machine_line(&self.machine),
             self.annals.seconds,
             thousands(self.annals.events_per_second)
-        )
+        );
+        if let Some(rebuild) = &self.rebuild {
+            out.push_str(&format!(
+                "rebuilt blue/green (live runtime) in {:.2}s: {} events/s\n",
+                rebuild.seconds,
+                thousands(rebuild.events_per_second)
+            ));
+        }
+        out
     }
 }
