@@ -425,7 +425,9 @@ pub struct ReadModelTx<'a> {
     view: ReadView<'a>,
     /// Every change of the batch: those of the events applied successfully and those of
     /// the event being applied. One map, so a change is inserted once; sorted at commit.
-    changes: HashMap<Vec<u8>, Slot>,
+    /// Hashed with foldhash: keys come from our own handlers, not from clients, and SipHash
+    /// was 2% of a catch-up.
+    changes: HashMap<Vec<u8>, Slot, foldhash::fast::RandomState>,
     /// How to undo the changes of the event being applied: each key it changed, with the
     /// batch's slot before the event (`None`: the batch had not changed the key).
     undo: Vec<(Vec<u8>, Option<Slot>)>,
@@ -435,7 +437,7 @@ impl<'a> ReadModelTx<'a> {
     pub(crate) fn new(view: ReadView<'a>) -> Self {
         Self {
             view,
-            changes: HashMap::new(),
+            changes: HashMap::with_capacity_and_hasher(1024, Default::default()),
             undo: Vec::new(),
         }
     }

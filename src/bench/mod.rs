@@ -255,6 +255,12 @@ impl catchup::CatchupReport {
             self.annals.seconds,
             thousands(self.annals.events_per_second)
         );
+        for p in &self.per_projection {
+            out.push_str(&format!(
+                "  {} reached the head after {:.2}s\n",
+                p.name, p.seconds
+            ));
+        }
         if let Some(rebuild) = &self.rebuild {
             out.push_str(&format!(
                 "rebuilt blue/green (live runtime) in {:.2}s: {} events/s\n",
