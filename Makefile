@@ -38,5 +38,5 @@ fuzz: deps
 # The crash loops, long: 100+ kills each.
 soak: deps
 	ANNALS_CRASH_ROUNDS=100 $(CARGO) test --release -p annals-store --test crash
-	ANNALS_PROJECTION_CRASH_ROUNDS=100 $(CARGO) test --release --test projection_crash
+	ANNALS_PROJECTION_CRASH_ROUNDS=100 ANNALS_PROJECTION_REBUILD_KILLS=50 ANNALS_PROJECTION_REBUILD_EVENTS=500000 $(CARGO) test --release --test projection_crash
 	ANNALS_SERVER_CRASH_ROUNDS=100 $(CARGO) test --release --test server_crash

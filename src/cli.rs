@@ -243,6 +243,9 @@ pub struct BenchCatchupArgs {
     /// Most events per projection batch (default: the runtime's default).
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Then time a blue/green rebuild of every projection with the runtime live.
+    #[arg(long)]
+    pub rebuild: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,

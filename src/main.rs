@@ -81,6 +81,7 @@ fn main() -> anyhow::Result<()> {
                 events: args.events,
                 data_dir: args.data_dir,
                 batch_size: args.batch_size,
+                rebuild: args.rebuild,
             })?;
             print_report(&report, args.json, || report.table())
         }

@@ -198,11 +198,20 @@ fn catchup_bench_builds_the_read_models_over_the_generated_log() {
         "3000",
         "--batch-size",
         "100",
+        "--rebuild",
         "--json",
         "--data-dir",
         data,
     ]);
     assert_eq!(report["benchmark"], "catchup");
+    assert!(report["rebuild"]["seconds"].as_f64().unwrap() > 0.0);
+    let per_projection = report["per_projection"].as_array().unwrap();
+    assert_eq!(per_projection.len(), 2);
+    assert!(
+        per_projection.iter().all(
+            |p| p["seconds"].as_f64().unwrap() <= report["annals"]["seconds"].as_f64().unwrap()
+        )
+    );
     let events = report["annals"]["events"].as_u64().unwrap();
     assert!(events >= 3000);
     assert_eq!(report["store_head"].as_u64(), Some(events));

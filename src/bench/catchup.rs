@@ -29,6 +29,18 @@ pub struct CatchupBench {
     pub data_dir: Option<PathBuf>,
     /// Most events per projection batch (the runtime's default when none).
     pub batch_size: Option<usize>,
+    /// After the catch-up, also time a blue/green rebuild of every projection while the
+    /// runtime stays live (from the request to the last take-over).
+    pub rebuild: bool,
+}
+
+/// How long the blue/green rebuild of every projection took.
+#[derive(Clone, Debug, Serialize)]
+pub struct RebuildFigures {
+    /// Seconds from the rebuild requests to the last take-over.
+    pub seconds: f64,
+    /// Log positions rebuilt per second (the head over the seconds).
+    pub events_per_second: f64,
 }
 
 /// What `annals bench catchup` reports.
@@ -47,6 +59,19 @@ pub struct CatchupReport {
     pub annals: RunFigures,
     /// The store's head: the log the projections caught up with.
     pub store_head: u64,
+    /// When each projection reached the head, from the start of the catch-up.
+    pub per_projection: Vec<ProjectionSeconds>,
+    /// The rebuild after the catch-up, with `--rebuild`.
+    pub rebuild: Option<RebuildFigures>,
+}
+
+/// When one projection reached the head.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProjectionSeconds {
+    /// The projection.
+    pub name: String,
+    /// Seconds from the start of the catch-up (polled every 10 ms).
+    pub seconds: f64,
 }
 
 /// Writes at least `target` events of the reference domain in large multi-stream commits:
@@ -161,7 +186,7 @@ pub fn run_catchup(bench: &CatchupBench) -> Result<CatchupReport, BenchError> {
         options.batch_size = size;
     }
     let meter = Meter::new();
-    let (elapsed, names) = rt.block_on(async {
+    let (elapsed, names, per_projection, rebuild) = rt.block_on(async {
         let started = Instant::now();
         let runtime = ProjectionRuntime::start(
             store.clone(),
@@ -170,29 +195,53 @@ pub fn run_catchup(bench: &CatchupBench) -> Result<CatchupReport, BenchError> {
             Arc::new(domain::upcasters()),
             options,
         )?;
-        let mut last = Instant::now();
-        loop {
-            match runtime.wait_for_all(head, Duration::from_secs(1)).await {
-                Ok(()) => break,
-                Err(annals_projections::ProjectionError::StaleRead { .. }) => {
-                    if last.elapsed() >= Duration::from_secs(1) {
-                        let done: u64 = runtime
-                            .status()
-                            .iter()
-                            .map(|s| s.checkpoint.0)
-                            .min()
-                            .unwrap_or(0);
-                        super::progress(&format!("catch-up: {done}/{} events", head.0));
-                        last = Instant::now();
-                    }
-                }
-                Err(e) => return Err(BenchError::from(e)),
-            }
-        }
-        let elapsed = started.elapsed();
+        // Each projection's own finish time: the slowest one is the catch-up time, and the
+        // gap between them shows which read model to make cheaper.
         let names = runtime.names();
+        let mut finished: Vec<Option<f64>> = vec![None; names.len()];
+        let mut last = Instant::now();
+        while finished.iter().any(Option::is_none) {
+            for (i, status) in runtime.status().into_iter().enumerate() {
+                if status.state == annals_projections::ProjectionState::Failed {
+                    return Err(BenchError::Invalid(format!(
+                        "projection {} failed: {}",
+                        status.name,
+                        status.last_error.unwrap_or_default()
+                    )));
+                }
+                if finished[i].is_none() && status.checkpoint >= head {
+                    finished[i] = Some(started.elapsed().as_secs_f64());
+                }
+            }
+            if last.elapsed() >= Duration::from_secs(1) {
+                let done: u64 = runtime
+                    .status()
+                    .iter()
+                    .map(|s| s.checkpoint.0)
+                    .min()
+                    .unwrap_or(0);
+                super::progress(&format!("catch-up: {done}/{} events", head.0));
+                last = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let per_projection = names
+            .iter()
+            .zip(finished)
+            .map(|(name, seconds)| ProjectionSeconds {
+                name: name.clone(),
+                seconds: seconds.unwrap_or_default(),
+            })
+            .collect::<Vec<_>>();
+        let elapsed = started.elapsed();
+        let rebuild = if bench.rebuild {
+            super::progress_done();
+            Some(time_rebuild(&runtime, head).await?)
+        } else {
+            None
+        };
         runtime.shutdown().await;
-        Ok::<_, BenchError>((elapsed, names))
+        Ok::<_, BenchError>((elapsed, names, per_projection, rebuild))
     })?;
     super::progress_done();
     meter.record(head.0);
@@ -206,5 +255,46 @@ pub fn run_catchup(bench: &CatchupBench) -> Result<CatchupReport, BenchError> {
         log_build_seconds,
         annals: stats::figures(&meter, elapsed, &latency, &[]),
         store_head: head.0,
+        per_projection,
+        rebuild,
+    })
+}
+
+/// Rebuilds every projection blue/green and waits for the last take-over.
+async fn time_rebuild(
+    runtime: &ProjectionRuntime,
+    head: annals_store::Position,
+) -> Result<RebuildFigures, BenchError> {
+    let started = Instant::now();
+    let names = runtime.names();
+    for name in &names {
+        runtime.rebuild(name)?;
+    }
+    let mut last = Instant::now();
+    loop {
+        let mut running = false;
+        for name in &names {
+            running |= runtime.is_rebuilding(name)?;
+        }
+        if !running {
+            break;
+        }
+        if last.elapsed() >= Duration::from_secs(1) {
+            let done = runtime
+                .status()
+                .iter()
+                .filter_map(|s| s.rebuild.as_ref().map(|r| r.checkpoint.0))
+                .min()
+                .unwrap_or(head.0);
+            super::progress(&format!("rebuild: {done}/{} events", head.0));
+            last = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    super::progress_done();
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(RebuildFigures {
+        seconds,
+        events_per_second: head.0 as f64 / seconds,
     })
 }

@@ -254,7 +254,7 @@ impl command::CommandReport {
 impl catchup::CatchupReport {
     /// The report as a readable table.
     pub fn table(&self) -> String {
-        format!(
+        let mut out = format!(
             "catchup: projections {} over {} events (log built in {:.1}s)\n{}\ncaught up in {:.2}s: {} events/s\n",
             self.projections.join(", "),
             self.store_head,
@@ -262,6 +262,20 @@ impl catchup::CatchupReport {
             machine_line(&self.machine),
             self.annals.seconds,
             thousands(self.annals.events_per_second)
-        )
+        );
+        for p in &self.per_projection {
+            out.push_str(&format!(
+                "  {} reached the head after {:.2}s\n",
+                p.name, p.seconds
+            ));
+        }
+        if let Some(rebuild) = &self.rebuild {
+            out.push_str(&format!(
+                "rebuilt blue/green (live runtime) in {:.2}s: {} events/s\n",
+                rebuild.seconds,
+                thousands(rebuild.events_per_second)
+            ));
+        }
+        out
     }
 }
