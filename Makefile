@@ -35,8 +35,8 @@ fuzz: deps
 	ANNALS_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release --test fuzz_domain
 	ANNALS_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release --test fuzz_graphql -- --nocapture
 
-# The crash loops, long: 100+ kills each.
+# The crash loops, long: 100+ kills each; --nocapture shows each loop's figures.
 soak: deps
-	ANNALS_CRASH_ROUNDS=100 $(CARGO) test --release -p annals-store --test crash
-	ANNALS_PROJECTION_CRASH_ROUNDS=100 ANNALS_PROJECTION_REBUILD_KILLS=50 ANNALS_PROJECTION_REBUILD_EVENTS=500000 $(CARGO) test --release --test projection_crash
-	ANNALS_SERVER_CRASH_ROUNDS=100 $(CARGO) test --release --test server_crash
+	ANNALS_CRASH_ROUNDS=100 $(CARGO) test --release -p annals-store --test crash -- --nocapture
+	ANNALS_PROJECTION_CRASH_ROUNDS=100 ANNALS_PROJECTION_REBUILD_KILLS=50 ANNALS_PROJECTION_REBUILD_EVENTS=500000 $(CARGO) test --release --test projection_crash -- --nocapture
+	ANNALS_SERVER_CRASH_ROUNDS=100 $(CARGO) test --release --test server_crash -- --nocapture
