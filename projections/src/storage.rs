@@ -3,6 +3,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -501,17 +502,24 @@ impl<'a> ReadModelTx<'a> {
         self.get_json(key)
     }
 
+    /// Records a change with one lookup of the key (this runs for every write of every
+    /// event a projection applies); the key is cloned only for the event's first change
+    /// of it, which is what an undo restores.
     fn set(&mut self, key: Vec<u8>, slot: Slot, in_db: Option<bool>) {
-        // What the batch knows about the database stays true for the whole batch.
-        let in_db = in_db.or_else(|| self.changes.get(&key).and_then(|c| c.in_db));
-        let change = Change { slot, in_db };
-        // Only the first change of a key by an event is what an undo restores.
-        if self.undo.iter().any(|(k, _)| *k == key) {
-            self.changes.insert(key, change);
-            return;
+        match self.changes.entry(key) {
+            Entry::Occupied(mut entry) => {
+                // What the batch knows about the database stays true for the whole batch.
+                let in_db = in_db.or(entry.get().in_db);
+                let before = std::mem::replace(entry.get_mut(), Change { slot, in_db });
+                if !self.undo.iter().any(|(k, _)| k == entry.key()) {
+                    self.undo.push((entry.key().clone(), Some(before)));
+                }
+            }
+            Entry::Vacant(entry) => {
+                self.undo.push((entry.key().clone(), None));
+                entry.insert(Change { slot, in_db });
+            }
         }
-        let before = self.changes.insert(key.clone(), change);
-        self.undo.push((key, before));
     }
 
     /// Stores `value` under `key`.
