@@ -66,6 +66,32 @@ fn open_store(dir: &std::path::Path) -> Arc<RocksEventStore> {
     )
 }
 
+/// The reference projections running over `store`, with their read models in `dir/read`.
+fn start_runtime(
+    store: &Arc<RocksEventStore>,
+    dir: &std::path::Path,
+    options: RuntimeOptions,
+) -> ProjectionRuntime {
+    let read = Arc::new(ReadModelStore::open(dir.join("read")).unwrap());
+    ProjectionRuntime::start(
+        store.clone(),
+        read,
+        read_models::projections(),
+        Arc::new(domain::upcasters()),
+        options,
+    )
+    .unwrap()
+}
+
+/// The runtime a child process runs its body on.
+fn child_tokio() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn options() -> RuntimeOptions {
     RuntimeOptions {
         // Small batches: many commits, so kills land between and inside them.
@@ -166,22 +192,9 @@ fn projection_crash_child() {
         return;
     };
     let dir = std::path::PathBuf::from(dir);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    child_tokio().block_on(async move {
         let store = open_store(&dir);
-        let read = Arc::new(ReadModelStore::open(dir.join("read")).unwrap());
-        let _runtime = ProjectionRuntime::start(
-            store.clone(),
-            read,
-            read_models::projections(),
-            Arc::new(domain::upcasters()),
-            options(),
-        )
-        .unwrap();
+        let _runtime = start_runtime(&store, &dir, options());
         println!("ready");
         // Keep the backlog growing while the workers apply it, until the parent kills us.
         let tag = format!("r{}", std::process::id());
@@ -315,22 +328,9 @@ fn projection_rebuild_crash_child() {
         return;
     };
     let dir = std::path::PathBuf::from(dir);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    child_tokio().block_on(async move {
         let store = open_store(&dir);
-        let read = Arc::new(ReadModelStore::open(dir.join("read")).unwrap());
-        let runtime = ProjectionRuntime::start(
-            store.clone(),
-            read,
-            read_models::projections(),
-            Arc::new(domain::upcasters()),
-            rebuild_options(),
-        )
-        .unwrap();
+        let runtime = start_runtime(&store, &dir, rebuild_options());
         if std::env::var(REBUILD_REQUEST_ENV).is_ok() {
             for name in runtime.names() {
                 runtime.rebuild(&name).unwrap();
@@ -515,15 +515,7 @@ fn kill_9_during_a_blue_green_rebuild_resumes_it_from_its_checkpoint() {
         let head = store.head();
         // The serving generations are caught up before any rebuild starts, so the rebuild
         // has the whole log to redo.
-        let read = Arc::new(ReadModelStore::open(dir.path().join("read")).unwrap());
-        let runtime = ProjectionRuntime::start(
-            store.clone(),
-            read,
-            read_models::projections(),
-            Arc::new(domain::upcasters()),
-            rebuild_options(),
-        )
-        .unwrap();
+        let runtime = start_runtime(&store, dir.path(), rebuild_options());
         runtime
             .wait_for_all(head, Duration::from_secs(600))
             .await
