@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use annals::{bench, domain, read_models};
+use annals::{bench, read_models};
 use annals_projections::{ProjectionRuntime, ReadModelStore, RuntimeOptions};
 use annals_store::{EventStore, Position, RocksEventStore};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -107,11 +107,9 @@ fn catchup(c: &mut Criterion) {
 }
 
 fn start(store: &Arc<RocksEventStore>, read: Arc<ReadModelStore>) -> ProjectionRuntime {
-    ProjectionRuntime::start(
+    read_models::start(
         store.clone(),
         read,
-        read_models::projections(),
-        Arc::new(domain::upcasters()),
         RuntimeOptions {
             drop_delay: Duration::ZERO,
             ..RuntimeOptions::default()

@@ -45,11 +45,9 @@ async fn start() -> Bench {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/graphql", listener.local_addr().unwrap());
     let read = Arc::new(annals_projections::ReadModelStore::open(dir.path().join("read")).unwrap());
-    let projections = annals_projections::ProjectionRuntime::start(
+    let projections = annals::read_models::start(
         store.clone(),
         read,
-        annals::read_models::projections(),
-        Arc::new(annals::domain::upcasters()),
         annals_projections::RuntimeOptions::default(),
     )
     .unwrap();

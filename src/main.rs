@@ -13,7 +13,7 @@ use annals::cli::{BenchCommand, Cli, Command, KeysCommand, SchemaArgs, ServeArgs
 use annals::graphql::GraphqlLimits;
 use annals::server::auth::{RateLimit, check_exposure, generate_key};
 use annals::server::{self, AppState, ServerConfig};
-use annals_projections::{ProjectionRuntime, ReadModelStore, RuntimeOptions};
+use annals_projections::{ReadModelStore, RuntimeOptions};
 use annals_store::{EventStore, RocksEventStore, StoreOptions};
 
 /// mimalloc: the many small allocations of record decoding and read-model batches are
@@ -196,14 +196,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let read_dir = args.data_dir.join("read");
     let read = ReadModelStore::open(&read_dir)
         .with_context(|| format!("opening the read models in {}", read_dir.display()))?;
-    let projections = ProjectionRuntime::start(
-        store.clone(),
-        Arc::new(read),
-        annals::read_models::projections(),
-        Arc::new(annals::domain::upcasters()),
-        RuntimeOptions::default(),
-    )
-    .context("starting the projections")?;
+    let projections =
+        annals::read_models::start(store.clone(), Arc::new(read), RuntimeOptions::default())
+            .context("starting the projections")?;
     let state = AppState::new(store.clone(), projections.clone(), config);
     #[cfg(unix)]
     let reloader = tokio::spawn(reload_keys_on_hangup(args, state.clone()));

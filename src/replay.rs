@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use annals_projections::{ProjectionError, ProjectionRuntime, ReadModelStore, RuntimeOptions};
 use annals_store::{RocksEventStore, StoreError, StoreOptions};
 
-use crate::{domain, read_models};
+use crate::read_models;
 
 /// Why a replay could not run.
 #[derive(Debug, thiserror::Error)]
@@ -85,11 +85,9 @@ pub async fn replay(data_dir: &Path, names: &[String]) -> Result<ReplayReport, R
         }
         Err(e) => return Err(e.into()),
     };
-    let runtime = ProjectionRuntime::start(
+    let runtime = read_models::start(
         store.clone(),
         read,
-        read_models::projections(),
-        Arc::new(domain::upcasters()),
         RuntimeOptions {
             drop_delay: Duration::ZERO,
             ..RuntimeOptions::default()

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use annals::server::auth::{ApiKeys, RateLimit, Role, generate_key};
 use annals::server::{self, AppState, ServerConfig};
-use annals_projections::{ProjectionRuntime, ReadModelStore, RuntimeOptions};
+use annals_projections::{ReadModelStore, RuntimeOptions};
 use annals_store::{Durability, RocksEventStore, StoreOptions};
 use axum::Router;
 use axum::body::Body;
@@ -92,14 +92,8 @@ impl Fixture {
                 .unwrap(),
             );
             let read = Arc::new(ReadModelStore::open(dir.path().join("read")).unwrap());
-            let projections = ProjectionRuntime::start(
-                store.clone(),
-                read,
-                annals::read_models::projections(),
-                Arc::new(annals::domain::upcasters()),
-                RuntimeOptions::default(),
-            )
-            .unwrap();
+            let projections =
+                annals::read_models::start(store.clone(), read, RuntimeOptions::default()).unwrap();
             let config = ServerConfig {
                 api_keys: ApiKeys::parse(&format!("{r}\n{w}\n{a}\n")).unwrap(),
                 rate_limit: RateLimit {

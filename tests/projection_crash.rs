@@ -73,14 +73,7 @@ fn start_runtime(
     options: RuntimeOptions,
 ) -> ProjectionRuntime {
     let read = Arc::new(ReadModelStore::open(dir.join("read")).unwrap());
-    ProjectionRuntime::start(
-        store.clone(),
-        read,
-        read_models::projections(),
-        Arc::new(domain::upcasters()),
-        options,
-    )
-    .unwrap()
+    annals::read_models::start(store.clone(), read, options).unwrap()
 }
 
 /// The runtime a child process runs its body on.

@@ -9,7 +9,7 @@ use annals::read_models::{
     self, CommerceReadModels, OrderFilter, OrdersProjection, PageLimits, ProductsProjection,
 };
 use annals_projections::testkit::{EventLog, given};
-use annals_projections::{ProjectionRuntime, ReadModelStore, RuntimeOptions};
+use annals_projections::{ReadModelStore, RuntimeOptions};
 use annals_store::{
     BusOptions, CommandBus, CommandContext, EventStore, ExpectedVersion, NewEvent, RocksEventStore,
     StoreOptions, StreamId,
@@ -269,14 +269,8 @@ async fn commands_reach_the_read_models_and_wait_for_reads_the_own_write() {
     let store =
         Arc::new(RocksEventStore::open(dir.path().join("log"), StoreOptions::default()).unwrap());
     let read = Arc::new(ReadModelStore::open(dir.path().join("read")).unwrap());
-    let runtime = ProjectionRuntime::start(
-        store.clone(),
-        read.clone(),
-        read_models::projections(),
-        Arc::new(domain::upcasters()),
-        RuntimeOptions::default(),
-    )
-    .unwrap();
+    let runtime =
+        annals::read_models::start(store.clone(), read.clone(), RuntimeOptions::default()).unwrap();
     let app = Commerce::new(CommandBus::with_options(
         store.clone(),
         domain::upcasters(),

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::stats::{self, Meter, RunFigures};
 use super::{BenchDir, BenchError, Machine};
-use crate::{domain, read_models};
+use crate::read_models;
 
 const PRODUCTS: usize = 200;
 const ORDERS_PER_COMMIT: usize = 100;
@@ -188,13 +188,7 @@ pub fn run_catchup(bench: &CatchupBench) -> Result<CatchupReport, BenchError> {
     let meter = Meter::new();
     let (elapsed, names, per_projection, rebuild) = rt.block_on(async {
         let started = Instant::now();
-        let runtime = ProjectionRuntime::start(
-            store.clone(),
-            read,
-            read_models::projections(),
-            Arc::new(domain::upcasters()),
-            options,
-        )?;
+        let runtime = read_models::start(store.clone(), read, options)?;
         // Each projection's own finish time: the slowest one is the catch-up time, and the
         // gap between them shows which read model to make cheaper.
         let names = runtime.names();

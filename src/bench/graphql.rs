@@ -296,13 +296,7 @@ impl InProcess {
         let read = Arc::new(ReadModelStore::open(dir.path().join("read"))?);
         let projections = {
             let _entered = runtime.enter();
-            ProjectionRuntime::start(
-                store.clone(),
-                read,
-                crate::read_models::projections(),
-                Arc::new(crate::domain::upcasters()),
-                RuntimeOptions::default(),
-            )?
+            crate::read_models::start(store.clone(), read, RuntimeOptions::default())?
         };
         // The bench measures the API, not the per-key limiter's refusals.
         let unlimited =

@@ -13,7 +13,10 @@ mod products;
 
 use std::sync::Arc;
 
-use annals_projections::{Projection, ProjectionError, ReadModelStore, ReadView};
+use annals_projections::{
+    Projection, ProjectionError, ProjectionRuntime, ReadModelStore, ReadView, RuntimeOptions,
+};
+use annals_store::EventStore;
 use serde::{Deserialize, Serialize};
 
 pub use orders::{CustomerStats, OrderLineView, OrderView, OrdersProjection};
@@ -29,6 +32,22 @@ pub const PRODUCTS: &str = "products";
 /// The projections of the reference domain, in the order the runtime starts them.
 pub fn projections() -> Vec<Arc<dyn Projection>> {
     vec![Arc::new(OrdersProjection), Arc::new(ProductsProjection)]
+}
+
+/// Starts the reference projections over `store`, reading old event versions through the
+/// domain's upcasters: what `annals serve`, `annals replay` and the benches run.
+pub fn start<S: EventStore>(
+    store: Arc<S>,
+    read: Arc<ReadModelStore>,
+    options: RuntimeOptions,
+) -> Result<ProjectionRuntime, ProjectionError> {
+    ProjectionRuntime::start(
+        store,
+        read,
+        projections(),
+        Arc::new(crate::domain::upcasters()),
+        options,
+    )
 }
 
 /// Page-size limits of list queries.

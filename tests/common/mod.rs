@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use annals::server::{self, AppState, ServerConfig};
-use annals_projections::{ProjectionRuntime, ReadModelStore, RuntimeOptions};
+use annals_projections::{ReadModelStore, RuntimeOptions};
 use annals_store::{RocksEventStore, StoreOptions};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -38,14 +38,8 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let read = Arc::new(ReadModelStore::open(dir.path().join("read")).unwrap());
-        let projections = ProjectionRuntime::start(
-            store.clone(),
-            read,
-            annals::read_models::projections(),
-            Arc::new(annals::domain::upcasters()),
-            RuntimeOptions::default(),
-        )
-        .unwrap();
+        let projections =
+            annals::read_models::start(store.clone(), read, RuntimeOptions::default()).unwrap();
         let state = AppState::new(store.clone(), projections, config);
         let served = state.clone();
         let (stop, stopped) = oneshot::channel::<()>();
