@@ -42,7 +42,7 @@ pub struct RuntimeOptions {
 impl Default for RuntimeOptions {
     fn default() -> Self {
         Self {
-            batch_size: 2048,
+            batch_size: 16_384,
             max_attempts: 3,
             retry_backoff: Duration::from_millis(20),
             drop_delay: Duration::from_secs(5),
