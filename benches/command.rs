@@ -70,7 +70,7 @@ fn rehydration(c: &mut Criterion) {
                 annals_store::Snapshot {
                     version: loaded.version,
                     schema_version: 1,
-                    state: serde_json::to_vec(&loaded.state).unwrap(),
+                    state: serde_json::to_vec(&*loaded.state).unwrap(),
                 },
             )
             .await

@@ -444,7 +444,7 @@ async fn snapshot_load_equals_full_replay() {
     // A snapshot of an unknown schema version is ignored: the state comes from events.
     let poisoned = Product {
         on_hand: 1,
-        ..replayed.state.clone()
+        ..(*replayed.state).clone()
     };
     store
         .save_snapshot(

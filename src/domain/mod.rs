@@ -316,8 +316,8 @@ impl<S: EventStore + SnapshotStore> Decision<S> for PlaceOrder<'_> {
                 lines: priced,
             })
             .map_err(rejected)?;
-        tx.emit(&order, placed)?;
-        for (product, line) in products.iter().zip(self.lines) {
+        tx.emit(order, placed)?;
+        for (product, line) in products.into_iter().zip(self.lines) {
             let reserved = product
                 .state
                 .handle(ProductCommand::Reserve {
@@ -346,8 +346,9 @@ impl<S: EventStore + SnapshotStore> Decision<S> for CancelOrder<'_> {
                 reason: self.reason.to_string(),
             })
             .map_err(rejected)?;
-        tx.emit(&order, cancelled)?;
-        for line in &order.state.lines {
+        let lines = order.state.lines.clone();
+        tx.emit(order, cancelled)?;
+        for line in &lines {
             let product = tx.load::<Product>(&line.product_id).await?;
             let released = product
                 .state
@@ -355,7 +356,7 @@ impl<S: EventStore + SnapshotStore> Decision<S> for CancelOrder<'_> {
                     order_id: self.order_id.to_string(),
                 })
                 .map_err(|e| rejected(e.for_product(&line.product_id)))?;
-            tx.emit(&product, released)?;
+            tx.emit(product, released)?;
         }
         Ok(())
     }
