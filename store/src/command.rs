@@ -856,6 +856,47 @@ mod tests {
         assert_eq!((loaded.version, loaded.state.value), (6, 6));
     }
 
+    /// `emit` changes the state in place when it holds the only reference: a transaction
+    /// that emits and is then dropped (a later aggregate refused the command) must leave
+    /// the cache and every other holder of the state as they were.
+    #[tokio::test]
+    async fn an_abandoned_emit_changes_neither_the_cache_nor_other_holders() {
+        let bus = CommandBus::new(InMemoryEventStore::new(crate::StoreOptions::default()));
+        let ctx = CommandContext::default();
+        bus.execute::<Counter>("c", (), &ctx).await.unwrap();
+
+        // Shared: another command holds the cached state while this one emits.
+        let mut tx = bus.transaction(&ctx, 0);
+        let held = bus.load::<Counter>("c").await.unwrap();
+        let loaded = tx.load::<Counter>("c").await.unwrap();
+        tx.emit(loaded, vec![Counted::Incremented { by: 10 }])
+            .unwrap();
+        drop(tx);
+        assert_eq!(held.state.value, 1, "another holder's state is not changed");
+        assert_eq!(bus.load::<Counter>("c").await.unwrap().state.value, 1);
+        drop(held);
+
+        // Sole holder: the cache's reference is dropped first, so the change in place is
+        // invisible to the next load.
+        let mut tx = bus.transaction(&ctx, 0);
+        let loaded = tx.load::<Counter>("c").await.unwrap();
+        tx.emit(loaded, vec![Counted::Incremented { by: 10 }])
+            .unwrap();
+        drop(tx);
+        let after = bus.load::<Counter>("c").await.unwrap();
+        assert_eq!((after.version, after.state.value), (1, 1));
+
+        // A committed emit is what the next load sees.
+        let mut tx = bus.transaction(&ctx, 0);
+        let loaded = tx.load::<Counter>("c").await.unwrap();
+        drop(after);
+        tx.emit(loaded, vec![Counted::Incremented { by: 10 }])
+            .unwrap();
+        tx.commit().await.unwrap();
+        let after = bus.load::<Counter>("c").await.unwrap();
+        assert_eq!((after.version, after.state.value), (2, 11));
+    }
+
     /// With one attempt and no retry, 64 concurrent commands on one aggregate all succeed
     /// because they queue behind each other; without the queue they race, and whatever
     /// the race gives, every success (and only those) is counted.
