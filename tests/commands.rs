@@ -382,6 +382,42 @@ async fn a_stale_cache_is_caught_by_the_expected_version() {
     );
 }
 
+/// The reverse case: a cache that is behind makes a domain rule refuse what the log
+/// allows. A refusal is not caught by the expected version, so the bus decides again on
+/// fresh state before it answers with a refusal (the server crash test saw cancelOrder
+/// refused with 'holds no reservation' right after its placeOrder).
+#[tokio::test]
+async fn a_refusal_on_a_stale_cache_is_checked_against_fresh_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let one = commerce(store.clone());
+    let two = commerce(store.clone());
+    product_with_stock(&one, "p", 100, 1).await;
+    // Bus two caches the product with 1 unit available.
+    assert_eq!(
+        two.bus()
+            .load::<Product>("p")
+            .await
+            .unwrap()
+            .state
+            .available(),
+        1
+    );
+    one.receive_stock("p", 4, &ctx()).await.unwrap();
+    // On bus two's cached state 3 units are more than available; the log has 5.
+    two.place_order("o-1", "c", &[line("p", 3)], &ctx())
+        .await
+        .unwrap();
+    let p = two.bus().load::<Product>("p").await.unwrap();
+    assert_eq!(p.state.available(), 2);
+    // A refusal that fresh state confirms is still a refusal.
+    let err = two
+        .place_order("o-2", "c", &[line("p", 3)], &ctx())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "INSUFFICIENT_STOCK");
+}
+
 #[tokio::test]
 async fn snapshot_load_equals_full_replay() {
     let dir = tempfile::tempdir().unwrap();

@@ -225,6 +225,10 @@ struct Cached {
     state: Arc<dyn Any + Send + Sync>,
 }
 
+/// The state of a cache entry whose state a command took to change in place (see
+/// `CommandBus::forget_cached`): no aggregate type, so a load misses on it.
+struct Placeholder;
+
 type SnapshotFn = fn(&(dyn Any + Send + Sync)) -> Option<(u16, Vec<u8>)>;
 
 fn snapshot_of<A: Aggregate>(state: &(dyn Any + Send + Sync)) -> Option<(u16, Vec<u8>)> {
@@ -314,15 +318,22 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
         cache.insert(stream, cached);
     }
 
-    /// Drops the cache's entry for `stream` if it is `state` itself, so the caller holds
-    /// the only reference and can change it without a copy.
+    /// Drops the cache's reference to `state` if the entry for `stream` is `state` itself,
+    /// so the caller holds the only reference and can change it without a copy. The entry
+    /// stays as a placeholder with its version (a load misses on it): with no entry at
+    /// all, a commit of an older version finishing late would be cached as current.
     fn forget_cached<A>(&self, stream: &StreamId, state: &Arc<A>) {
         let mut cache = self.cache();
-        if cache
+        let placeholder = cache
             .get(stream)
-            .is_some_and(|held| std::ptr::addr_eq(Arc::as_ptr(&held.state), Arc::as_ptr(state)))
-        {
-            cache.remove(stream);
+            .filter(|held| std::ptr::addr_eq(Arc::as_ptr(&held.state), Arc::as_ptr(state)))
+            .map(|held| Cached {
+                version: held.version,
+                snapshot_version: held.snapshot_version,
+                state: Arc::new(Placeholder),
+            });
+        if let Some(placeholder) = placeholder {
+            cache.insert(stream.clone(), placeholder);
         }
     }
 
@@ -497,7 +508,22 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
                 // Lost a race on this stream: queue for it before deciding again.
                 tx.enter(stream).await;
             }
-            decision.decide(&mut tx).await?;
+            let decided = match decision.decide(&mut tx).await {
+                // A refusal decided on cached state is final only if fresh state agrees:
+                // the cache can be behind the log for a moment (a commit whose cache
+                // update has not landed yet), and a domain rule's refusal, unlike a stale
+                // success, is not caught by the expected version.
+                Err(StoreError::Rejected(_)) if !tx.fresh => {
+                    drop(tx);
+                    tx = self.transaction(ctx, attempt + 1);
+                    if let Some(stream) = &last_conflict {
+                        tx.enter(stream).await;
+                    }
+                    decision.decide(&mut tx).await
+                }
+                other => other,
+            };
+            decided?;
             match tx.commit().await {
                 Err(StoreError::WrongExpectedVersion { stream, .. }) => {
                     last_conflict = Some(stream);
@@ -895,6 +921,36 @@ mod tests {
         tx.commit().await.unwrap();
         let after = bus.load::<Counter>("c").await.unwrap();
         assert_eq!((after.version, after.state.value), (2, 11));
+    }
+
+    /// While a command changes a cached state in place, the cache keeps the entry's
+    /// version: a commit of an older version that reaches the cache late must not be
+    /// cached as the current state.
+    #[tokio::test]
+    async fn a_late_older_commit_is_not_cached_while_a_state_is_changed_in_place() {
+        let bus = CommandBus::new(InMemoryEventStore::new(crate::StoreOptions::default()));
+        let ctx = CommandContext::default();
+        for _ in 0..3 {
+            bus.execute::<Counter>("c", (), &ctx).await.unwrap();
+        }
+        let stream = Counter::stream_id("c").unwrap();
+        let mut tx = bus.transaction(&ctx, 0);
+        let loaded = tx.load::<Counter>("c").await.unwrap();
+        assert_eq!(loaded.version, 3);
+        tx.emit(loaded, vec![Counted::Incremented { by: 1 }])
+            .unwrap();
+        // The commit of version 2, finishing only now.
+        bus.remember(
+            stream,
+            Cached {
+                version: 2,
+                snapshot_version: 0,
+                state: Arc::new(Counter { value: 2 }),
+            },
+        );
+        drop(tx);
+        let loaded = bus.load::<Counter>("c").await.unwrap();
+        assert_eq!((loaded.version, loaded.state.value), (3, 3));
     }
 
     /// With one attempt and no retry, 64 concurrent commands on one aggregate all succeed
