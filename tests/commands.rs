@@ -337,15 +337,19 @@ async fn metadata_flows_from_the_command_into_every_event() {
     assert!(ids.iter().all(|id| *id == ids[0]));
 }
 
-#[tokio::test]
-async fn a_stale_cache_is_caught_by_the_expected_version() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    // Two buses over one store behave like two processes with their own caches.
+/// Two buses over one store, which behave like two processes with their own caches:
+/// bus one registered product "p" with 1 unit, bus two has cached it with 1 available.
+async fn two_buses_one_caching_a_product(
+    path: &std::path::Path,
+) -> (
+    Arc<RocksEventStore>,
+    Commerce<RocksEventStore>,
+    Commerce<RocksEventStore>,
+) {
+    let store = open(path);
     let one = commerce(store.clone());
     let two = commerce(store.clone());
     product_with_stock(&one, "p", 100, 1).await;
-    // Bus two caches the product with 1 unit available.
     assert_eq!(
         two.bus()
             .load::<Product>("p")
@@ -355,6 +359,13 @@ async fn a_stale_cache_is_caught_by_the_expected_version() {
             .available(),
         1
     );
+    (store, one, two)
+}
+
+#[tokio::test]
+async fn a_stale_cache_is_caught_by_the_expected_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, one, two) = two_buses_one_caching_a_product(dir.path()).await;
     one.place_order("o-1", "c", &[line("p", 1)], &ctx())
         .await
         .unwrap();
@@ -389,20 +400,7 @@ async fn a_stale_cache_is_caught_by_the_expected_version() {
 #[tokio::test]
 async fn a_refusal_on_a_stale_cache_is_checked_against_fresh_state() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let one = commerce(store.clone());
-    let two = commerce(store.clone());
-    product_with_stock(&one, "p", 100, 1).await;
-    // Bus two caches the product with 1 unit available.
-    assert_eq!(
-        two.bus()
-            .load::<Product>("p")
-            .await
-            .unwrap()
-            .state
-            .available(),
-        1
-    );
+    let (_store, one, two) = two_buses_one_caching_a_product(dir.path()).await;
     one.receive_stock("p", 4, &ctx()).await.unwrap();
     // On bus two's cached state 3 units are more than available; the log has 5.
     two.place_order("o-1", "c", &[line("p", 3)], &ctx())

@@ -33,12 +33,20 @@ impl<K: Hash + Eq, V> GenerationalCache<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        if self.hot.contains_key(key) {
-            return self.hot.get(key);
+        self.get_mut(key).map(|value| &*value)
+    }
+
+    /// The value for `key`, to change in place, promoting it to the hot generation.
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if !self.hot.contains_key(key) {
+            let (k, v) = self.cold.remove_entry(key)?;
+            self.insert(k, v);
         }
-        let (k, v) = self.cold.remove_entry(key)?;
-        self.insert(k, v);
-        self.hot.get(key)
+        self.hot.get_mut(key)
     }
 
     /// Inserts or replaces a value.

@@ -222,12 +222,10 @@ impl Drop for Gate {
 struct Cached {
     version: u64,
     snapshot_version: u64,
-    state: Arc<dyn Any + Send + Sync>,
+    /// `None` while a command changes the state in place (see `forget_cached`): the
+    /// version stays, so `remember` still refuses an older one.
+    state: Option<Arc<dyn Any + Send + Sync>>,
 }
-
-/// The state of a cache entry whose state a command took to change in place (see
-/// `CommandBus::forget_cached`): no aggregate type, so a load misses on it.
-struct Placeholder;
 
 type SnapshotFn = fn(&(dyn Any + Send + Sync)) -> Option<(u16, Vec<u8>)>;
 
@@ -320,20 +318,17 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
 
     /// Drops the cache's reference to `state` if the entry for `stream` is `state` itself,
     /// so the caller holds the only reference and can change it without a copy. The entry
-    /// stays as a placeholder with its version (a load misses on it): with no entry at
-    /// all, a commit of an older version finishing late would be cached as current.
+    /// stays, with its version and no state (a load misses on it): with no entry at all, a
+    /// commit of an older version finishing late would be cached as current.
     fn forget_cached<A>(&self, stream: &StreamId, state: &Arc<A>) {
         let mut cache = self.cache();
-        let placeholder = cache
-            .get(stream)
-            .filter(|held| std::ptr::addr_eq(Arc::as_ptr(&held.state), Arc::as_ptr(state)))
-            .map(|held| Cached {
-                version: held.version,
-                snapshot_version: held.snapshot_version,
-                state: Arc::new(Placeholder),
-            });
-        if let Some(placeholder) = placeholder {
-            cache.insert(stream.clone(), placeholder);
+        if let Some(held) = cache.get_mut(stream)
+            && held
+                .state
+                .as_ref()
+                .is_some_and(|held| std::ptr::addr_eq(Arc::as_ptr(held), Arc::as_ptr(state)))
+        {
+            held.state = None;
         }
     }
 
@@ -397,7 +392,8 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
         if use_cache {
             let cached = self.cache().get(&stream).cloned();
             if let Some(cached) = cached
-                && let Ok(state) = cached.state.downcast::<A>()
+                && let Some(state) = cached.state
+                && let Ok(state) = state.downcast::<A>()
             {
                 return Ok(Loaded {
                     id: id.to_string(),
@@ -414,7 +410,7 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
             Cached {
                 version: loaded.version,
                 snapshot_version: loaded.snapshot_version,
-                state: loaded.state.clone(),
+                state: Some(loaded.state.clone()),
             },
         );
         Ok(loaded)
@@ -434,6 +430,21 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
             emitted: Vec::new(),
             gates: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A transaction for `attempt` that first queues for the stream the previous attempt
+    /// lost a race on, if any.
+    async fn begin<'b>(
+        &'b self,
+        ctx: &'b CommandContext,
+        attempt: u32,
+        lost_on: Option<&StreamId>,
+    ) -> Transaction<'b, S> {
+        let tx = self.transaction(ctx, attempt);
+        if let Some(stream) = lost_on {
+            tx.enter(stream).await;
+        }
+        tx
     }
 
     /// The outcome of an earlier execution of this command, if its idempotency key has
@@ -503,26 +514,17 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
         let attempts = self.options.max_attempts.max(1);
         let mut last_conflict = None;
         for attempt in 0..attempts {
-            let mut tx = self.transaction(ctx, attempt);
-            if let Some(stream) = &last_conflict {
-                // Lost a race on this stream: queue for it before deciding again.
-                tx.enter(stream).await;
-            }
-            let decided = match decision.decide(&mut tx).await {
+            let mut tx = self.begin(ctx, attempt, last_conflict.as_ref()).await;
+            let mut decided = decision.decide(&mut tx).await;
+            if matches!(decided, Err(StoreError::Rejected(_))) && !tx.fresh {
                 // A refusal decided on cached state is final only if fresh state agrees:
                 // the cache can be behind the log for a moment (a commit whose cache
                 // update has not landed yet), and a domain rule's refusal, unlike a stale
                 // success, is not caught by the expected version.
-                Err(StoreError::Rejected(_)) if !tx.fresh => {
-                    drop(tx);
-                    tx = self.transaction(ctx, attempt + 1);
-                    if let Some(stream) = &last_conflict {
-                        tx.enter(stream).await;
-                    }
-                    decision.decide(&mut tx).await
-                }
-                other => other,
-            };
+                drop(tx);
+                tx = self.begin(ctx, attempt + 1, last_conflict.as_ref()).await;
+                decided = decision.decide(&mut tx).await;
+            }
             decided?;
             match tx.commit().await {
                 Err(StoreError::WrongExpectedVersion { stream, .. }) => {
@@ -750,7 +752,7 @@ impl<S: EventStore + SnapshotStore> Transaction<'_, S> {
                 Cached {
                     version: appended.last_version,
                     snapshot_version,
-                    state: state.clone(),
+                    state: Some(state.clone()),
                 },
             );
             if due {
@@ -871,7 +873,7 @@ mod tests {
         let state = |value: u64, version: u64| Cached {
             version,
             snapshot_version: 0,
-            state: Arc::new(Counter { value }),
+            state: Some(Arc::new(Counter { value })),
         };
         bus.remember(stream.clone(), state(5, 5));
         bus.remember(stream.clone(), state(3, 3));
@@ -882,21 +884,37 @@ mod tests {
         assert_eq!((loaded.version, loaded.state.value), (6, 6));
     }
 
+    /// A bus over a fresh in-memory store where counter "c" got `commands` increments.
+    async fn counter_bus(commands: usize) -> CommandBus<InMemoryEventStore> {
+        let bus = CommandBus::new(InMemoryEventStore::new(crate::StoreOptions::default()));
+        for _ in 0..commands {
+            bus.execute::<Counter>("c", (), &CommandContext::default())
+                .await
+                .unwrap();
+        }
+        bus
+    }
+
+    /// Loads counter "c" in `tx` and emits an increment of `by`; returns the version loaded.
+    async fn emit_increment(tx: &mut Transaction<'_, InMemoryEventStore>, by: u64) -> u64 {
+        let loaded = tx.load::<Counter>("c").await.unwrap();
+        let version = loaded.version;
+        tx.emit(loaded, vec![Counted::Incremented { by }]).unwrap();
+        version
+    }
+
     /// `emit` changes the state in place when it holds the only reference: a transaction
     /// that emits and is then dropped (a later aggregate refused the command) must leave
     /// the cache and every other holder of the state as they were.
     #[tokio::test]
     async fn an_abandoned_emit_changes_neither_the_cache_nor_other_holders() {
-        let bus = CommandBus::new(InMemoryEventStore::new(crate::StoreOptions::default()));
+        let bus = counter_bus(1).await;
         let ctx = CommandContext::default();
-        bus.execute::<Counter>("c", (), &ctx).await.unwrap();
 
         // Shared: another command holds the cached state while this one emits.
         let mut tx = bus.transaction(&ctx, 0);
         let held = bus.load::<Counter>("c").await.unwrap();
-        let loaded = tx.load::<Counter>("c").await.unwrap();
-        tx.emit(loaded, vec![Counted::Incremented { by: 10 }])
-            .unwrap();
+        emit_increment(&mut tx, 10).await;
         drop(tx);
         assert_eq!(held.state.value, 1, "another holder's state is not changed");
         assert_eq!(bus.load::<Counter>("c").await.unwrap().state.value, 1);
@@ -905,19 +923,15 @@ mod tests {
         // Sole holder: the cache's reference is dropped first, so the change in place is
         // invisible to the next load.
         let mut tx = bus.transaction(&ctx, 0);
-        let loaded = tx.load::<Counter>("c").await.unwrap();
-        tx.emit(loaded, vec![Counted::Incremented { by: 10 }])
-            .unwrap();
+        emit_increment(&mut tx, 10).await;
         drop(tx);
         let after = bus.load::<Counter>("c").await.unwrap();
         assert_eq!((after.version, after.state.value), (1, 1));
 
         // A committed emit is what the next load sees.
-        let mut tx = bus.transaction(&ctx, 0);
-        let loaded = tx.load::<Counter>("c").await.unwrap();
         drop(after);
-        tx.emit(loaded, vec![Counted::Incremented { by: 10 }])
-            .unwrap();
+        let mut tx = bus.transaction(&ctx, 0);
+        emit_increment(&mut tx, 10).await;
         tx.commit().await.unwrap();
         let after = bus.load::<Counter>("c").await.unwrap();
         assert_eq!((after.version, after.state.value), (2, 11));
@@ -928,24 +942,18 @@ mod tests {
     /// cached as the current state.
     #[tokio::test]
     async fn a_late_older_commit_is_not_cached_while_a_state_is_changed_in_place() {
-        let bus = CommandBus::new(InMemoryEventStore::new(crate::StoreOptions::default()));
+        let bus = counter_bus(3).await;
         let ctx = CommandContext::default();
-        for _ in 0..3 {
-            bus.execute::<Counter>("c", (), &ctx).await.unwrap();
-        }
         let stream = Counter::stream_id("c").unwrap();
         let mut tx = bus.transaction(&ctx, 0);
-        let loaded = tx.load::<Counter>("c").await.unwrap();
-        assert_eq!(loaded.version, 3);
-        tx.emit(loaded, vec![Counted::Incremented { by: 1 }])
-            .unwrap();
+        assert_eq!(emit_increment(&mut tx, 1).await, 3);
         // The commit of version 2, finishing only now.
         bus.remember(
             stream,
             Cached {
                 version: 2,
                 snapshot_version: 0,
-                state: Arc::new(Counter { value: 2 }),
+                state: Some(Arc::new(Counter { value: 2 })),
             },
         );
         drop(tx);
