@@ -527,6 +527,17 @@ impl<'a> ReadModelTx<'a> {
         self.set(key.into(), Slot::Bytes(value.into()), None);
     }
 
+    /// Stores `value` under a key that the database cannot hold yet, such as an index
+    /// entry named by the position of the event being applied. A later [`Self::delete`] of
+    /// the key in the same batch then writes nothing and needs no lookup to know it (an
+    /// order placed and confirmed in one batch moves its status entries without a read).
+    ///
+    /// The hint is trusted: used on a key the database does hold, a delete in the same
+    /// batch would leave that key behind. When in doubt, use [`Self::put`].
+    pub fn put_new(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.set(key.into(), Slot::Bytes(value.into()), Some(false));
+    }
+
     /// Stores `value` as JSON under `key`.
     pub fn put_json<T: Serialize>(
         &mut self,
@@ -699,6 +710,36 @@ mod tests {
         assert_eq!(view.get(b"old").unwrap(), None);
         assert_eq!(view.get(b"new").unwrap(), None);
         assert_eq!(view.get(b"again").unwrap(), Some(b"5".to_vec()));
+    }
+
+    #[test]
+    fn a_key_put_as_new_is_deleted_within_the_batch_without_a_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReadModelStore::open(dir.path()).unwrap();
+        let mut tx = ReadModelTx::new(store.view_generation("p", 1));
+        tx.put("held", b"1".to_vec());
+        tx.accept();
+        store.write(tx.into_batch().unwrap()).unwrap();
+
+        let mut tx = ReadModelTx::new(store.view_generation("p", 1));
+        tx.put_new("fresh", b"2".to_vec());
+        tx.delete("fresh");
+        assert_eq!(tx.get(b"fresh").unwrap(), None);
+        // The hint is trusted rather than checked: misused on a key the database holds,
+        // the delete writes nothing either, which shows no lookup was made.
+        tx.put_new("held", b"3".to_vec());
+        tx.delete("held");
+        tx.accept();
+        // A key put as new and kept is written.
+        tx.put_new("kept", b"4".to_vec());
+        tx.accept();
+        let batch = tx.into_batch().unwrap();
+        assert_eq!(batch.len(), 1, "only the put of `kept`");
+        store.write(batch).unwrap();
+        let view = store.view_generation("p", 1);
+        assert_eq!(view.get(b"fresh").unwrap(), None);
+        assert_eq!(view.get(b"held").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(view.get(b"kept").unwrap(), Some(b"4".to_vec()));
     }
 
     #[test]
