@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use annals_store::{
-    EventPage, EventStore, Position, ReadFilter, RecordedEvent, Timestamp, Upcasters,
+    EventPage, EventStore, Position, ReadFilter, RecordedEvent, StoreError, Timestamp, Upcasters,
 };
 use rocksdb::WriteBatch;
 use serde::Serialize;
@@ -23,7 +23,9 @@ use tokio::task::JoinHandle;
 use crate::error::{HandlerError, ProjectionError};
 use crate::keys::{self, CF_DATA, CF_META, Generation};
 use crate::projection::{PoisonPolicy, Projection, validate_name};
-use crate::storage::{ActiveRecord, ParkedEvent, ReadModelStore, ReadModelTx, RebuildRecord};
+use crate::storage::{
+    ActiveRecord, Changes, ParkedEvent, ReadModelStore, ReadModelTx, RebuildRecord, batch_of,
+};
 
 /// Tuning of the workers.
 #[derive(Clone, Debug)]
@@ -601,7 +603,9 @@ pub(crate) struct Applied {
 }
 
 /// Applies `events` to one generation and commits their changes, the parked records and
-/// the checkpoint `through` in one batch. The only place read models are written.
+/// the checkpoint `through` in one batch (see [`handle_events`] and [`write_handled`]):
+/// the projection test kit's way through a batch.
+#[cfg(any(test, feature = "test-utils"))]
 pub(crate) fn apply_events(
     read: &ReadModelStore,
     projection: &dyn Projection,
@@ -611,8 +615,43 @@ pub(crate) fn apply_events(
     upcasters: &Upcasters,
     options: &RuntimeOptions,
 ) -> Result<Applied, ProjectionError> {
+    let handled = handle_events(
+        read, projection, generation, events, through, None, upcasters, options,
+    )?;
+    write_handled(
+        read,
+        projection.name(),
+        generation,
+        &handled.changes,
+        &handled.parked,
+        handled.applied.checkpoint,
+    )?;
+    Ok(handled.applied)
+}
+
+/// A batch handled but not written yet.
+pub(crate) struct Handled {
+    pub applied: Applied,
+    pub changes: Changes,
+    pub parked: Vec<ParkedEvent>,
+}
+
+/// Hands `events` to the projection's handler (retrying, parking or stopping on failures)
+/// and collects their changes, reading through `base` (the previous batch, while it is
+/// being written). Writes nothing.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn handle_events(
+    read: &ReadModelStore,
+    projection: &dyn Projection,
+    generation: Generation,
+    events: Vec<RecordedEvent>,
+    through: Position,
+    base: Option<Arc<Changes>>,
+    upcasters: &Upcasters,
+    options: &RuntimeOptions,
+) -> Result<Handled, ProjectionError> {
     let name = projection.name();
-    let mut tx = ReadModelTx::new(read.view_generation(name, generation));
+    let mut tx = ReadModelTx::with_base(read.view_generation(name, generation), base);
     let mut applied = Applied {
         checkpoint: through,
         parked: 0,
@@ -666,22 +705,38 @@ pub(crate) fn apply_events(
             }
         }
     }
-    let mut batch = tx.into_batch()?;
-    for record in &parked {
+    applied.parked = parked.len() as u32;
+    Ok(Handled {
+        applied,
+        changes: tx.into_changes(),
+        parked,
+    })
+}
+
+/// Writes a handled batch: its changes, its parked records and the generation's new
+/// checkpoint in one `WriteBatch`. The only place read models are written.
+pub(crate) fn write_handled(
+    read: &ReadModelStore,
+    name: &str,
+    generation: Generation,
+    changes: &Changes,
+    parked: &[ParkedEvent],
+    checkpoint: Position,
+) -> Result<(), ProjectionError> {
+    let mut batch = batch_of(read, &keys::keyspace_prefix(name, generation), changes)?;
+    for record in parked {
         batch.put_cf(
             read.cf(CF_META),
             keys::parked_key(name, Position(record.position)),
             serde_json::to_vec(record)?,
         );
     }
-    applied.parked = parked.len() as u32;
     batch.put_cf(
         read.cf(CF_META),
         keys::checkpoint_key(name, generation),
-        keys::encode_position(applied.checkpoint),
+        keys::encode_position(checkpoint),
     );
-    read.write(batch)?;
-    Ok(applied)
+    read.write(batch)
 }
 
 /// Upcasts and hands one event to the handler; a panic counts as a handler error, so one
@@ -713,78 +768,209 @@ pub(crate) struct ReadAhead {
     page: EventPage,
 }
 
-/// Reads the next batch after `checkpoint` and applies it to `generation`, off the async
-/// threads. Returns what was applied (checkpoint unchanged when nothing was there).
+/// Most pages one [`advance`] handles. While a worker is behind, page *n*'s write runs on
+/// one blocking thread while page *n + 1*'s handlers run on another (reading page *n*'s
+/// changes beneath their own), so a catch-up keeps both cores busy; the bound keeps
+/// operator requests (pause, rewind, rebuild) and shutdown waiting at most this many
+/// pages, and the checkpoint published at least once per this many pages.
+const PIPELINED_PAGES: usize = 4;
+
+/// What one [`advance`] did: the pages written, and the error that ended it early, if
+/// any. The checkpoint is what the database holds even when there is an error, so the
+/// caller's bookkeeping stays true.
+struct Advanced {
+    applied: Applied,
+    error: Option<ProjectionError>,
+}
+
+/// Reads the batches after `checkpoint` and applies them to `generation`, off the async
+/// threads, up to [`PIPELINED_PAGES`] pages or `until`. Returns what was written
+/// (checkpoint unchanged when nothing was there).
 ///
-/// While a batch is applied (on a blocking thread) the next page is read (on the async
-/// threads), so one worker keeps two cores busy during a catch-up; the page read ahead is
-/// used only if the next call starts exactly where it does.
+/// While a batch is handled (on a blocking thread) the next page is read (on the async
+/// threads) and the previous batch is written (on another blocking thread); a page read
+/// ahead is used only if the next read starts exactly where it does. Each batch's write
+/// finishes before the batch after the next one starts, because that batch reads the
+/// database beneath only one batch of changes.
 async fn advance<S: EventStore>(
     ctx: &WorkerCtx<S>,
     generation: Generation,
     checkpoint: Position,
     until: Position,
     ahead: &mut Option<ReadAhead>,
-) -> Result<Applied, ProjectionError> {
-    let from = checkpoint.next();
-    let mut page = match ahead.take() {
-        Some(a) if a.generation == generation && a.from == from => a.page,
-        _ => {
-            ctx.store
-                .read_all(from, ctx.options.batch_size, &ctx.filter)
-                .await?
-        }
+) -> Advanced {
+    let mut applied = Applied {
+        checkpoint,
+        parked: 0,
+        stopped: None,
+        last_error: None,
     };
-    page.events.retain(|e| e.position <= until);
-    let through = Position(page.next.0.saturating_sub(1))
-        .min(until)
-        .max(checkpoint);
-    if through == checkpoint {
-        return Ok(Applied {
-            checkpoint,
-            parked: 0,
-            stopped: None,
-            last_error: None,
-        });
+    let mut handled_through = checkpoint;
+    let mut base: Option<Arc<Changes>> = None;
+    let mut writing: Option<(JoinHandle<Result<(), ProjectionError>>, Applied)> = None;
+    let mut read_ahead: Option<(Position, JoinHandle<Result<EventPage, StoreError>>)> = None;
+    let mut error = None;
+    for page_number in 0..PIPELINED_PAGES {
+        let from = handled_through.next();
+        let page = match read_ahead.take() {
+            Some((at, handle)) if at == from => handle.await.map_err(|e| join_error(ctx, e)),
+            _ => match ahead.take() {
+                Some(a) if a.generation == generation && a.from == from => Ok(Ok(a.page)),
+                _ => Ok(ctx
+                    .store
+                    .read_all(from, ctx.options.batch_size, &ctx.filter)
+                    .await),
+            },
+        };
+        let mut page = match page {
+            Ok(Ok(page)) => page,
+            Ok(Err(e)) => {
+                error = Some(e.into());
+                break;
+            }
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        };
+        page.events.retain(|e| e.position <= until);
+        let through = Position(page.next.0.saturating_sub(1))
+            .min(until)
+            .max(handled_through);
+        if through == handled_through {
+            break;
+        }
+        let last = through >= until || page_number + 1 == PIPELINED_PAGES;
+        let next_from = through.next();
+        if through < until {
+            let store = ctx.store.clone();
+            let filter = ctx.filter.clone();
+            let limit = ctx.options.batch_size;
+            read_ahead = Some((
+                next_from,
+                tokio::spawn(async move { store.read_all(next_from, limit, &filter).await }),
+            ));
+        }
+        let read = ctx.read.clone();
+        let projection = ctx.worker.projection.clone();
+        let upcasters = ctx.upcasters.clone();
+        let options = ctx.options.clone();
+        let below = base.clone();
+        // A single page (a live worker's usual case) is handled and written in one task,
+        // as there is nothing to overlap.
+        let inline = last && writing.is_none();
+        let handled = tokio::task::spawn_blocking(move || {
+            let handled = handle_events(
+                &read,
+                projection.as_ref(),
+                generation,
+                page.events,
+                through,
+                below,
+                &upcasters,
+                &options,
+            )?;
+            if inline {
+                write_handled(
+                    &read,
+                    projection.name(),
+                    generation,
+                    &handled.changes,
+                    &handled.parked,
+                    handled.applied.checkpoint,
+                )?;
+            }
+            Ok(handled)
+        })
+        .await
+        .map_err(|e| join_error(ctx, e))
+        .and_then(|handled| handled);
+        // The batch before this one must be written before this one is, and before the
+        // batch after this one starts.
+        if let Some((write, batch)) = writing.take() {
+            match write.await.map_err(|e| join_error(ctx, e)).and_then(|r| r) {
+                Ok(()) => merge(&mut applied, batch),
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        let handled = match handled {
+            Ok(handled) => handled,
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        };
+        handled_through = handled.applied.checkpoint;
+        if inline {
+            merge(&mut applied, handled.applied);
+            break;
+        }
+        let stopped = handled.applied.stopped.is_some();
+        let changes = Arc::new(handled.changes);
+        let read = ctx.read.clone();
+        let name = ctx.worker.name.clone();
+        let parked = handled.parked;
+        let written = changes.clone();
+        writing = Some((
+            tokio::task::spawn_blocking(move || {
+                write_handled(
+                    &read,
+                    &name,
+                    generation,
+                    &written,
+                    &parked,
+                    handled.applied.checkpoint,
+                )
+            }),
+            handled.applied,
+        ));
+        base = Some(changes);
+        if last || stopped {
+            break;
+        }
     }
-    let next_from = through.next();
-    let read_ahead = (through < until).then(|| {
-        let store = ctx.store.clone();
-        let filter = ctx.filter.clone();
-        let limit = ctx.options.batch_size;
-        tokio::spawn(async move { store.read_all(next_from, limit, &filter).await })
-    });
-    let read = ctx.read.clone();
-    let projection = ctx.worker.projection.clone();
-    let upcasters = ctx.upcasters.clone();
-    let options = ctx.options.clone();
-    let applied = tokio::task::spawn_blocking(move || {
-        apply_events(
-            &read,
-            projection.as_ref(),
-            generation,
-            page.events,
-            through,
-            &upcasters,
-            &options,
-        )
-    })
-    .await
-    .map_err(|e| ProjectionError::InvalidState {
-        name: ctx.worker.name.clone(),
-        reason: format!("batch task failed: {e}"),
-    })??;
-    if let Some(handle) = read_ahead
+    if let Some((write, batch)) = writing.take() {
+        match write.await.map_err(|e| join_error(ctx, e)).and_then(|r| r) {
+            Ok(()) => merge(&mut applied, batch),
+            Err(e) => error = error.or(Some(e)),
+        }
+    }
+    // Keep the page read ahead for the next call if it starts where that call will.
+    if let Some((at, handle)) = read_ahead
+        && error.is_none()
+        && applied.stopped.is_none()
+        && at == applied.checkpoint.next()
         && let Ok(Ok(page)) = handle.await
-        && applied.checkpoint == through
     {
         *ahead = Some(ReadAhead {
             generation,
-            from: next_from,
+            from: at,
             page,
         });
     }
-    Ok(applied)
+    Advanced { applied, error }
+}
+
+/// Adds a written batch's effect to what an [`advance`] did so far.
+fn merge(total: &mut Applied, batch: Applied) {
+    total.checkpoint = batch.checkpoint;
+    total.parked += batch.parked;
+    if batch.last_error.is_some() {
+        total.last_error = batch.last_error;
+    }
+    if batch.stopped.is_some() {
+        total.stopped = batch.stopped;
+    }
+}
+
+fn join_error<S>(ctx: &WorkerCtx<S>, e: tokio::task::JoinError) -> ProjectionError {
+    ProjectionError::InvalidState {
+        name: ctx.worker.name.clone(),
+        reason: format!("batch task failed: {e}"),
+    }
 }
 
 /// Everything a worker keeps between iterations.
@@ -917,19 +1103,22 @@ async fn step<S: EventStore>(
     let head = ctx.store.head();
     let mut busy = false;
     if state.checkpoint < head {
-        let applied = advance(
+        let Advanced { applied, error } = advance(
             ctx,
             state.active.generation,
             state.checkpoint,
             head,
             &mut state.ahead[0],
         )
-        .await?;
+        .await;
         let done = applied.checkpoint.0.saturating_sub(state.checkpoint.0);
         state.checkpoint = applied.checkpoint;
         // The status first: whoever `wait_for` wakes sees the batch's errors and parks.
         report(ctx, &applied, done, false);
         worker.advance_checkpoint(applied.checkpoint);
+        if let Some(error) = error {
+            return Err(error);
+        }
         if applied.stopped.is_some() {
             return Ok(false);
         }
@@ -938,12 +1127,16 @@ async fn step<S: EventStore>(
     if let Some((record, done)) = state.rebuild {
         let mut done = done;
         if done < head {
-            let applied = advance(ctx, record.generation, done, head, &mut state.ahead[1]).await?;
+            let Advanced { applied, error } =
+                advance(ctx, record.generation, done, head, &mut state.ahead[1]).await;
             let moved = applied.checkpoint.0.saturating_sub(done.0);
             done = applied.checkpoint;
             state.rebuild = Some((record, done));
             worker.observe(|o| o.rebuild = state.rebuild);
             report(ctx, &applied, moved, true);
+            if let Some(error) = error {
+                return Err(error);
+            }
             if applied.stopped.is_some() {
                 return Ok(false);
             }
@@ -1157,7 +1350,11 @@ pub async fn build_until<S: EventStore>(
     let until = until.min(store.head());
     let mut ahead = None;
     while checkpoint < until {
-        let applied = advance(&ctx, generation, checkpoint, until, &mut ahead).await?;
+        let Advanced { applied, error } =
+            advance(&ctx, generation, checkpoint, until, &mut ahead).await;
+        if let Some(error) = error {
+            return Err(error);
+        }
         if applied.checkpoint == checkpoint || applied.stopped.is_some() {
             break;
         }

@@ -5,7 +5,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use annals_store::Position;
 use rocksdb::{
@@ -390,13 +390,14 @@ impl ReadView<'_> {
 
 /// A value a handler stored typed with [`ReadModelTx::put_typed`]: kept as it is until
 /// the batch is committed, so the next event of the batch that touches the key does not
-/// parse it again, and encoded to JSON once per batch.
-trait TypedValue: Any + Send {
+/// parse it again, and encoded to JSON once per batch. `Sync` because a batch's changes
+/// are read by the next batch's handlers while a writer thread encodes them.
+trait TypedValue: Any + Send + Sync {
     fn encode(&self) -> Result<Vec<u8>, serde_json::Error>;
     fn as_any(&self) -> &dyn Any;
 }
 
-impl<T: Serialize + Any + Send> TypedValue for T {
+impl<T: Serialize + Any + Send + Sync> TypedValue for T {
     fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
         serde_json::to_vec(self)
     }
@@ -432,11 +433,14 @@ impl Slot {
 }
 
 /// One key's change in a batch, with what the batch learnt about the database.
-struct Change {
+pub(crate) struct Change {
     slot: Slot,
     /// Whether the database holds the key (`None`: not looked up).
     in_db: Option<bool>,
 }
+
+/// A batch's accepted changes, by key inside the generation's keyspace.
+pub(crate) type Changes = HashMap<Vec<u8>, Change, foldhash::fast::RandomState>;
 
 /// What a projection handler writes through: reads see the handler's own writes (of this
 /// event and of the earlier events of the batch), and nothing reaches the database until
@@ -452,24 +456,51 @@ pub struct ReadModelTx<'a> {
     /// the event being applied. One map, so a change is inserted once; sorted at commit.
     /// Hashed with foldhash: keys come from our own handlers, not from clients, and SipHash
     /// was 2% of a catch-up.
-    changes: HashMap<Vec<u8>, Change, foldhash::fast::RandomState>,
+    changes: Changes,
     /// How to undo the changes of the event being applied: each key it changed, with the
     /// batch's change before the event (`None`: the batch had not changed the key).
     undo: Vec<(Vec<u8>, Option<Change>)>,
+    /// The previous batch's changes while a writer thread writes them (see
+    /// [`Self::with_base`]): read beneath this batch's own changes and above the database.
+    base: Option<Arc<Changes>>,
 }
 
 impl<'a> ReadModelTx<'a> {
     pub(crate) fn new(view: ReadView<'a>) -> Self {
+        Self::with_base(view, None)
+    }
+
+    /// A batch that starts while the previous batch of the same generation (`base`) is
+    /// still being written: its reads see `base` wherever `base` changed a key, so they
+    /// see what the database will hold, whether or not that write has finished. The
+    /// caller must not start the batch after this one before `base` is written.
+    pub(crate) fn with_base(view: ReadView<'a>, base: Option<Arc<Changes>>) -> Self {
         Self {
             view,
             changes: HashMap::with_capacity_and_hasher(1024, Default::default()),
             undo: Vec::new(),
+            base,
+        }
+    }
+
+    /// The change this batch, or the batch beneath it, made to `key`.
+    fn lookup(&self, key: &[u8]) -> Option<&Change> {
+        self.changes
+            .get(key)
+            .or_else(|| self.base.as_deref()?.get(key))
+    }
+
+    /// Whether the database holds `key` once the batch beneath this one is written.
+    fn db_contains(&self, key: &[u8]) -> Result<bool, ProjectionError> {
+        match self.base.as_deref().and_then(|base| base.get(key)) {
+            Some(change) => Ok(change.slot.is_value()),
+            None => self.view.contains(key),
         }
     }
 
     /// The value under `key` as this batch has left it.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
-        match self.changes.get(key) {
+        match self.lookup(key) {
             Some(change) => change.slot.bytes(),
             None => self.view.get(key),
         }
@@ -477,7 +508,7 @@ impl<'a> ReadModelTx<'a> {
 
     /// The JSON value under `key` as this batch has left it.
     pub fn get_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, ProjectionError> {
-        match self.changes.get(key).map(|c| &c.slot) {
+        match self.lookup(key).map(|c| &c.slot) {
             None => self.view.get_json(key),
             Some(Slot::Deleted | Slot::Absent) => Ok(None),
             Some(Slot::Bytes(bytes)) => Ok(Some(serde_json::from_slice(bytes)?)),
@@ -494,7 +525,7 @@ impl<'a> ReadModelTx<'a> {
         if let Some(Change {
             slot: Slot::Typed(value),
             ..
-        }) = self.changes.get(key)
+        }) = self.lookup(key)
             && let Some(value) = value.as_any().downcast_ref::<T>()
         {
             return Ok(Some(value.clone()));
@@ -555,7 +586,7 @@ impl<'a> ReadModelTx<'a> {
     /// fails the whole batch, not just this event.
     pub fn put_typed<T>(&mut self, key: impl Into<Vec<u8>>, value: T)
     where
-        T: Serialize + Send + 'static,
+        T: Serialize + Send + Sync + 'static,
     {
         self.set(key.into(), Slot::Typed(Box::new(value)), None);
     }
@@ -573,7 +604,7 @@ impl<'a> ReadModelTx<'a> {
             None => (false, None),
         };
         let in_db = match (written, in_db) {
-            (true, None) => Some(self.view.contains(&key).unwrap_or(true)),
+            (true, None) => Some(self.db_contains(&key).unwrap_or(true)),
             (_, known) => known,
         };
         let slot = if in_db == Some(false) {
@@ -599,33 +630,49 @@ impl<'a> ReadModelTx<'a> {
         }
     }
 
-    /// Turns the accepted changes into a write batch, in key order (the memtable's skip
-    /// list inserts a sorted batch fastest).
-    pub(crate) fn into_batch(mut self) -> Result<WriteBatch, ProjectionError> {
+    /// The accepted changes (those of an event being applied are dropped).
+    pub(crate) fn into_changes(mut self) -> Changes {
         self.discard();
-        let mut changes: Vec<(Vec<u8>, Slot)> = self
-            .changes
-            .into_iter()
-            .filter(|(_, c)| !matches!(c.slot, Slot::Absent))
-            .map(|(k, c)| (k, c.slot))
-            .collect();
-        changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut batch = WriteBatch::default();
-        let cf = self.view.store.cf(CF_DATA);
-        let mut full = self.view.prefix.clone();
-        let prefix_len = full.len();
-        for (key, slot) in changes {
-            full.truncate(prefix_len);
-            full.extend_from_slice(&key);
-            match slot {
-                Slot::Deleted => batch.delete_cf(cf, &full),
-                Slot::Absent => {}
-                Slot::Bytes(v) => batch.put_cf(cf, &full, v),
-                Slot::Typed(value) => batch.put_cf(cf, &full, value.encode()?),
-            }
-        }
-        Ok(batch)
+        self.changes
     }
+
+    /// Turns the accepted changes into a write batch (see [`batch_of`]).
+    pub(crate) fn into_batch(self) -> Result<WriteBatch, ProjectionError> {
+        let store = self.view.store;
+        let prefix = self.view.prefix.clone();
+        batch_of(store, &prefix, &self.into_changes())
+    }
+}
+
+/// A batch's changes as a write batch for the keyspace `prefix`, in key order (the
+/// memtable's skip list inserts a sorted batch fastest). Takes the changes by reference,
+/// so the next batch's handlers can read them while a writer thread encodes them.
+pub(crate) fn batch_of(
+    store: &ReadModelStore,
+    prefix: &[u8],
+    changes: &Changes,
+) -> Result<WriteBatch, ProjectionError> {
+    let mut sorted: Vec<(&Vec<u8>, &Slot)> = changes
+        .iter()
+        .filter(|(_, c)| !matches!(c.slot, Slot::Absent))
+        .map(|(k, c)| (k, &c.slot))
+        .collect();
+    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut batch = WriteBatch::default();
+    let cf = store.cf(CF_DATA);
+    let mut full = prefix.to_vec();
+    let prefix_len = full.len();
+    for (key, slot) in sorted {
+        full.truncate(prefix_len);
+        full.extend_from_slice(key);
+        match slot {
+            Slot::Deleted => batch.delete_cf(cf, &full),
+            Slot::Absent => {}
+            Slot::Bytes(v) => batch.put_cf(cf, &full, v),
+            Slot::Typed(value) => batch.put_cf(cf, &full, value.encode()?),
+        }
+    }
+    Ok(batch)
 }
 
 #[cfg(test)]
@@ -740,6 +787,45 @@ mod tests {
         assert_eq!(view.get(b"fresh").unwrap(), None);
         assert_eq!(view.get(b"held").unwrap(), Some(b"1".to_vec()));
         assert_eq!(view.get(b"kept").unwrap(), Some(b"4".to_vec()));
+    }
+
+    #[test]
+    fn a_batch_over_one_still_being_written_reads_and_deletes_through_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReadModelStore::open(dir.path()).unwrap();
+        let prefix = keys::keyspace_prefix("p", 1);
+        // Batch N: puts `k` and `typed`; handled, not written yet.
+        let mut tx = ReadModelTx::new(store.view_generation("p", 1));
+        tx.put("k", b"1".to_vec());
+        tx.put_typed("typed", Stock { units: 7 });
+        tx.accept();
+        let base = Arc::new(tx.into_changes());
+
+        // Batch N + 1 runs while N is written: it reads N's values...
+        let mut tx = ReadModelTx::with_base(store.view_generation("p", 1), Some(base.clone()));
+        assert_eq!(tx.get(b"k").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(
+            tx.get_typed::<Stock>(b"typed").unwrap(),
+            Some(Stock { units: 7 })
+        );
+        // ...and a key it puts and deletes again is one the database will hold once N is
+        // written, so the delete must be a tombstone, although the database has no `k`
+        // yet.
+        tx.put("k", b"2".to_vec());
+        tx.delete("k");
+        tx.accept();
+        store
+            .write(batch_of(&store, &prefix, &base).unwrap())
+            .unwrap();
+        let batch = tx.into_batch().unwrap();
+        assert_eq!(batch.len(), 1, "the tombstone of `k`");
+        store.write(batch).unwrap();
+        let view = store.view_generation("p", 1);
+        assert_eq!(view.get(b"k").unwrap(), None);
+        assert_eq!(
+            view.get_json::<Stock>(b"typed").unwrap(),
+            Some(Stock { units: 7 })
+        );
     }
 
     #[test]
