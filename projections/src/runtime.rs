@@ -618,14 +618,7 @@ pub(crate) fn apply_events(
     let handled = handle_events(
         read, projection, generation, events, through, None, upcasters, options,
     )?;
-    write_handled(
-        read,
-        projection.name(),
-        generation,
-        &handled.changes,
-        &handled.parked,
-        handled.applied.checkpoint,
-    )?;
+    handled.write(read, projection.name(), generation)?;
     Ok(handled.applied)
 }
 
@@ -634,6 +627,25 @@ pub(crate) struct Handled {
     pub applied: Applied,
     pub changes: Changes,
     pub parked: Vec<ParkedEvent>,
+}
+
+impl Handled {
+    /// Writes this batch in one `WriteBatch` (see [`write_handled`]).
+    fn write(
+        &self,
+        read: &ReadModelStore,
+        name: &str,
+        generation: Generation,
+    ) -> Result<(), ProjectionError> {
+        write_handled(
+            read,
+            name,
+            generation,
+            &self.changes,
+            &self.parked,
+            self.applied.checkpoint,
+        )
+    }
 }
 
 /// Hands `events` to the projection's handler (retrying, parking or stopping on failures)
@@ -871,14 +883,7 @@ async fn advance<S: EventStore>(
                 &options,
             )?;
             if inline {
-                write_handled(
-                    &read,
-                    projection.name(),
-                    generation,
-                    &handled.changes,
-                    &handled.parked,
-                    handled.applied.checkpoint,
-                )?;
+                handled.write(&read, projection.name(), generation)?;
             }
             Ok(handled)
         })
