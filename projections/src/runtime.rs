@@ -624,8 +624,11 @@ pub(crate) fn apply_events(
 
 /// A batch handled but not written yet.
 pub(crate) struct Handled {
+    /// What the batch did: its checkpoint once written, parked events, a stop.
     pub applied: Applied,
+    /// The read-model changes of the events applied.
     pub changes: Changes,
+    /// The dead-letter records of the events parked.
     pub parked: Vec<ParkedEvent>,
 }
 
