@@ -603,7 +603,7 @@ pub(crate) struct Applied {
 }
 
 /// Applies `events` to one generation and commits their changes, the parked records and
-/// the checkpoint `through` in one batch (see [`handle_events`] and [`write_handled`]):
+/// the checkpoint `through` in one batch (see [`handle_events`] and [`Handled::write`]):
 /// the projection test kit's way through a batch.
 #[cfg(any(test, feature = "test-utils"))]
 pub(crate) fn apply_events(
@@ -626,28 +626,40 @@ pub(crate) fn apply_events(
 pub(crate) struct Handled {
     /// What the batch did: its checkpoint once written, parked events, a stop.
     pub applied: Applied,
-    /// The read-model changes of the events applied.
-    pub changes: Changes,
+    /// The read-model changes of the events applied; shared, so the next batch can read
+    /// them while they are written.
+    pub changes: Arc<Changes>,
     /// The dead-letter records of the events parked.
     pub parked: Vec<ParkedEvent>,
 }
 
 impl Handled {
-    /// Writes this batch in one `WriteBatch` (see [`write_handled`]).
+    /// Writes the batch: its changes, its parked records and the generation's new
+    /// checkpoint in one `WriteBatch`. The only place read models are written.
     fn write(
         &self,
         read: &ReadModelStore,
         name: &str,
         generation: Generation,
     ) -> Result<(), ProjectionError> {
-        write_handled(
+        let mut batch = batch_of(
             read,
-            name,
-            generation,
+            &keys::keyspace_prefix(name, generation),
             &self.changes,
-            &self.parked,
-            self.applied.checkpoint,
-        )
+        )?;
+        for record in &self.parked {
+            batch.put_cf(
+                read.cf(CF_META),
+                keys::parked_key(name, Position(record.position)),
+                serde_json::to_vec(record)?,
+            );
+        }
+        batch.put_cf(
+            read.cf(CF_META),
+            keys::checkpoint_key(name, generation),
+            keys::encode_position(self.applied.checkpoint),
+        );
+        read.write(batch)
     }
 }
 
@@ -723,35 +735,9 @@ pub(crate) fn handle_events(
     applied.parked = parked.len() as u32;
     Ok(Handled {
         applied,
-        changes: tx.into_changes(),
+        changes: Arc::new(tx.into_changes()),
         parked,
     })
-}
-
-/// Writes a handled batch: its changes, its parked records and the generation's new
-/// checkpoint in one `WriteBatch`. The only place read models are written.
-pub(crate) fn write_handled(
-    read: &ReadModelStore,
-    name: &str,
-    generation: Generation,
-    changes: &Changes,
-    parked: &[ParkedEvent],
-    checkpoint: Position,
-) -> Result<(), ProjectionError> {
-    let mut batch = batch_of(read, &keys::keyspace_prefix(name, generation), changes)?;
-    for record in parked {
-        batch.put_cf(
-            read.cf(CF_META),
-            keys::parked_key(name, Position(record.position)),
-            serde_json::to_vec(record)?,
-        );
-    }
-    batch.put_cf(
-        read.cf(CF_META),
-        keys::checkpoint_key(name, generation),
-        keys::encode_position(checkpoint),
-    );
-    read.write(batch)
 }
 
 /// Upcasts and hands one event to the handler; a panic counts as a handler error, so one
@@ -822,27 +808,28 @@ async fn advance<S: EventStore>(
     };
     let mut handled_through = checkpoint;
     let mut base: Option<Arc<Changes>> = None;
-    let mut writing: Option<(JoinHandle<Result<(), ProjectionError>>, Applied)> = None;
+    // The batch being written; the task returns what it did once it is in the database.
+    let mut writing: Option<JoinHandle<Result<Applied, ProjectionError>>> = None;
     let mut read_ahead: Option<(Position, JoinHandle<Result<EventPage, StoreError>>)> = None;
     let mut error = None;
     for page_number in 0..PIPELINED_PAGES {
         let from = handled_through.next();
         let page = match read_ahead.take() {
-            Some((at, handle)) if at == from => handle.await.map_err(|e| join_error(ctx, e)),
+            Some((at, handle)) if at == from => handle
+                .await
+                .map_err(|e| join_error(ctx, e))
+                .and_then(|read| read.map_err(Into::into)),
             _ => match ahead.take() {
-                Some(a) if a.generation == generation && a.from == from => Ok(Ok(a.page)),
-                _ => Ok(ctx
+                Some(a) if a.generation == generation && a.from == from => Ok(a.page),
+                _ => ctx
                     .store
                     .read_all(from, ctx.options.batch_size, &ctx.filter)
-                    .await),
+                    .await
+                    .map_err(Into::into),
             },
         };
         let mut page = match page {
-            Ok(Ok(page)) => page,
-            Ok(Err(e)) => {
-                error = Some(e.into());
-                break;
-            }
+            Ok(page) => page,
             Err(e) => {
                 error = Some(e);
                 break;
@@ -895,14 +882,11 @@ async fn advance<S: EventStore>(
         .and_then(|handled| handled);
         // The batch before this one must be written before this one is, and before the
         // batch after this one starts.
-        if let Some((write, batch)) = writing.take() {
-            match write.await.map_err(|e| join_error(ctx, e)).and_then(|r| r) {
-                Ok(()) => merge(&mut applied, batch),
-                Err(e) => {
-                    error = Some(e);
-                    break;
-                }
-            }
+        if let Some(write) = writing.take()
+            && let Err(e) = finish_write(ctx, write, &mut applied).await
+        {
+            error = Some(e);
+            break;
         }
         let handled = match handled {
             Ok(handled) => handled,
@@ -917,34 +901,21 @@ async fn advance<S: EventStore>(
             break;
         }
         let stopped = handled.applied.stopped.is_some();
-        let changes = Arc::new(handled.changes);
+        base = Some(handled.changes.clone());
         let read = ctx.read.clone();
         let name = ctx.worker.name.clone();
-        let parked = handled.parked;
-        let written = changes.clone();
-        writing = Some((
-            tokio::task::spawn_blocking(move || {
-                write_handled(
-                    &read,
-                    &name,
-                    generation,
-                    &written,
-                    &parked,
-                    handled.applied.checkpoint,
-                )
-            }),
-            handled.applied,
-        ));
-        base = Some(changes);
+        writing = Some(tokio::task::spawn_blocking(move || {
+            handled.write(&read, &name, generation)?;
+            Ok(handled.applied)
+        }));
         if last || stopped {
             break;
         }
     }
-    if let Some((write, batch)) = writing.take() {
-        match write.await.map_err(|e| join_error(ctx, e)).and_then(|r| r) {
-            Ok(()) => merge(&mut applied, batch),
-            Err(e) => error = error.or(Some(e)),
-        }
+    if let Some(write) = writing.take()
+        && let Err(e) = finish_write(ctx, write, &mut applied).await
+    {
+        error = error.or(Some(e));
     }
     // Keep the page read ahead for the next call if it starts where that call will.
     if let Some((at, handle)) = read_ahead
@@ -960,6 +931,17 @@ async fn advance<S: EventStore>(
         });
     }
     Advanced { applied, error }
+}
+
+/// Waits for a batch's write and adds what the batch did to `total`.
+async fn finish_write<S>(
+    ctx: &WorkerCtx<S>,
+    write: JoinHandle<Result<Applied, ProjectionError>>,
+    total: &mut Applied,
+) -> Result<(), ProjectionError> {
+    let batch = write.await.map_err(|e| join_error(ctx, e))??;
+    merge(total, batch);
+    Ok(())
 }
 
 /// Adds a written batch's effect to what an [`advance`] did so far.
