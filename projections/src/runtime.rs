@@ -631,6 +631,10 @@ pub(crate) struct Handled {
     pub changes: Arc<Changes>,
     /// The dead-letter records of the events parked.
     pub parked: Vec<ParkedEvent>,
+    /// The events handled, kept so that freeing them falls to whichever thread drops the
+    /// batch (the writer, after the write) rather than to the handler thread, the one a
+    /// catch-up waits on.
+    _spent: Vec<RecordedEvent>,
 }
 
 impl Handled {
@@ -671,7 +675,7 @@ pub(crate) fn handle_events(
     read: &ReadModelStore,
     projection: &dyn Projection,
     generation: Generation,
-    events: Vec<RecordedEvent>,
+    mut events: Vec<RecordedEvent>,
     through: Position,
     base: Option<Arc<Changes>>,
     upcasters: &Upcasters,
@@ -686,11 +690,11 @@ pub(crate) fn handle_events(
         last_error: None,
     };
     let mut parked = Vec::new();
-    'events: for mut event in events {
+    'events: for event in events.iter_mut() {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            match handle_one(projection, upcasters, &mut event, &mut tx) {
+            match handle_one(projection, upcasters, event, &mut tx) {
                 Ok(()) => {
                     tx.accept();
                     continue 'events;
@@ -737,6 +741,7 @@ pub(crate) fn handle_events(
         applied,
         changes: Arc::new(tx.into_changes()),
         parked,
+        _spent: events,
     })
 }
 
@@ -901,11 +906,20 @@ async fn advance<S: EventStore>(
             break;
         }
         let stopped = handled.applied.stopped.is_some();
-        base = Some(handled.changes.clone());
+        // The batch beneath this one is written and no handler reads it any more: this is
+        // usually its last reference, and freeing a batch's changes takes as long as
+        // encoding them, so the writer frees it after its write instead of this task
+        // doing it before the next handler can start.
+        let written = if last || stopped {
+            base.take()
+        } else {
+            base.replace(handled.changes.clone())
+        };
         let read = ctx.read.clone();
         let name = ctx.worker.name.clone();
         writing = Some(tokio::task::spawn_blocking(move || {
             handled.write(&read, &name, generation)?;
+            drop(written);
             Ok(handled.applied)
         }));
         if last || stopped {
