@@ -116,6 +116,12 @@ fn orders_paginate_by_cursor_per_customer_and_status() {
         log = placed(log, &format!("b{i}"), "bob", 200 + i);
     }
     log = log.event("order-a3", "OrderConfirmed", json!({}));
+    log = log.event("order-b1", "OrderCancelled", json!({"reason": "r"}));
+    log = log.event("order-b3", "OrderConfirmed", json!({})).event(
+        "order-b3",
+        "OrderShipped",
+        json!({"tracking_number": "T"}),
+    );
     given(OrdersProjection, log.into_events()).then_store(|read| {
         let q = queries(read);
         let alice = OrderFilter {
@@ -147,9 +153,35 @@ fn orders_paginate_by_cursor_per_customer_and_status() {
         assert_eq!(ids, ["a4"]);
         assert!(!rest.has_next_page);
 
-        let all = q.orders(&OrderFilter::default(), Some(3), None).unwrap();
-        assert_eq!(all.items.len(), 3);
-        assert!(all.has_next_page);
+        // Every order, in placement order, across all four statuses, page by page.
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = q
+                .orders(&OrderFilter::default(), Some(3), after.as_deref())
+                .unwrap();
+            assert!(page.items.len() <= 3);
+            seen.extend(page.items.iter().map(|(_, o)| o.id.clone()));
+            if !page.has_next_page {
+                break;
+            }
+            after = page.end_cursor().map(str::to_string);
+        }
+        assert_eq!(
+            seen,
+            ["a0", "b0", "a1", "b1", "a2", "b2", "a3", "b3", "a4", "b4"]
+        );
+        let bob = OrderFilter {
+            customer_id: Some("bob".into()),
+            status: None,
+        };
+        let page = q.orders(&bob, Some(3), None).unwrap();
+        let ids: Vec<_> = page.items.iter().map(|(_, o)| o.id.as_str()).collect();
+        assert_eq!(ids, ["b0", "b1", "b2"]);
+        let rest = q.orders(&bob, Some(3), page.end_cursor()).unwrap();
+        let ids: Vec<_> = rest.items.iter().map(|(_, o)| o.id.as_str()).collect();
+        assert_eq!(ids, ["b3", "b4"]);
+        assert!(!rest.has_next_page);
 
         assert_eq!(
             q.orders(&alice, Some(4), None).unwrap_err().code(),

@@ -1,7 +1,8 @@
 //! The read models of the reference domain, built by two projections:
 //!
-//! - `orders`: order details; orders by customer, by status, by both and all orders, each
-//!   an index ordered by the position the order was placed at; per-customer statistics.
+//! - `orders`: order details; orders by status and by customer and status, each an index
+//!   ordered by the position the order was placed at (all orders, and all of a customer's,
+//!   are read as the merge of the status indexes); per-customer statistics.
 //! - `products`: stock per product (on hand, reserved, available) and a low-stock index
 //!   ordered by available units.
 //!
@@ -162,8 +163,8 @@ impl CommerceReadModels {
     ) -> Result<Page<OrderView>, QueryError> {
         let size = self.page_size(first)?;
         let view = self.read.view(ORDERS)?;
-        let prefix = orders::index_prefix(filter.customer_id.as_deref(), filter.status);
-        let ids = paginate(&view, &prefix, after, size)?;
+        let prefixes = orders::index_prefixes(filter.customer_id.as_deref(), filter.status);
+        let ids = paginate(&view, &prefixes, after, size)?;
         let mut items = Vec::with_capacity(ids.items.len());
         for (cursor, id) in ids.items {
             let id = String::from_utf8(id).map_err(|_| corrupt("order index"))?;
@@ -202,7 +203,7 @@ impl CommerceReadModels {
     ) -> Result<Page<ProductView>, QueryError> {
         let size = self.page_size(first)?;
         let view = self.read.view(PRODUCTS)?;
-        let rows = paginate(&view, products::PRODUCT_PREFIX, after, size)?;
+        let rows = paginate(&view, &[products::PRODUCT_PREFIX.to_vec()], after, size)?;
         let items = rows
             .items
             .into_iter()
@@ -245,28 +246,25 @@ fn corrupt(what: &str) -> QueryError {
     })
 }
 
-/// A page of `(cursor, value)` rows under `prefix` after the cursor `after`.
+/// A page of `(cursor, value)` rows under `prefixes` (merged, see
+/// [`ReadView::scan_merged`]) after the cursor `after`; a cursor is the hex of the key
+/// suffix after its prefix.
 fn paginate(
     view: &ReadView<'_>,
-    prefix: &[u8],
+    prefixes: &[Vec<u8>],
     after: Option<&str>,
     size: usize,
 ) -> Result<Page<Vec<u8>>, QueryError> {
-    let after_key = match after {
+    let after = match after {
         None => None,
-        Some(cursor) => {
-            let suffix = decode_hex(cursor).ok_or(QueryError::InvalidCursor)?;
-            let mut key = prefix.to_vec();
-            key.extend_from_slice(&suffix);
-            Some(key)
-        }
+        Some(cursor) => Some(decode_hex(cursor).ok_or(QueryError::InvalidCursor)?),
     };
-    let mut rows = view.scan(prefix, after_key.as_deref(), size + 1)?;
+    let mut rows = view.scan_merged(prefixes, after.as_deref(), size + 1)?;
     let has_next_page = rows.len() > size;
     rows.truncate(size);
     let items = rows
         .into_iter()
-        .map(|(key, value)| (encode_hex(&key[prefix.len()..]), value))
+        .map(|(suffix, value)| (encode_hex(&suffix), value))
         .collect();
     Ok(Page {
         items,
