@@ -163,6 +163,62 @@ async fn wait_for_sees_its_own_write() {
     runtime.shutdown().await;
 }
 
+/// Holds its handler at one position until the gate opens (or 30 s pass).
+struct Gated {
+    at: Position,
+    open: Arc<AtomicBool>,
+}
+
+impl Projection for Gated {
+    fn name(&self) -> &str {
+        "gated"
+    }
+    fn handle(&self, event: &RecordedEvent, tx: &mut ReadModelTx<'_>) -> Result<(), HandlerError> {
+        if event.position == self.at {
+            let started = std::time::Instant::now();
+            while !self.open.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        tx.put(event.position.0.to_be_bytes().to_vec(), b"seen".to_vec());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_publishes_each_batch_as_it_is_written() {
+    let env = env();
+    let head = fill(&env.store, 300).await;
+    let open = Arc::new(AtomicBool::new(false));
+    let gated = Gated {
+        at: Position(150),
+        open: open.clone(),
+    };
+    let runtime = ProjectionRuntime::start(
+        env.store.clone(),
+        env.read.clone(),
+        vec![Arc::new(gated)],
+        Arc::new(Upcasters::new()),
+        RuntimeOptions {
+            batch_size: 10,
+            ..options()
+        },
+    )
+    .unwrap();
+    // Held at 150, in the middle of a run of pipelined batches: those written before it
+    // must already be visible to readers waiting for them.
+    let waited = runtime
+        .wait_for("gated", Position(100), Duration::from_secs(10))
+        .await;
+    let held_at = runtime.checkpoint("gated").unwrap();
+    open.store(true, Ordering::SeqCst);
+    waited.unwrap();
+    assert!(held_at < Position(150), "{held_at:?}");
+    runtime.wait_for("gated", head, WAIT).await.unwrap();
+    assert_eq!(env.read.dump("gated").unwrap().len(), 300);
+    runtime.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_for_times_out_with_a_stale_read_error() {
     let env = env();
