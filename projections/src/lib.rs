@@ -21,6 +21,8 @@
 //!   fold of the events up to its checkpoint, none applied twice, none skipped. Batches
 //!   are written in order; a batch handled while the one before it is still being written
 //!   reads that batch's changes beneath its own, so it sees what the database will hold.
+//!   The checkpoint that status and `wait_for` see moves as each batch's write returns,
+//!   never before.
 //! - **Never past the durable head.** Workers read through `EventStore::read_all`, which
 //!   stops at the durable head, and wake on `subscribe_head`, which moves only after a
 //!   commit is durable. Positions are gapless, so there is no gap detection.

@@ -352,15 +352,6 @@ impl ReadView<'_> {
             .map(|v| v.to_vec()))
     }
 
-    /// Whether the database holds `key` (a point lookup; bloom filters answer most misses).
-    pub(crate) fn contains(&self, key: &[u8]) -> Result<bool, ProjectionError> {
-        Ok(self
-            .store
-            .db
-            .get_pinned_cf(self.store.cf(CF_DATA), self.full_key(key))?
-            .is_some())
-    }
-
     /// The JSON value stored under `key`.
     pub fn get_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, ProjectionError> {
         match self
@@ -466,6 +457,9 @@ enum Slot {
     /// Deleted, and the database does not hold the key (the batch itself had put it): the
     /// commit writes nothing for it.
     Absent,
+    /// Deleted after the batch had put it, and whether the database holds the key is not
+    /// known: the commit looks it up and writes a tombstone only if it does.
+    Unsure,
     Bytes(Vec<u8>),
     Typed(Box<dyn TypedValue>),
 }
@@ -473,14 +467,10 @@ enum Slot {
 impl Slot {
     fn bytes(&self) -> Result<Option<Vec<u8>>, ProjectionError> {
         Ok(match self {
-            Slot::Deleted | Slot::Absent => None,
+            Slot::Deleted | Slot::Absent | Slot::Unsure => None,
             Slot::Bytes(bytes) => Some(bytes.clone()),
             Slot::Typed(value) => Some(value.encode()?),
         })
-    }
-
-    fn is_value(&self) -> bool {
-        matches!(self, Slot::Bytes(_) | Slot::Typed(_))
     }
 }
 
@@ -574,14 +564,6 @@ impl<'a> ReadModelTx<'a> {
             .or_else(|| self.base.as_deref()?.get(key))
     }
 
-    /// Whether the database holds `key` once the batch beneath this one is written.
-    fn db_contains(&self, key: &[u8]) -> Result<bool, ProjectionError> {
-        match self.base.as_deref().and_then(|base| base.get(key)) {
-            Some(change) => Ok(change.slot.is_value()),
-            None => self.view.contains(key),
-        }
-    }
-
     /// The value under `key` as this batch has left it.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
         match self.lookup(key) {
@@ -594,7 +576,7 @@ impl<'a> ReadModelTx<'a> {
     pub fn get_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, ProjectionError> {
         match self.lookup(key).map(|c| &c.slot) {
             None => self.view.get_json(key),
-            Some(Slot::Deleted | Slot::Absent) => Ok(None),
+            Some(Slot::Deleted | Slot::Absent | Slot::Unsure) => Ok(None),
             Some(Slot::Bytes(bytes)) => Ok(Some(serde_json::from_slice(bytes)?)),
             Some(Slot::Typed(value)) => Ok(Some(serde_json::from_slice(&value.encode()?)?)),
         }
@@ -679,22 +661,23 @@ impl<'a> ReadModelTx<'a> {
     ///
     /// A key this batch itself had put (an index entry that moves several times within a
     /// batch: a product's low-stock entry, an order's status entries) usually is not in the
-    /// database; then nothing is written for it instead of a tombstone. One point lookup
-    /// per such key and batch decides; a failed lookup writes the tombstone.
+    /// database; then nothing is written for it instead of a tombstone. Unless the batch
+    /// knows (see [`Self::put_new`]), the commit decides: it looks up every such key of the
+    /// batch at once, on the writer's thread rather than the handlers', once the batches
+    /// before are written. A failed lookup writes the tombstone.
     pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
         let key = key.into();
-        let (written, in_db) = match self.changes.get(&key) {
-            Some(change) => (change.slot.is_value(), change.in_db),
+        let (put_here, in_db) = match self.changes.get(&key) {
+            Some(change) => (
+                matches!(change.slot, Slot::Bytes(_) | Slot::Typed(_) | Slot::Unsure),
+                change.in_db,
+            ),
             None => (false, None),
         };
-        let in_db = match (written, in_db) {
-            (true, None) => Some(self.db_contains(&key).unwrap_or(true)),
-            (_, known) => known,
-        };
-        let slot = if in_db == Some(false) {
-            Slot::Absent
-        } else {
-            Slot::Deleted
+        let slot = match (in_db, put_here) {
+            (Some(false), _) => Slot::Absent,
+            (Some(true), _) | (None, false) => Slot::Deleted,
+            (None, true) => Slot::Unsure,
         };
         self.set(key, slot, in_db);
     }
@@ -736,6 +719,9 @@ impl<'a> ReadModelTx<'a> {
 /// A batch's changes as a write batch for the keyspace `prefix`, in key order (the
 /// memtable's skip list inserts a sorted batch fastest). Takes the changes by reference,
 /// so the next batch's handlers can read them while a writer thread encodes them.
+///
+/// Looks up the keys the batch deleted without knowing whether the database holds them
+/// ([`Slot::Unsure`]), so it must run once the batches before this one are written.
 pub(crate) fn batch_of(
     store: &ReadModelStore,
     prefix: &[u8],
@@ -750,6 +736,21 @@ pub(crate) fn batch_of(
         .map(|(k, c)| (key_head(k), k.as_slice(), &c.slot))
         .collect();
     sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+    let cf = store.cf(CF_DATA);
+    let full_key = |key: &[u8]| [prefix, key].concat();
+    // One sorted multi-get for every unsure delete (a product's low-stock entry moves with
+    // each of its events: one per product event). Made here, these lookups cost the
+    // handlers' thread nothing, and a key deleted many times is looked up once.
+    let unsure: Vec<Vec<u8>> = sorted
+        .iter()
+        .filter(|(_, _, slot)| matches!(slot, Slot::Unsure))
+        .map(|(_, key, _)| full_key(key))
+        .collect();
+    let mut held = store
+        .db
+        .batched_multi_get_cf(cf, &unsure, true)
+        .into_iter()
+        .map(|found| !matches!(found, Ok(None)));
     let estimate: usize = sorted
         .iter()
         .map(|(_, key, slot)| {
@@ -757,7 +758,7 @@ pub(crate) fn batch_of(
                 Slot::Bytes(v) => v.len(),
                 // A guess: a typed row's JSON is not known before it is encoded.
                 Slot::Typed(_) => 256,
-                Slot::Deleted | Slot::Absent => 0,
+                Slot::Deleted | Slot::Absent | Slot::Unsure => 0,
             };
             prefix.len() + key.len() + value + 16
         })
@@ -765,7 +766,6 @@ pub(crate) fn batch_of(
     // Reserved once: growing a batch of megabytes by doubling copied it and touched
     // fresh pages at every step.
     let mut batch = WriteBatch::with_capacity_bytes(estimate);
-    let cf = store.cf(CF_DATA);
     let mut full = prefix.to_vec();
     let prefix_len = full.len();
     for (_, key, slot) in sorted {
@@ -773,6 +773,11 @@ pub(crate) fn batch_of(
         full.extend_from_slice(key);
         match slot {
             Slot::Deleted => batch.delete_cf(cf, &full),
+            Slot::Unsure => {
+                if held.next().unwrap_or(true) {
+                    batch.delete_cf(cf, &full);
+                }
+            }
             Slot::Absent => {}
             Slot::Bytes(v) => batch.put_cf(cf, &full, v),
             Slot::Typed(value) => batch.put_cf(cf, &full, value.encode()?),
