@@ -286,22 +286,127 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Decodes a domain event (an adjacently tagged enum) straight from the payload bytes in
-/// one pass, without the intermediate `serde_json::Value` of `DomainEvent::decode`: the
+/// Decodes a domain event (an adjacently tagged enum, `{"type": .., "data": ..}`) straight
+/// from the event type and the payload bytes, without the intermediate `serde_json::Value`
+/// of `DomainEvent::decode` and without copying the payload into such a document: the
 /// projections' hot path.
 fn decode<E: serde::de::DeserializeOwned>(
     event: &annals_store::RecordedEvent,
 ) -> Result<E, annals_projections::HandlerError> {
-    let mut doc = Vec::with_capacity(event.payload.len() + event.event_type.len() + 24);
-    doc.extend_from_slice(br#"{"type":"#);
-    serde_json::to_writer(&mut doc, &event.event_type)?;
-    doc.extend_from_slice(br#","data":"#);
-    doc.extend_from_slice(&event.payload);
-    doc.push(b'}');
-    Ok(serde_json::from_slice(&doc)?)
+    Ok(E::deserialize(Tagged {
+        tag: &event.event_type,
+        payload: &event.payload,
+    })?)
+}
+
+/// An adjacently tagged document made of a tag and a JSON payload, read as the map
+/// `{"type": tag, "data": payload}` would be.
+struct Tagged<'a> {
+    tag: &'a str,
+    payload: &'a [u8],
+}
+
+impl<'de> serde::Deserializer<'de> for Tagged<'de> {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_map(TaggedFields { doc: self, next: 0 })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map struct enum
+        identifier ignored_any
+    }
+}
+
+/// The two fields of a [`Tagged`] document, in order.
+struct TaggedFields<'a> {
+    doc: Tagged<'a>,
+    /// 0: `type` is next, 1: `data`, 2: done.
+    next: u8,
+}
+
+impl<'de> serde::de::MapAccess<'de> for TaggedFields<'de> {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        use serde::de::IntoDeserializer;
+        let key = match self.next {
+            0 => "type",
+            1 => "data",
+            _ => return Ok(None),
+        };
+        seed.deserialize(key.into_deserializer()).map(Some)
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        use serde::de::IntoDeserializer;
+        self.next += 1;
+        if self.next == 1 {
+            return seed.deserialize(self.doc.tag.into_deserializer());
+        }
+        let mut payload = serde_json::Deserializer::from_slice(self.doc.payload);
+        let value = seed.deserialize(&mut payload)?;
+        payload.end()?;
+        Ok(value)
+    }
 }
 
 /// The id of an aggregate from its stream id (`order-42` → `42`).
 fn aggregate_id(stream_id: &str) -> &str {
     stream_id.split_once('-').map_or("", |(_, id)| id)
+}
+
+#[cfg(test)]
+mod tests {
+    use annals_projections::testkit::EventLog;
+    use serde_json::json;
+
+    use super::decode;
+    use crate::domain::{OrderEvent, ProductEvent};
+
+    fn event(event_type: &str, payload: &[u8]) -> annals_store::RecordedEvent {
+        let mut events = EventLog::new()
+            .event("order-o1", event_type, json!({}))
+            .into_events();
+        let mut event = events.remove(0);
+        event.payload = payload.to_vec();
+        event
+    }
+
+    #[test]
+    fn an_event_decodes_from_its_type_and_payload() {
+        let placed = event(
+            "OrderPlaced",
+            br#"{"customer_id":"c1","lines":[{"product_id":"p1","quantity":2,"unit_price_cents":5}],"total_cents":10}"#,
+        );
+        let decoded: OrderEvent = decode(&placed).unwrap();
+        assert!(matches!(
+            decoded,
+            OrderEvent::OrderPlaced { ref customer_id, total_cents: 10, ref lines }
+                if customer_id == "c1" && lines.len() == 1
+        ));
+        let confirmed: OrderEvent = decode(&event("OrderConfirmed", b"{}")).unwrap();
+        assert_eq!(confirmed, OrderEvent::OrderConfirmed {});
+    }
+
+    #[test]
+    fn a_wrong_type_or_payload_is_an_error_not_a_panic() {
+        // A type of another aggregate, a payload of the wrong shape, trailing bytes, and
+        // bytes that are not JSON.
+        assert!(decode::<ProductEvent>(&event("OrderConfirmed", b"{}")).is_err());
+        assert!(decode::<OrderEvent>(&event("OrderShipped", br#"{"tracking":1}"#)).is_err());
+        assert!(decode::<OrderEvent>(&event("OrderConfirmed", b"{} {}")).is_err());
+        assert!(decode::<OrderEvent>(&event("OrderConfirmed", b"\xff")).is_err());
+    }
 }
