@@ -778,7 +778,7 @@ pub(crate) struct ReadAhead {
 /// one blocking thread while page *n + 1*'s handlers run on another (reading page *n*'s
 /// changes beneath their own), so a catch-up keeps both cores busy. The pipeline drains
 /// at the end of every `advance` (the last write runs alone): 16 pages instead of 4 made a
-/// catch-up 6% faster once handling and writing a page took about as long. The bound
+/// catch-up up to 10% faster once handling and writing a page took about as long. The bound
 /// keeps operator requests (pause, rewind, rebuild) and shutdown waiting at most this many
 /// pages (about a second); the checkpoint is published after every page's write.
 const PIPELINED_PAGES: usize = 16;
