@@ -594,8 +594,6 @@ struct WorkerCtx<S> {
 pub(crate) struct Applied {
     /// The generation's checkpoint after the batch.
     pub checkpoint: Position,
-    /// Events parked in the batch.
-    pub parked: u32,
     /// The event the batch stopped before (stop policy), with the error.
     pub stopped: Option<(Position, String)>,
     /// The last handler error of the batch.
@@ -685,7 +683,6 @@ pub(crate) fn handle_events(
     let mut tx = ReadModelTx::with_base(read.view_generation(name, generation), base);
     let mut applied = Applied {
         checkpoint: through,
-        parked: 0,
         stopped: None,
         last_error: None,
     };
@@ -736,7 +733,6 @@ pub(crate) fn handle_events(
             }
         }
     }
-    applied.parked = parked.len() as u32;
     Ok(Handled {
         applied,
         changes: Arc::new(tx.into_changes()),
@@ -783,6 +779,22 @@ pub(crate) struct ReadAhead {
 /// pages (about a second); the checkpoint is published after every page's write.
 const PIPELINED_PAGES: usize = 16;
 
+/// The generation an [`advance`] fills: the serving one, or the one a rebuild fills.
+#[derive(Clone, Copy)]
+enum Fill {
+    Serving(Generation),
+    Rebuild(RebuildRecord),
+}
+
+impl Fill {
+    fn generation(self) -> Generation {
+        match self {
+            Fill::Serving(generation) => generation,
+            Fill::Rebuild(record) => record.generation,
+        }
+    }
+}
+
 /// What one [`advance`] did: the pages written, and the error that ended it early, if
 /// any. The checkpoint is what the database holds even when there is an error, so the
 /// caller's bookkeeping stays true.
@@ -791,11 +803,11 @@ struct Advanced {
     error: Option<ProjectionError>,
 }
 
-/// Reads the batches after `checkpoint` and applies them to `generation`, off the async
-/// threads, up to [`PIPELINED_PAGES`] pages or `until`. Returns what was written
-/// (checkpoint unchanged when nothing was there). Each batch is published (see
+/// Reads the batches after `checkpoint` and applies them to the generation `fill` names,
+/// off the async threads, up to [`PIPELINED_PAGES`] pages or `until`. Returns what was
+/// written (checkpoint unchanged when nothing was there). Each batch is published (see
 /// [`publish`]) as soon as it is written: as the serving generation's checkpoint, or as
-/// the progress of the `rebuild` that fills `generation`.
+/// the rebuild's progress.
 ///
 /// While a batch is handled (on a blocking thread) the next page is read (on the async
 /// threads) and the previous batch is written (on another blocking thread); a page read
@@ -804,15 +816,14 @@ struct Advanced {
 /// database beneath only one batch of changes.
 async fn advance<S: EventStore>(
     ctx: &WorkerCtx<S>,
-    generation: Generation,
-    rebuild: Option<RebuildRecord>,
+    fill: Fill,
     checkpoint: Position,
     until: Position,
     ahead: &mut Option<ReadAhead>,
 ) -> Advanced {
+    let generation = fill.generation();
     let mut applied = Applied {
         checkpoint,
-        parked: 0,
         stopped: None,
         last_error: None,
     };
@@ -893,7 +904,7 @@ async fn advance<S: EventStore>(
         // The batch before this one must be written before this one is, and before the
         // batch after this one starts.
         if let Some(write) = writing.take()
-            && let Err(e) = finish_write(ctx, write, &mut applied, rebuild).await
+            && let Err(e) = finish_write(ctx, write, &mut applied, fill).await
         {
             error = Some(e);
             break;
@@ -907,7 +918,7 @@ async fn advance<S: EventStore>(
         };
         handled_through = handled.applied.checkpoint;
         if inline {
-            publish(ctx, &handled.applied, applied.checkpoint, rebuild);
+            publish(ctx, &handled.applied, applied.checkpoint, fill);
             merge(&mut applied, handled.applied);
             break;
         }
@@ -933,7 +944,7 @@ async fn advance<S: EventStore>(
         }
     }
     if let Some(write) = writing.take()
-        && let Err(e) = finish_write(ctx, write, &mut applied, rebuild).await
+        && let Err(e) = finish_write(ctx, write, &mut applied, fill).await
     {
         error = error.or(Some(e));
     }
@@ -958,10 +969,10 @@ async fn finish_write<S>(
     ctx: &WorkerCtx<S>,
     write: JoinHandle<Result<Applied, ProjectionError>>,
     total: &mut Applied,
-    rebuild: Option<RebuildRecord>,
+    fill: Fill,
 ) -> Result<(), ProjectionError> {
     let batch = write.await.map_err(|e| join_error(ctx, e))??;
-    publish(ctx, &batch, total.checkpoint, rebuild);
+    publish(ctx, &batch, total.checkpoint, fill);
     merge(total, batch);
     Ok(())
 }
@@ -969,12 +980,12 @@ async fn finish_write<S>(
 /// Makes a written batch visible: its effect in the status first (whoever `wait_for`
 /// wakes sees the batch's errors and parks), then its checkpoint for the serving
 /// generation, or the progress of the rebuild. `from` is the checkpoint before the batch.
-fn publish<S>(ctx: &WorkerCtx<S>, batch: &Applied, from: Position, rebuild: Option<RebuildRecord>) {
+fn publish<S>(ctx: &WorkerCtx<S>, batch: &Applied, from: Position, fill: Fill) {
     let events = batch.checkpoint.0.saturating_sub(from.0);
-    report(ctx, batch, events, rebuild.is_some());
-    match rebuild {
-        None => ctx.worker.advance_checkpoint(batch.checkpoint),
-        Some(record) => ctx
+    report(ctx, batch, events, matches!(fill, Fill::Rebuild(_)));
+    match fill {
+        Fill::Serving(_) => ctx.worker.advance_checkpoint(batch.checkpoint),
+        Fill::Rebuild(record) => ctx
             .worker
             .observe(|o| o.rebuild = Some((record, batch.checkpoint))),
     }
@@ -983,7 +994,6 @@ fn publish<S>(ctx: &WorkerCtx<S>, batch: &Applied, from: Position, rebuild: Opti
 /// Adds a written batch's effect to what an [`advance`] did so far.
 fn merge(total: &mut Applied, batch: Applied) {
     total.checkpoint = batch.checkpoint;
-    total.parked += batch.parked;
     if batch.last_error.is_some() {
         total.last_error = batch.last_error;
     }
@@ -1132,8 +1142,7 @@ async fn step<S: EventStore>(
         // Every batch is reported and its checkpoint published as it is written.
         let Advanced { applied, error } = advance(
             ctx,
-            state.active.generation,
-            None,
+            Fill::Serving(state.active.generation),
             state.checkpoint,
             head,
             &mut state.ahead[0],
@@ -1151,15 +1160,8 @@ async fn step<S: EventStore>(
     if let Some((record, done)) = state.rebuild {
         let mut done = done;
         if done < head {
-            let Advanced { applied, error } = advance(
-                ctx,
-                record.generation,
-                Some(record),
-                done,
-                head,
-                &mut state.ahead[1],
-            )
-            .await;
+            let Advanced { applied, error } =
+                advance(ctx, Fill::Rebuild(record), done, head, &mut state.ahead[1]).await;
             done = applied.checkpoint;
             state.rebuild = Some((record, done));
             if let Some(error) = error {
@@ -1378,8 +1380,14 @@ pub async fn build_until<S: EventStore>(
     let until = until.min(store.head());
     let mut ahead = None;
     while checkpoint < until {
-        let Advanced { applied, error } =
-            advance(&ctx, generation, None, checkpoint, until, &mut ahead).await;
+        let Advanced { applied, error } = advance(
+            &ctx,
+            Fill::Serving(generation),
+            checkpoint,
+            until,
+            &mut ahead,
+        )
+        .await;
         if let Some(error) = error {
             return Err(error);
         }
