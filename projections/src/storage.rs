@@ -392,11 +392,7 @@ impl ReadView<'_> {
                 limit,
                 Some(&snapshot),
             )?;
-            let strip = full_prefix.len();
-            rows.extend(part.into_iter().map(|(mut k, v)| {
-                k.drain(..strip);
-                (k, v)
-            }));
+            rows.extend(strip_keys(part, full_prefix.len()));
         }
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         rows.truncate(limit);
@@ -420,15 +416,16 @@ impl ReadView<'_> {
             after.as_deref(),
             limit,
         )?;
-        let strip = self.prefix.len();
-        Ok(rows
-            .into_iter()
-            .map(|(mut k, v)| {
-                k.drain(..strip);
-                (k, v)
-            })
-            .collect())
+        Ok(strip_keys(rows, self.prefix.len()).collect())
     }
+}
+
+/// `rows` with the first `len` bytes of every key cut off.
+fn strip_keys(rows: Vec<Row>, len: usize) -> impl Iterator<Item = Row> {
+    rows.into_iter().map(move |(mut key, value)| {
+        key.drain(..len);
+        (key, value)
+    })
 }
 
 /// A value a handler stored typed with [`ReadModelTx::put_typed`]: kept as it is until
@@ -838,14 +835,20 @@ mod tests {
         assert_eq!(view.get(b"new").unwrap(), None);
     }
 
-    #[test]
-    fn deleting_a_key_the_batch_put_writes_a_tombstone_only_if_the_database_holds_it() {
+    /// A read-model database whose generation 1 of `p` holds `key` = `value`.
+    fn store_holding(key: &str, value: &[u8]) -> (tempfile::TempDir, ReadModelStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = ReadModelStore::open(dir.path()).unwrap();
         let mut tx = ReadModelTx::new(store.view_generation("p", 1));
-        tx.put("old", b"1".to_vec());
+        tx.put(key, value.to_vec());
         tx.accept();
         store.write(tx.into_batch().unwrap()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn deleting_a_key_the_batch_put_writes_a_tombstone_only_if_the_database_holds_it() {
+        let (_dir, store) = store_holding("old", b"1");
 
         let mut tx = ReadModelTx::new(store.view_generation("p", 1));
         // Put then deleted within the batch, never in the database: nothing to write.
@@ -881,12 +884,7 @@ mod tests {
 
     #[test]
     fn a_key_put_as_new_is_deleted_within_the_batch_without_a_lookup() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ReadModelStore::open(dir.path()).unwrap();
-        let mut tx = ReadModelTx::new(store.view_generation("p", 1));
-        tx.put("held", b"1".to_vec());
-        tx.accept();
-        store.write(tx.into_batch().unwrap()).unwrap();
+        let (_dir, store) = store_holding("held", b"1");
 
         let mut tx = ReadModelTx::new(store.view_generation("p", 1));
         tx.put_new("fresh", b"2".to_vec());
