@@ -91,19 +91,20 @@ pub(super) const INDEXED_STATUSES: [OrderStatus; 4] = [
 /// These two are the only order indexes written. All orders, or all of one customer's,
 /// in placement order are the merge of the status parts by position (see
 /// [`super::CommerceReadModels::orders`]): an order is in exactly one status, so the parts
-/// never overlap. Two index entries per order instead of four made a catch-up 15% faster;
-/// an unfiltered page reads one page from each of the four parts instead of one.
+/// never overlap. Two index entries per order instead of four made a catch-up 11% to 43%
+/// faster in paired runs; an unfiltered page reads one page from each of the four parts
+/// instead of one.
 pub(super) fn index_prefix(customer: Option<&str>, status: OrderStatus) -> Vec<u8> {
+    index_key(customer, status, &[])
+}
+
+/// An index key: the prefix of [`index_prefix`], then `suffix`, built in one allocation
+/// (the handler builds two keys per order event).
+fn index_key(customer: Option<&str>, status: OrderStatus, suffix: &[u8]) -> Vec<u8> {
+    let status = status.as_str().as_bytes();
     match customer {
-        Some(c) => [
-            b"x/",
-            c.as_bytes(),
-            b"\0",
-            status.as_str().as_bytes(),
-            b"\0",
-        ]
-        .concat(),
-        None => [b"s/", status.as_str().as_bytes(), b"\0"].concat(),
+        Some(c) => [b"x/", c.as_bytes(), b"\0", status, b"\0", suffix].concat(),
+        None => [b"s/", status, b"\0", suffix].concat(),
     }
 }
 
@@ -121,12 +122,8 @@ pub(super) fn index_prefixes(customer: Option<&str>, status: Option<OrderStatus>
 fn index_keys(order: &OrderView) -> [Vec<u8>; 2] {
     let position = order.placed_position.to_be_bytes();
     [
-        [
-            index_prefix(Some(&order.customer_id), order.status).as_slice(),
-            &position,
-        ]
-        .concat(),
-        [index_prefix(None, order.status).as_slice(), &position].concat(),
+        index_key(Some(&order.customer_id), order.status, &position),
+        index_key(None, order.status, &position),
     ]
 }
 
