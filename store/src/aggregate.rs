@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::error::{DomainError, StoreError};
+use crate::error::StoreError;
 use crate::types::{RecordedEvent, StreamId};
 use crate::upcast::{Upcasters, decode_error};
 
@@ -55,7 +55,7 @@ pub trait DomainEvent:
 /// `{CATEGORY}-{id}`.
 ///
 /// ```
-/// use annals_store::{Aggregate, CommandBus, CommandContext, DomainError, DomainEvent, InMemoryEventStore};
+/// use annals_store::{Aggregate, CommandBus, CommandContext, CommandError, DomainEvent, InMemoryEventStore};
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Default, Clone, Serialize, Deserialize)]
@@ -73,11 +73,6 @@ pub trait DomainEvent:
 /// #[error("increment must be positive")]
 /// struct ZeroIncrement;
 ///
-/// impl DomainError for ZeroIncrement {
-///     fn code(&self) -> &'static str { "VALIDATION_ERROR" }
-///     fn as_any(&self) -> &dyn std::any::Any { self }
-/// }
-///
 /// impl Aggregate for Counter {
 ///     const CATEGORY: &'static str = "counter";
 ///     type Command = u64;
@@ -87,20 +82,20 @@ pub trait DomainEvent:
 ///     fn apply(&mut self, CounterEvent::Incremented { by }: &CounterEvent) {
 ///         self.value += by;
 ///     }
-///     fn handle(&self, by: u64) -> Result<Vec<CounterEvent>, ZeroIncrement> {
+///     fn handle(&self, _id: &str, by: u64) -> Result<Vec<CounterEvent>, ZeroIncrement> {
 ///         if by == 0 { return Err(ZeroIncrement); }
 ///         Ok(vec![CounterEvent::Incremented { by }])
 ///     }
 /// }
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), annals_store::StoreError> {
+/// # async fn main() -> Result<(), CommandError<ZeroIncrement>> {
 /// let bus = CommandBus::new(InMemoryEventStore::default());
 /// bus.execute::<Counter>("c1", 2, &CommandContext::default()).await?;
 /// bus.execute::<Counter>("c1", 3, &CommandContext::default()).await?;
 /// assert_eq!(bus.load::<Counter>("c1").await?.state.value, 5);
 /// let err = bus.execute::<Counter>("c1", 0, &CommandContext::default()).await.unwrap_err();
-/// assert_eq!(err.code(), "VALIDATION_ERROR");
+/// assert!(matches!(err, CommandError::Rejected(ZeroIncrement)));
 /// # Ok(())
 /// # }
 /// ```
@@ -118,14 +113,17 @@ pub trait Aggregate:
     type Command: Clone + Send + Sync;
     /// What happened to it.
     type Event: DomainEvent;
-    /// Why a command was refused.
-    type Error: DomainError;
+    /// Why a command was refused: the business errors of the aggregate, which carry the
+    /// ids they are about (the `id` that [`handle`](Self::handle) receives).
+    type Error: std::error::Error + Send + Sync + 'static;
 
     /// Folds one event into the state. Pure and infallible.
     fn apply(&mut self, event: &Self::Event);
 
-    /// Decides what a command means for the current state. Pure: no I/O.
-    fn handle(&self, command: Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
+    /// Decides what a command means for the current state of the aggregate `id`. Pure:
+    /// no I/O. The id is given so that a refusal can name what it is about.
+    fn handle(&self, id: &str, command: Self::Command)
+    -> Result<Vec<Self::Event>, Self::Error>;
 
     /// The stream of the aggregate with this id.
     fn stream_id(id: &str) -> Result<StreamId, StoreError> {

@@ -1,4 +1,4 @@
-//! The one error type of `annals-store`.
+//! The error type of the event log. The command side wraps it in `CommandError`.
 
 use std::path::PathBuf;
 
@@ -6,8 +6,9 @@ use uuid::Uuid;
 
 use crate::types::{ExpectedVersion, Position, StreamId};
 
-/// Everything that can go wrong in the store. Each variant has a stable [`code`](Self::code)
-/// that the API edge turns into `extensions.code`.
+/// Everything that can go wrong in the event log. The command side's refusals and
+/// conflicts are not here: they are [`crate::CommandError`]'s. The API edge gives each
+/// variant its client-visible code in its own error table.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -141,24 +142,6 @@ pub enum StoreError {
     #[error("the event store is closed")]
     Closed,
 
-    /// A command kept losing the race for its streams: every attempt found a stream
-    /// changed by someone else between load and append.
-    ///
-    /// Handling: the caller may retry later; nothing was written.
-    #[error("command conflicted on stream {stream} after {attempts} attempts")]
-    Conflict {
-        /// The stream that changed under the last attempt.
-        stream: StreamId,
-        /// How many attempts were made.
-        attempts: u32,
-    },
-
-    /// The aggregate refused the command (a business rule); nothing was written.
-    ///
-    /// Handling: report [`DomainError::code`] to the caller; downcast for the typed error.
-    #[error("{0}")]
-    Rejected(Box<dyn DomainError>),
-
     /// A stored event or snapshot could not be turned into its typed form (unknown type,
     /// payload that does not match its schema, failing upcaster).
     #[error("cannot decode event {event_type} v{schema_version} at position {position}: {reason}")]
@@ -172,53 +155,4 @@ pub enum StoreError {
         /// What went wrong.
         reason: String,
     },
-}
-
-/// A business-rule error of an aggregate, with a stable machine-readable code
-/// (`INSUFFICIENT_STOCK`, `INVALID_STATE`, ...).
-pub trait DomainError: std::error::Error + Send + Sync + 'static {
-    /// The stable code clients see.
-    fn code(&self) -> &'static str;
-    /// The error as `Any`, so callers can downcast to the typed error.
-    fn as_any(&self) -> &dyn std::any::Any;
-}
-
-impl StoreError {
-    /// The typed domain error inside a [`StoreError::Rejected`], if it is an `E`.
-    pub fn rejection<E: DomainError>(&self) -> Option<&E> {
-        match self {
-            StoreError::Rejected(e) => e.as_any().downcast_ref::<E>(),
-            _ => None,
-        }
-    }
-}
-
-impl StoreError {
-    /// A stable machine-readable code for the error.
-    pub fn code(&self) -> &'static str {
-        match self {
-            StoreError::WrongExpectedVersion { .. } => "WRONG_EXPECTED_VERSION",
-            StoreError::IdempotencyConflict { .. } => "IDEMPOTENCY_CONFLICT",
-            StoreError::InvalidStreamId { .. }
-            | StoreError::InvalidEventType { .. }
-            | StoreError::TooManyEvents { .. }
-            | StoreError::EmptyAppend
-            | StoreError::DuplicateStream { .. } => "BAD_USER_INPUT",
-            StoreError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
-            StoreError::Corruption { .. } => "CORRUPTION",
-            StoreError::UnsupportedFormat { .. } => "UNSUPPORTED_FORMAT",
-            StoreError::Locked { .. } => "LOCKED",
-            StoreError::Storage(_) | StoreError::Io { .. } => "STORAGE",
-            StoreError::Closed => "CLOSED",
-            StoreError::ReadOnly { .. } => "READ_ONLY",
-            StoreError::Conflict { .. } => "CONFLICT",
-            StoreError::Rejected(e) => e.code(),
-            StoreError::Decode { .. } => "DECODE",
-        }
-    }
-
-    /// Whether the caller's input was at fault (as opposed to the store or a race).
-    pub fn is_user_error(&self) -> bool {
-        self.code() == "BAD_USER_INPUT" || self.code() == "PAYLOAD_TOO_LARGE"
-    }
 }

@@ -6,13 +6,28 @@
 //!
 //! ## Key types
 //!
+//! The event log:
 //! - [`EventStore`]: the role every log implements — `append`, `append_multi`,
-//!   `read_stream`, `read_all`, `stream_version`, `head`, `subscribe_head`, `verify_chain`.
+//!   `read_stream`, `read_all`, `stream_version`, `find_event`, `head`, `subscribe_head`,
+//!   `verify_chain` — and [`SnapshotStore`] beside it.
 //! - [`RocksEventStore`]: the product implementation; [`InMemoryEventStore`]: the model the
-//!   property tests compare it with.
+//!   property tests compare it with; [`SharedStore`]: either (or any other) behind one
+//!   cloneable, type-erased handle, for the composition root of an application.
 //! - [`StreamId`], [`Position`], [`ExpectedVersion`]: newtypes of the log's vocabulary;
 //!   [`NewEvent`] goes in, [`RecordedEvent`] comes out.
-//! - [`StoreError`]: the one error type, with a stable [`StoreError::code`] per variant.
+//! - [`StoreError`]: the log's error type. Its variants name what failed; the codes that
+//!   clients see are given at the application's edge, not here.
+//!
+//! The command side (module `command`, which uses the log only through [`EventStore`]):
+//! - [`Aggregate`] and [`DomainEvent`]: state folded from events, pure decisions.
+//! - [`CommandBus`], [`Transaction`], [`Decision`]: load, decide, append with exact
+//!   expected versions, retry on conflicts, idempotency keys, snapshots.
+//! - [`CommandError`]: a refusal typed by the aggregate's (or decision's) own error, a
+//!   conflict, or a [`StoreError`].
+//!
+//! Also: [`codec`] (the record encoding and the hash chain's canonical bytes), [`keys`]
+//! (column families and key layouts), [`Upcasters`], and `testkit` (feature
+//! `test-utils`: given/when/then for aggregates, one error of every variant).
 //!
 //! ## Invariants
 //!
@@ -37,7 +52,9 @@
 //!
 //! This crate knows nothing of GraphQL, HTTP or any business domain, and must never depend
 //! on `annals-projections` or the `annals` package: they depend on it. bincode is used only
-//! inside [`codec`], RocksDB only inside `rocks` and [`StoreError::Storage`].
+//! inside [`codec`], RocksDB only inside `rocks`, [`StoreError::Storage`] and the test kit
+//! (and the raw-RocksDB baseline of the benchmarks, feature `bench`).
+//! `tests/dependency_rules.rs` of the workspace checks these rules.
 //!
 //! ## Example
 //!
@@ -65,6 +82,7 @@ mod error;
 pub mod keys;
 mod memory;
 mod rocks;
+mod shared;
 mod snapshot;
 mod store;
 #[cfg(any(test, feature = "test-utils"))]
@@ -74,14 +92,15 @@ mod upcast;
 
 pub use aggregate::{Aggregate, DomainEvent, decode_event};
 pub use command::{
-    BusOptions, CommandBus, CommandContext, CommandOutcome, Decision, IDEMPOTENCY_NAMESPACE,
-    Loaded, StreamGates, Transaction, encode_event,
+    BusOptions, CommandBus, CommandContext, CommandError, CommandOutcome, Decision,
+    IDEMPOTENCY_NAMESPACE, Loaded, StreamGates, Transaction, encode_event,
 };
-pub use error::{DomainError, StoreError};
+pub use error::StoreError;
 pub use memory::InMemoryEventStore;
-pub use rocks::{RocksEventStore, StoreStats};
+pub use rocks::RocksEventStore;
+pub use shared::SharedStore;
 pub use snapshot::{Snapshot, SnapshotStore};
-pub use store::{Durability, EventStore, MAX_SCAN_PER_READ, StoreOptions};
+pub use store::{Durability, EventStore, MAX_SCAN_PER_READ, StoreOptions, StoreStats};
 pub use types::{
     AppendResult, ChainFault, ChainReport, Direction, EventPage, ExpectedVersion, Hash,
     MAX_EVENT_TYPE_BYTES, MAX_STREAM_ID_BYTES, Metadata, MultiAppendResult, NewEvent, Position,

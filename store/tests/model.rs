@@ -88,8 +88,19 @@ fn decision(r: &Result<annals_store::MultiAppendResult, StoreError>) -> String {
                 .map(|s| (s.first_version, s.last_version))
                 .collect::<Vec<_>>()
         ),
-        Err(e) => format!("err {}", e.code()),
+        Err(e) => format!("err {}", variant(&e)),
     }
+}
+
+/// The name of an error's variant: both stores must refuse the same way, though their
+/// messages may differ in detail.
+fn variant(error: &StoreError) -> String {
+    let debug = format!("{error:?}");
+    debug
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// The parts of an event both stores must agree on (timestamps, and so hashes, differ).

@@ -47,14 +47,13 @@ async fn a_read_only_handle_reads_a_fixed_snapshot_beside_the_writer_and_refuses
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::ReadOnly { .. }), "{err}");
-    assert_eq!(err.code(), "READ_ONLY");
     let snapshot = Snapshot {
         version: 1,
         schema_version: 1,
         state: b"{}".to_vec(),
     };
     let err = reader.save_snapshot(&stream, snapshot).await.unwrap_err();
-    assert_eq!(err.code(), "READ_ONLY");
+    assert!(matches!(err, StoreError::ReadOnly { .. }), "{err}");
 }
 
 #[test]

@@ -23,7 +23,7 @@ use crate::codec::{self, GENESIS_HASH};
 use crate::error::StoreError;
 use crate::keys::{self, CF_EVENTS, CF_META, CF_SNAPSHOTS, CF_STREAMS, EventIdEntry, StreamRun};
 use crate::snapshot::{Snapshot, SnapshotStore};
-use crate::store::{Durability, EventStore, MAX_SCAN_PER_READ, StoreOptions, validate_appends};
+use crate::store::{StoreStats, Durability, EventStore, MAX_SCAN_PER_READ, StoreOptions, validate_appends};
 use crate::types::{
     ChainFault, ChainReport, Direction, EventPage, Hash, MultiAppendResult, Position, ReadFilter,
     RecordedEvent, StreamAppend, StreamId,
@@ -54,54 +54,6 @@ pub struct WriterStats {
     pub syncs: AtomicU64,
 }
 
-/// A point-in-time copy of [`WriterStats`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StoreStats {
-    /// Group commits written.
-    pub commits: u64,
-    /// Append requests answered successfully.
-    pub appends: u64,
-    /// Events written.
-    pub events: u64,
-    /// Append requests that failed.
-    pub failed_appends: u64,
-    /// Nanoseconds the writer waited for work.
-    pub idle_nanos: u64,
-    /// Nanoseconds the writer spent checking requests and encoding records.
-    pub stage_nanos: u64,
-    /// Nanoseconds spent in RocksDB writes.
-    pub write_nanos: u64,
-    /// Nanoseconds spent in WAL syncs.
-    pub sync_nanos: u64,
-    /// WAL syncs made.
-    pub syncs: u64,
-}
-
-impl StoreStats {
-    /// The counters accumulated since `earlier` (for measuring one phase of a run).
-    pub fn since(&self, earlier: &StoreStats) -> StoreStats {
-        StoreStats {
-            commits: self.commits - earlier.commits,
-            appends: self.appends - earlier.appends,
-            events: self.events - earlier.events,
-            failed_appends: self.failed_appends - earlier.failed_appends,
-            idle_nanos: self.idle_nanos - earlier.idle_nanos,
-            stage_nanos: self.stage_nanos - earlier.stage_nanos,
-            write_nanos: self.write_nanos - earlier.write_nanos,
-            sync_nanos: self.sync_nanos - earlier.sync_nanos,
-            syncs: self.syncs - earlier.syncs,
-        }
-    }
-
-    /// Mean events per group commit.
-    pub fn mean_commit_events(&self) -> f64 {
-        if self.commits == 0 {
-            0.0
-        } else {
-            self.events as f64 / self.commits as f64
-        }
-    }
-}
 
 /// The RocksDB event store. Cheap to clone: clones share one database and one writer.
 #[derive(Clone)]
@@ -422,8 +374,8 @@ impl RocksEventStore {
             });
         }
         // Room for the most events this read can return, so a catch-up page of thousands
-        // of events is not moved by repeated doubling (3% of a catch-up). A filtered read
-        // may return fewer, which costs memory only until the page is dropped.
+        // of events is not moved by repeated doubling. A filtered read may return fewer,
+        // which costs memory only until the page is dropped.
         let most = (head.0 - from.0 + 1).min(MAX_SCAN_PER_READ as u64) as usize;
         let mut page = EventPage {
             events: Vec::with_capacity(limit.min(most)),
@@ -661,6 +613,18 @@ impl EventStore for RocksEventStore {
 
     async fn verify_chain(&self, from: Position, to: Position) -> Result<ChainReport, StoreError> {
         self.verify_chain_sync(from, to)
+    }
+
+    fn stats(&self) -> StoreStats {
+        RocksEventStore::stats(self)
+    }
+
+    fn is_failed(&self) -> bool {
+        RocksEventStore::is_failed(self)
+    }
+
+    fn close(&self) {
+        RocksEventStore::close(self)
     }
 }
 
