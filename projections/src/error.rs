@@ -6,8 +6,7 @@ use std::time::Duration;
 use annals_store::{Position, StoreError};
 
 /// Everything that can go wrong in the projection runtime or the read-model storage.
-/// Each variant has a stable [`code`](Self::code) that the API edge turns into
-/// `extensions.code`.
+/// The API edge gives each variant its client-visible code in its own error table.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProjectionError {
@@ -97,27 +96,6 @@ pub enum ProjectionError {
     /// The runtime has shut down.
     #[error("the projection runtime has shut down")]
     Closed,
-}
-
-impl ProjectionError {
-    /// The stable code of this error for API clients.
-    pub fn code(&self) -> &'static str {
-        match self {
-            ProjectionError::UnknownProjection { .. } => "NOT_FOUND",
-            ProjectionError::InvalidName { .. } | ProjectionError::DuplicateProjection { .. } => {
-                "BAD_USER_INPUT"
-            }
-            ProjectionError::StaleRead { .. } => "STALE_READ_TIMEOUT",
-            ProjectionError::InvalidState { .. } => "INVALID_STATE",
-            ProjectionError::Corruption { .. } => "CORRUPTION",
-            ProjectionError::UnsupportedFormat { .. } => "UNSUPPORTED_FORMAT",
-            ProjectionError::Locked { .. } => "LOCKED",
-            ProjectionError::Store(e) => e.code(),
-            ProjectionError::Storage(_) => "STORAGE",
-            ProjectionError::Json(_) => "CORRUPTION",
-            ProjectionError::Closed => "CLOSED",
-        }
-    }
 }
 
 /// What a handler returns when it cannot apply an event: any error, boxed. The runtime

@@ -12,7 +12,10 @@
 //! - [`ProjectionRuntime`]: one worker per projection; status, pause/resume/rewind,
 //!   blue/green [`rebuild`](ProjectionRuntime::rebuild), parked events, and
 //!   [`wait_for`](ProjectionRuntime::wait_for) for reading one's own writes.
-//! - [`ProjectionError`]: the one error type, with a stable [`ProjectionError::code`].
+//! - [`ProjectionError`]: the one error type; the codes clients see are given at the
+//!   application's edge.
+//! - `testkit` (feature `test-utils`): given/then for projections, one error of every
+//!   variant.
 //!
 //! ## Invariants
 //!
@@ -37,7 +40,8 @@
 //! ## Dependencies
 //!
 //! Depends on `annals-store` only; must never depend on the `annals` package, on GraphQL or
-//! on HTTP, and knows no business domain.
+//! on HTTP, and knows no business domain. `tests/dependency_rules.rs` of the workspace
+//! checks it.
 
 mod error;
 pub mod keys;

@@ -131,3 +131,90 @@ impl<P: Projection> Given<P> {
         check(&Arc::new(read));
     }
 }
+
+/// One error of every [`crate::ProjectionError`] variant, with details an API must not
+/// show (paths, RocksDB's and serde's messages), for tests that walk every error type.
+///
+/// The list is complete: [`projection_error_variant`] matches every variant without a
+/// wildcard, and a test of this crate checks that the list covers each of its arms.
+pub fn one_of_each_projection_error() -> Vec<crate::ProjectionError> {
+    use crate::ProjectionError as E;
+    let storage = rocksdb::DB::open_default("/dev/null/annals-read")
+        .err()
+        .expect("no database opens under /dev/null");
+    let json = serde_json::from_str::<serde_json::Value>("{secret")
+        .err()
+        .expect("not JSON");
+    vec![
+        E::UnknownProjection {
+            name: "nope".into(),
+        },
+        E::InvalidName {
+            name: "Bad Name".into(),
+        },
+        E::DuplicateProjection { name: "a".into() },
+        E::StaleRead {
+            name: "orders".into(),
+            position: Position(10),
+            checkpoint: Position(5),
+            timeout: std::time::Duration::from_millis(50),
+        },
+        E::InvalidState {
+            name: "orders".into(),
+            reason: "a rebuild is already running".into(),
+        },
+        E::Corruption {
+            what: "checkpoint of orders at /srv/annals/secret-dir/read".into(),
+            reason: "8 bytes expected".into(),
+        },
+        E::UnsupportedFormat {
+            found: 9,
+            supported: 1,
+        },
+        E::Locked {
+            path: "/srv/annals/secret-dir/read".into(),
+        },
+        E::Store(annals_store::StoreError::Closed),
+        E::Storage(storage),
+        E::Json(json),
+        E::Closed,
+    ]
+}
+
+/// The index of `error`'s variant among [`crate::ProjectionError`]'s, and how many there are.
+pub fn projection_error_variant(error: &crate::ProjectionError) -> (usize, usize) {
+    use crate::ProjectionError as E;
+    let index = match error {
+        E::UnknownProjection { .. } => 0,
+        E::InvalidName { .. } => 1,
+        E::DuplicateProjection { .. } => 2,
+        E::StaleRead { .. } => 3,
+        E::InvalidState { .. } => 4,
+        E::Corruption { .. } => 5,
+        E::UnsupportedFormat { .. } => 6,
+        E::Locked { .. } => 7,
+        E::Store(_) => 8,
+        E::Storage(_) => 9,
+        E::Json(_) => 10,
+        E::Closed => 11,
+    };
+    (index, 12)
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn one_of_each_projection_error_covers_every_variant() {
+        let errors = one_of_each_projection_error();
+        let mut seen: Vec<usize> = errors
+            .iter()
+            .map(|e| projection_error_variant(e).0)
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        let total = projection_error_variant(&errors[0]).1;
+        assert_eq!(seen, (0..total).collect::<Vec<_>>());
+    }
+}

@@ -233,12 +233,11 @@ async fn wait_for_times_out_with_a_stale_read_error() {
         .await
         .unwrap_err();
     assert!(matches!(err, ProjectionError::StaleRead { .. }), "{err}");
-    assert_eq!(err.code(), "STALE_READ_TIMEOUT");
     let err = runtime
         .wait_for("nope", position, Duration::from_millis(50))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), "NOT_FOUND");
+    assert!(matches!(err, ProjectionError::UnknownProjection { .. }), "{err}");
     runtime.shutdown().await;
 }
 
@@ -393,7 +392,7 @@ async fn rebuild_is_blue_green_and_takes_over_equal_to_a_scratch_build() {
 
     runtime.rebuild("counter").unwrap();
     let err = runtime.rebuild("counter").unwrap_err();
-    assert_eq!(err.code(), "INVALID_STATE");
+    assert!(matches!(err, ProjectionError::InvalidState { .. }), "{err}");
     let status = wait_until(&runtime, |s| {
         s.state == ProjectionState::Rebuilding
             && s.rebuild
@@ -516,7 +515,7 @@ fn invalid_and_duplicate_names_are_refused() {
         options(),
     )
     .unwrap_err();
-    assert_eq!(err.code(), "BAD_USER_INPUT");
+    assert!(matches!(err, ProjectionError::InvalidName { .. }), "{err}");
     let err = ProjectionRuntime::start(
         env.store.clone(),
         env.read.clone(),
@@ -533,5 +532,5 @@ fn a_held_read_model_directory_is_locked() {
     let dir = tempfile::tempdir().unwrap();
     let _first = ReadModelStore::open(dir.path()).unwrap();
     let err = ReadModelStore::open(dir.path()).unwrap_err();
-    assert_eq!(err.code(), "LOCKED");
+    assert!(matches!(err, ProjectionError::Locked { .. }), "{err}");
 }
