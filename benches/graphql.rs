@@ -14,8 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use annals::server::auth::RateLimit;
-use annals::server::{self, AppState, ServerConfig};
-use annals_store::{RocksEventStore, StoreOptions};
+use annals::node::{Node, NodeConfig};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Value, json};
 
@@ -40,28 +39,17 @@ async fn post(client: &reqwest::Client, url: &str, query: &str, variables: Value
 
 async fn start() -> Bench {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        Arc::new(RocksEventStore::open(dir.path().join("log"), StoreOptions::default()).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/graphql", listener.local_addr().unwrap());
-    let read = Arc::new(annals_projections::ReadModelStore::open(dir.path().join("read")).unwrap());
-    let projections = annals::read_models::start(
-        store.clone(),
-        read,
-        annals_projections::RuntimeOptions::default(),
-    )
-    .unwrap();
+    let mut config = NodeConfig::on_disk(dir.path());
     // The bench measures the API, not the per-key limiter's refusals.
     let unlimited = std::num::NonZeroU32::new(10_000_000).unwrap();
-    let config = ServerConfig {
-        rate_limit: RateLimit {
-            per_second: unlimited,
-            burst: unlimited,
-        },
-        ..ServerConfig::default()
+    config.server.rate_limit = RateLimit {
+        per_second: unlimited,
+        burst: unlimited,
     };
-    let state = AppState::new(store, projections, config);
-    tokio::spawn(server::run(listener, state, std::future::pending()));
+    let node = Node::start(config).unwrap();
+    tokio::spawn(node.serve(listener, std::future::pending()));
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()

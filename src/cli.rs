@@ -1,18 +1,34 @@
 //! The `annals` command line.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::node::NodeConfig;
 use crate::server::auth::{ApiKeys, Role};
 
 /// Annals: an event-sourced CQRS backend with its own RocksDB event store.
 #[derive(Debug, Parser)]
 #[command(name = "annals", version, about, long_about = None)]
 pub struct Cli {
+    /// How log lines are written to stderr: `text` for people, `json` (one object per
+    /// line, with the request id and principal of a request on each) for log pipelines.
+    /// `RUST_LOG` sets what is logged (default `info`).
+    #[arg(long, global = true, env = "ANNALS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The format of log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with the fields of the enclosing spans.
+    Json,
 }
 
 /// The subcommands.
@@ -68,12 +84,43 @@ pub struct ServeArgs {
     /// Live subscriptions one API key may hold at once (over all its connections).
     #[arg(long, env = "ANNALS_MAX_SUBSCRIPTIONS_PER_KEY", default_value_t = 16)]
     pub max_subscriptions_per_key: usize,
+    /// How long a query with `atLeast` waits for its read model, in milliseconds, before
+    /// `STALE_READ_TIMEOUT`.
+    #[arg(long, env = "ANNALS_STALE_READ_TIMEOUT_MS", default_value_t = 5000)]
+    pub stale_read_timeout_ms: u64,
+    /// How many times a command runs before a lost race is reported as `CONFLICT`
+    /// (default 4).
+    #[arg(long, env = "ANNALS_COMMAND_ATTEMPTS")]
+    pub command_attempts: Option<u32>,
+    /// Snapshot an aggregate once its stream is this many events past its last snapshot;
+    /// 0 turns snapshots off (default 500).
+    #[arg(long, env = "ANNALS_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
+    /// Aggregate states the command side keeps in memory (default 10,000).
+    #[arg(long, env = "ANNALS_AGGREGATE_CACHE")]
+    pub aggregate_cache: Option<usize>,
+    /// Most events a projection worker applies in one batch (default 16,384).
+    #[arg(long, env = "ANNALS_PROJECTION_BATCH")]
+    pub projection_batch: Option<usize>,
 }
 
 impl ServeArgs {
-    /// The event log's directory.
-    pub fn log_dir(&self) -> PathBuf {
-        self.data_dir.join("log")
+    /// The node these options describe (keys, rate limit and listen address apart, which
+    /// `annals serve` checks and sets itself).
+    pub fn node_config(&self) -> NodeConfig {
+        let mut config = NodeConfig::on_disk(&self.data_dir);
+        let bus = &mut config.bus;
+        bus.max_attempts = self.command_attempts.unwrap_or(bus.max_attempts);
+        bus.snapshot_every = self.snapshot_every.unwrap_or(bus.snapshot_every);
+        bus.cache_capacity = self.aggregate_cache.unwrap_or(bus.cache_capacity);
+        let projections = &mut config.projections;
+        projections.batch_size = self.projection_batch.unwrap_or(projections.batch_size);
+        let server = &mut config.server;
+        server.max_body_bytes = self.max_body_bytes;
+        server.request_timeout = Duration::from_secs(self.request_timeout_secs);
+        server.stale_read_timeout = Duration::from_millis(self.stale_read_timeout_ms);
+        server.graphql.max_subscriptions_per_key = self.max_subscriptions_per_key;
+        config
     }
 
     /// The configured API keys (file and inline together).

@@ -2,19 +2,17 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
 
 use annals::audit::cli as audit;
 use annals::bench;
-use annals::cli::{BenchCommand, Cli, Command, KeysCommand, SchemaArgs, ServeArgs};
-use annals::graphql::GraphqlLimits;
+use annals::cli::{BenchCommand, Cli, Command, KeysCommand, LogFormat, SchemaArgs, ServeArgs};
+use annals::node::Node;
+use annals::server::AppState;
 use annals::server::auth::{RateLimit, check_exposure, generate_key};
-use annals::server::{self, AppState, ServerConfig};
-use annals_projections::{ReadModelStore, RuntimeOptions};
-use annals_store::{EventStore, RocksEventStore, StoreOptions};
+use annals_store::EventStore;
 
 /// mimalloc: the many small allocations of record decoding and read-model batches are
 /// markedly cheaper than with the system allocator.
@@ -22,13 +20,8 @@ use annals_store::{EventStore, RocksEventStore, StoreOptions};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match cli.command {
         Command::Serve(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -48,7 +41,9 @@ fn main() -> anyhow::Result<()> {
         Command::Replay(args) => {
             let names: Vec<String> = args.projection.into_iter().collect();
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            let report = runtime.block_on(annals::replay::replay(&args.data_dir, &names))?;
+            let report = runtime
+                .block_on(annals::replay::replay(&args.data_dir, &names))
+                .map_err(|e| coded(&e))?;
             for (name, checkpoint) in report.rebuilt {
                 println!("{name}: rebuilt at position {checkpoint}");
             }
@@ -169,48 +164,52 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .try_into()
             .context("--rate-burst must be positive")?,
     };
-    let log_dir = args.log_dir();
-    let store = RocksEventStore::open(&log_dir, StoreOptions::default())
-        .with_context(|| format!("opening the event log in {}", log_dir.display()))?;
-    let store = Arc::new(store);
-    let config = ServerConfig {
-        api_keys: keys,
-        rate_limit,
-        max_body_bytes: args.max_body_bytes,
-        request_timeout: Duration::from_secs(args.request_timeout_secs),
-        data_dir: Some(args.data_dir.clone()),
-        graphql: GraphqlLimits {
-            max_subscriptions_per_key: args.max_subscriptions_per_key,
-            ..GraphqlLimits::default()
-        },
-        ..ServerConfig::default()
-    };
+    let mut config = args.node_config();
+    config.server.api_keys = keys;
+    config.server.rate_limit = rate_limit;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
+    let node = Node::start(config).map_err(|e| coded(&e))?;
     tracing::info!(
         addr = %listener.local_addr()?,
-        head = store.head().get(),
+        head = node.store().head().get(),
         "annals serving GraphQL on /graphql"
     );
-    let read_dir = args.data_dir.join("read");
-    let read = ReadModelStore::open(&read_dir)
-        .with_context(|| format!("opening the read models in {}", read_dir.display()))?;
-    let projections =
-        annals::read_models::start(store.clone(), Arc::new(read), RuntimeOptions::default())
-            .context("starting the projections")?;
-    let state = AppState::new(store.clone(), projections.clone(), config);
     #[cfg(unix)]
-    let reloader = tokio::spawn(reload_keys_on_hangup(args, state.clone()));
-    let served = server::run(listener, state, shutdown_signal()).await;
+    let reloader = tokio::spawn(reload_keys_on_hangup(args, node.state().clone()));
+    // Serving ends on SIGINT/SIGTERM; the node then stops its workers at a checkpoint and
+    // closes the log, even when serving failed.
+    let served = node.serve(listener, shutdown_signal()).await;
     #[cfg(unix)]
     reloader.abort();
-    // Workers stop at a checkpoint (every batch is atomic), then the log closes.
-    projections.shutdown().await;
-    // Close even when serving failed: the writer finishes what it was given and joins.
-    store.close();
     tracing::info!("event store closed");
     served.context("serving HTTP")
+}
+
+/// Logs to stderr in the chosen format, filtered by `RUST_LOG` (default `info`). JSON
+/// lines carry the fields of their spans, so every line of a request has its request id
+/// and principal.
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
+}
+
+/// An error for the command line: its message with its code from the one table.
+fn coded<E: annals::error::HasCode + std::fmt::Display>(error: &E) -> anyhow::Error {
+    anyhow::anyhow!("{error} [{}]", error.code())
 }
 
 /// Re-reads the API keys (file and inline) on every SIGHUP and puts them in force: how a

@@ -3,12 +3,12 @@
 
 use std::io::IsTerminal;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use annals_projections::{ProjectionError, ProjectionRuntime, ReadModelStore, RuntimeOptions};
-use annals_store::{RocksEventStore, StoreError, StoreOptions};
+use annals_projections::{ProjectionError, ProjectionRuntime, RuntimeOptions};
+use annals_store::StoreError;
 
+use crate::node::{Node, NodeConfig, NodeError};
 use crate::read_models;
 
 /// Why a replay could not run.
@@ -33,6 +33,9 @@ pub enum ReplayError {
     /// The read models failed.
     #[error(transparent)]
     Projection(#[from] ProjectionError),
+    /// The node did not start.
+    #[error(transparent)]
+    Node(NodeError),
 }
 
 /// What one replay did.
@@ -40,16 +43,6 @@ pub enum ReplayError {
 pub struct ReplayReport {
     /// Projections rebuilt, with the checkpoint each took over at.
     pub rebuilt: Vec<(String, u64)>,
-}
-
-/// The event log of a data directory.
-pub fn log_dir(data_dir: &Path) -> std::path::PathBuf {
-    data_dir.join("log")
-}
-
-/// The read models of a data directory.
-pub fn read_dir(data_dir: &Path) -> std::path::PathBuf {
-    data_dir.join("read")
 }
 
 /// Rebuilds `names` (every domain projection when empty) from position 1 up to the head.
@@ -71,28 +64,17 @@ pub async fn replay(data_dir: &Path, names: &[String]) -> Result<ReplayReport, R
     } else {
         names.to_vec()
     };
-    let store = match RocksEventStore::open(log_dir(data_dir), StoreOptions::default()) {
-        Ok(store) => Arc::new(store),
-        Err(StoreError::Locked { path }) => {
-            return Err(ReplayError::InUse(path.display().to_string()));
-        }
-        Err(e) => return Err(e.into()),
+    let mut config = NodeConfig::on_disk(data_dir);
+    // Nothing reads the old generation during an offline replay: drop it at once.
+    config.projections = RuntimeOptions {
+        drop_delay: Duration::ZERO,
+        ..RuntimeOptions::default()
     };
-    let read = match ReadModelStore::open(read_dir(data_dir)) {
-        Ok(read) => Arc::new(read),
-        Err(ProjectionError::Locked { path }) => {
-            return Err(ReplayError::InUse(path.display().to_string()));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let runtime = read_models::start(
-        store.clone(),
-        read,
-        RuntimeOptions {
-            drop_delay: Duration::ZERO,
-            ..RuntimeOptions::default()
-        },
-    )?;
+    let node = Node::start(config).map_err(|e| match e.in_use() {
+        Some(path) => ReplayError::InUse(path.display().to_string()),
+        None => ReplayError::Node(e),
+    })?;
+    let runtime = node.projections().clone();
     let mut report = ReplayReport {
         rebuilt: Vec::new(),
     };
@@ -105,8 +87,7 @@ pub async fn replay(data_dir: &Path, names: &[String]) -> Result<ReplayReport, R
         Ok::<_, ReplayError>(())
     }
     .await;
-    runtime.shutdown().await;
-    store.close();
+    node.shutdown().await;
     result.map(|()| report)
 }
 

@@ -286,7 +286,7 @@ fn the_reported_rocksdb_version_is_the_one_in_cargo_lock() {
 }
 
 /// `OrderPlaced` events in a log.
-async fn orders_placed_in(store: &RocksEventStore) -> u64 {
+async fn orders_placed_in(store: &impl EventStore) -> u64 {
     let filter = ReadFilter::event_types(["OrderPlaced"]);
     let mut from = Position(1);
     let mut count = 0;

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use annals::error::{ErrorCode, HasCode};
 use annals::domain::{
     self, Commerce, LineRequest, Order, OrderEvent, OrderStatus, Product, ProductCommand,
     ProductEvent,
@@ -75,7 +76,7 @@ async fn sixty_four_buyers_for_ten_units() {
         match task.await.unwrap() {
             Ok(_) => won += 1,
             Err(e) => assert!(
-                matches!(e.code(), "INSUFFICIENT_STOCK" | "CONFLICT"),
+                matches!(e.code(), ErrorCode::InsufficientStock | ErrorCode::Conflict),
                 "loser got {e:?}"
             ),
         }

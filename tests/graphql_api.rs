@@ -10,7 +10,17 @@ use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_queries_head_stream_and_events() {
-    let server = TestServer::open().await;
+    log_queries_head_stream_and_events_on(false).await;
+}
+
+/// The same over a log in memory: the API does not depend on the store behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_queries_head_stream_and_events_in_memory() {
+    log_queries_head_stream_and_events_on(true).await;
+}
+
+async fn log_queries_head_stream_and_events_on(in_memory: bool) {
+    let server = TestServer::open_on(in_memory).await;
     assert_eq!(server.ok("{ head }", json!({})).await["head"], "0");
     product(&server, "p1", 250, 10).await;
     server
@@ -103,7 +113,17 @@ async fn log_queries_head_stream_and_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_domain_mutation_commits_and_reports_streams_versions_and_position() {
-    let server = TestServer::open().await;
+    every_domain_mutation_commits_and_reports_streams_versions_and_position_on(false).await;
+}
+
+/// The same over a log in memory: the API does not depend on the store behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_domain_mutation_commits_and_reports_streams_versions_and_position_in_memory() {
+    every_domain_mutation_commits_and_reports_streams_versions_and_position_on(true).await;
+}
+
+async fn every_domain_mutation_commits_and_reports_streams_versions_and_position_on(in_memory: bool) {
+    let server = TestServer::open_on(in_memory).await;
     let r = &server
         .ok(REGISTER, json!({ "id": "p1", "price": 500 }))
         .await["registerProduct"];
@@ -188,7 +208,17 @@ async fn every_domain_mutation_commits_and_reports_streams_versions_and_position
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn domain_errors_carry_their_codes() {
-    let server = TestServer::open().await;
+    domain_errors_carry_their_codes_on(false).await;
+}
+
+/// The same over a log in memory: the API does not depend on the store behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_errors_carry_their_codes_in_memory() {
+    domain_errors_carry_their_codes_on(true).await;
+}
+
+async fn domain_errors_carry_their_codes_on(in_memory: bool) {
+    let server = TestServer::open_on(in_memory).await;
     product(&server, "p1", 100, 2).await;
     let (code, e) = server
         .error(PLACE, json!({ "order": "o1", "product": "p1", "qty": 3 }))
@@ -237,7 +267,17 @@ async fn domain_errors_carry_their_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotent_retry_returns_the_first_result_and_writes_nothing() {
-    let server = TestServer::open().await;
+    an_idempotent_retry_returns_the_first_result_and_writes_nothing_on(false).await;
+}
+
+/// The same over a log in memory: the API does not depend on the store behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_retry_returns_the_first_result_and_writes_nothing_in_memory() {
+    an_idempotent_retry_returns_the_first_result_and_writes_nothing_on(true).await;
+}
+
+async fn an_idempotent_retry_returns_the_first_result_and_writes_nothing_on(in_memory: bool) {
+    let server = TestServer::open_on(in_memory).await;
     product(&server, "p1", 100, 5).await;
     let vars = json!({ "order": "o1", "product": "p1", "qty": 2, "key": "checkout-77" });
     let first = server.ok(PLACE, vars.clone()).await["placeOrder"].clone();
@@ -278,7 +318,17 @@ const APPEND: &str = r#"mutation($stream: String!, $expected: ExpectedVersionInp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn append_to_stream_checks_versions_ids_and_input() {
-    let server = TestServer::open().await;
+    append_to_stream_checks_versions_ids_and_input_on(false).await;
+}
+
+/// The same over a log in memory: the API does not depend on the store behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_to_stream_checks_versions_ids_and_input_in_memory() {
+    append_to_stream_checks_versions_ids_and_input_on(true).await;
+}
+
+async fn append_to_stream_checks_versions_ids_and_input_on(in_memory: bool) {
+    let server = TestServer::open_on(in_memory).await;
     let id = "0191e0a0-0000-7000-8000-000000000001";
     let event = json!({ "eventId": id, "type": "NoteTaken", "payload": { "text": "hi" },
                         "metadata": { "extra": { "source": "test" } } });
@@ -327,7 +377,7 @@ async fn append_to_stream_checks_versions_ids_and_input() {
             json!({ "stream": "note-2", "expected": { "state": "ANY" }, "events": [event] }),
         )
         .await;
-    assert_eq!(code, "CONFLICT");
+    assert_eq!(code, "IDEMPOTENCY_CONFLICT");
 
     let (code, _) = server
         .error(

@@ -1,6 +1,7 @@
 //! The read models of the reference domain: given events, then the read model — plus the
 //! whole path from commands through the projection runtime to the queries.
 
+use annals::error::HasCode;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -104,7 +104,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, AuditError> {
 /// Prints an error with its code and exits with its exit code; returns on success.
 pub fn exit_on_error(result: Result<(), AuditError>) {
     if let Err(e) = result {
-        eprintln!("annals: {e} [{}]", e.code());
+        eprintln!("annals: {e} [{}]", crate::error::HasCode::code(&e));
         std::process::exit(e.exit_code());
     }
 }
@@ -134,7 +134,7 @@ pub fn run_export(args: ExportArgs) -> Result<(), AuditError> {
     };
     // Check the options before opening anything, so a bad range is reported as such.
     options.filters.compile()?;
-    let store = RocksEventStore::open_read_only(crate::replay::log_dir(&args.data_dir))?;
+    let store = RocksEventStore::open_read_only(crate::node::DataDir::new(&args.data_dir).log())?;
     let to_stdout = args.output == "-";
     let out: Box<dyn Write + Send> = if to_stdout {
         Box::new(std::io::stdout())
@@ -210,7 +210,7 @@ pub fn run_verify(args: VerifyArgs) -> Result<(), AuditError> {
     let store = args
         .data_dir
         .as_ref()
-        .map(|dir| RocksEventStore::open_read_only(crate::replay::log_dir(dir)))
+        .map(|dir| RocksEventStore::open_read_only(crate::node::DataDir::new(dir).log()))
         .transpose()?;
     let report = runtime()?.block_on(verify(&args.file, store.as_ref(), &options))?;
     println!("{report}");

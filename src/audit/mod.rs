@@ -72,18 +72,6 @@ pub enum AuditError {
 }
 
 impl AuditError {
-    /// A stable machine-readable code for the error.
-    pub fn code(&self) -> &'static str {
-        match self {
-            AuditError::InvalidOptions(_) => "BAD_USER_INPUT",
-            AuditError::InvalidKey(_) => "INVALID_KEY",
-            AuditError::Store(e) => e.code(),
-            AuditError::Io { .. } => "IO",
-            AuditError::NotAnExport(_) => "NOT_AN_EXPORT",
-            AuditError::Tampered(f) => f.kind.code(),
-        }
-    }
-
     /// The process exit code the CLI uses: 1 when verification found a fault, 2 for bad
     /// input (like clap's usage errors), 3 for I/O and store failures.
     pub fn exit_code(&self) -> i32 {

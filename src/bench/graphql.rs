@@ -19,8 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use annals_projections::{ProjectionRuntime, ReadModelStore, RuntimeOptions};
-use annals_store::{EventStore, RocksEventStore, StoreError, StoreOptions};
+use annals_store::{EventStore, SharedStore};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -28,7 +27,7 @@ use serde_json::{Value, json};
 use super::stats::{self, Latency, Meter, Sampler};
 use super::{BenchDir, BenchError, Limit, Machine};
 use crate::server::auth::RateLimit;
-use crate::server::{self, AppState, ServerConfig};
+use crate::node::{Node, NodeConfig, NodeError};
 
 /// Which requests the connections send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -271,56 +270,48 @@ fn endpoint(url: &str) -> Result<String, BenchError> {
 /// the end.
 struct InProcess {
     runtime: tokio::runtime::Runtime,
-    store: Arc<RocksEventStore>,
-    projections: ProjectionRuntime,
+    store: SharedStore,
     stop: tokio::sync::oneshot::Sender<()>,
     served: tokio::task::JoinHandle<std::io::Result<()>>,
     _dir: BenchDir,
 }
 
 impl InProcess {
-    /// Opens the log and the read models in `dir`, starts the projection workers and
-    /// serves on 127.0.0.1:0 on a runtime of its own, as `annals serve` does.
+    /// Starts a node on `dir` (log, read models, projection workers) and serves it on
+    /// 127.0.0.1:0 on a runtime of its own, as `annals serve` does.
     fn start(dir: BenchDir) -> Result<(Self, String), BenchError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("annals-server")
             .build()?;
-        let store = match RocksEventStore::open(dir.path().join("log"), StoreOptions::default()) {
-            Ok(store) => Arc::new(store),
-            Err(StoreError::Locked { path }) => {
-                return Err(BenchError::InUse(path.display().to_string()));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let read = Arc::new(ReadModelStore::open(dir.path().join("read"))?);
-        let projections = {
-            let _entered = runtime.enter();
-            crate::read_models::start(store.clone(), read, RuntimeOptions::default())?
-        };
+        let mut config = NodeConfig::on_disk(dir.path());
         // The bench measures the API, not the per-key limiter's refusals.
         let unlimited =
             std::num::NonZeroU32::new(1_000_000_000).unwrap_or(std::num::NonZeroU32::MAX);
-        let config = ServerConfig {
-            rate_limit: RateLimit {
-                per_second: unlimited,
-                burst: unlimited,
-            },
-            data_dir: Some(dir.path().to_path_buf()),
-            ..ServerConfig::default()
+        config.server.rate_limit = RateLimit {
+            per_second: unlimited,
+            burst: unlimited,
         };
-        let state = AppState::new(store.clone(), projections.clone(), config);
+        let node = {
+            let _entered = runtime.enter();
+            Node::start(config).map_err(|e| match e {
+                _ if e.in_use().is_some() => BenchError::InUse(dir.path().display().to_string()),
+                NodeError::Log { source, .. } => BenchError::Store(source),
+                NodeError::ReadModels { source, .. } => BenchError::Projection(source),
+                NodeError::TempDir(e) => BenchError::Io(e),
+            })?
+        };
+        let store = node.store().clone();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let url = format!("http://{}/graphql", listener.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let served = runtime.spawn(server::run(listener, state, async move {
+        let served = runtime.spawn(node.serve(listener, async move {
             let _ = stopped.await;
         }));
         Ok((
             Self {
                 runtime,
                 store,
-                projections,
                 stop,
                 served,
                 _dir: dir,
@@ -329,14 +320,12 @@ impl InProcess {
         ))
     }
 
-    /// Stops serving, stops the workers at a checkpoint and closes the log; returns the
-    /// log's head. The temporary directory goes when `self` drops.
+    /// Stops serving; the node stops its workers at a checkpoint and closes the log.
+    /// Returns the log's head. The temporary directory goes when `self` drops.
     fn stop(self) -> Result<u64, BenchError> {
         let _ = self.stop.send(());
         let served = self.runtime.block_on(self.served);
-        self.runtime.block_on(self.projections.shutdown());
         let head = self.store.head().0;
-        self.store.close();
         match served {
             Ok(result) => result?,
             Err(e) => return Err(BenchError::Failed(format!("the server task failed: {e}"))),

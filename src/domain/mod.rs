@@ -9,15 +9,16 @@ mod order;
 mod product;
 
 use annals_store::{
-    Aggregate, CommandBus, CommandContext, CommandOutcome, Decision, DomainError, EventStore,
-    SnapshotStore, StoreError, Transaction, Upcasters,
+    Aggregate, CommandBus, CommandContext, CommandError, CommandOutcome, Decision, EventStore,
+    SnapshotStore, Transaction, Upcasters,
 };
 use serde_json::Value;
 
 pub use order::{Order, OrderCommand, OrderEvent, OrderLine, OrderPlacedV1, OrderStatus};
 pub use product::{Product, ProductCommand, ProductEvent};
 
-/// Why the domain refused a command. Codes are stable: clients match on them.
+/// Why the domain refused a command. Each error names the aggregate it is about; its
+/// client-visible code is in `crate::error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommerceError {
     /// Not enough units available for a reservation.
@@ -45,30 +46,17 @@ pub enum CommerceError {
         product_id: String,
     },
     /// The order does not exist.
-    #[error("order not found")]
-    NotFound,
+    #[error("order {order_id} not found")]
+    NotFound {
+        /// The order.
+        order_id: String,
+    },
     /// The command's input breaks a rule (empty name, non-positive quantity, ...).
     #[error("{reason}")]
     Validation {
         /// Which rule.
         reason: String,
     },
-}
-
-impl DomainError for CommerceError {
-    fn code(&self) -> &'static str {
-        match self {
-            CommerceError::InsufficientStock { .. } => "INSUFFICIENT_STOCK",
-            CommerceError::InvalidState { .. } => "INVALID_STATE",
-            CommerceError::UnknownProduct { .. } => "UNKNOWN_PRODUCT",
-            CommerceError::NotFound => "NOT_FOUND",
-            CommerceError::Validation { .. } => "VALIDATION_ERROR",
-        }
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
 }
 
 impl CommerceError {
@@ -82,29 +70,6 @@ impl CommerceError {
             })
         }
     }
-
-    /// Names the product in errors that the Product aggregate raised without knowing its id.
-    fn for_product(self, id: &str) -> Self {
-        match self {
-            CommerceError::InsufficientStock {
-                requested,
-                available,
-                ..
-            } => CommerceError::InsufficientStock {
-                product_id: id.to_string(),
-                requested,
-                available,
-            },
-            CommerceError::UnknownProduct { .. } => CommerceError::UnknownProduct {
-                product_id: id.to_string(),
-            },
-            other => other,
-        }
-    }
-}
-
-fn rejected(error: CommerceError) -> StoreError {
-    StoreError::Rejected(Box::new(error))
 }
 
 /// The upcasters of the domain's old event versions.
@@ -168,7 +133,7 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
         name: String,
         price_cents: u64,
         ctx: &CommandContext,
-    ) -> Result<CommandOutcome, StoreError> {
+    ) -> Result<CommandOutcome, CommandError<CommerceError>> {
         let command = ProductCommand::Register {
             sku,
             name,
@@ -183,7 +148,7 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
         product_id: &str,
         quantity: u64,
         ctx: &CommandContext,
-    ) -> Result<CommandOutcome, StoreError> {
+    ) -> Result<CommandOutcome, CommandError<CommerceError>> {
         self.product_command(product_id, ProductCommand::ReceiveStock { quantity }, ctx)
             .await
     }
@@ -194,7 +159,7 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
         product_id: &str,
         price_cents: u64,
         ctx: &CommandContext,
-    ) -> Result<CommandOutcome, StoreError> {
+    ) -> Result<CommandOutcome, CommandError<CommerceError>> {
         self.product_command(product_id, ProductCommand::ChangePrice { price_cents }, ctx)
             .await
     }
@@ -204,14 +169,8 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
         product_id: &str,
         command: ProductCommand,
         ctx: &CommandContext,
-    ) -> Result<CommandOutcome, StoreError> {
-        self.bus
-            .execute::<Product>(product_id, command, ctx)
-            .await
-            .map_err(|e| match e.rejection::<CommerceError>() {
-                Some(c) => rejected(c.clone().for_product(product_id)),
-                None => e,
-            })
+    ) -> Result<CommandOutcome, CommandError<CommerceError>> {
+        self.bus.execute::<Product>(product_id, command, ctx).await
     }
 
     /// Places an order: prices every line from its product, and reserves the stock of
@@ -222,7 +181,7 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
         customer_id: &str,
         lines: &[LineRequest],
         ctx: &CommandContext,
-    ) -> Result<CommandOutcome, StoreError> {
+    ) -> Result<CommandOutcome, CommandError<CommerceError>> {
         let decision = PlaceOrder {
             order_id,
             customer_id,
@@ -236,7 +195,7 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
         &self,
         order_id: &str,
         ctx: &CommandContext,
-    ) -> Result<CommandOutcome, StoreError> {
+    ) -> Result<CommandOutcome, CommandError<CommerceError>> {
         self.bus
             .execute::<Order>(order_id, OrderCommand::Confirm, ctx)
             .await
@@ -248,7 +207,7 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
         order_id: &str,
         tracking_number: String,
         ctx: &CommandContext,
-    ) -> Result<CommandOutcome, StoreError> {
+    ) -> Result<CommandOutcome, CommandError<CommerceError>> {
         self.bus
             .execute::<Order>(order_id, OrderCommand::Ship { tracking_number }, ctx)
             .await
@@ -260,7 +219,7 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
         order_id: &str,
         reason: String,
         ctx: &CommandContext,
-    ) -> Result<CommandOutcome, StoreError> {
+    ) -> Result<CommandOutcome, CommandError<CommerceError>> {
         self.bus
             .run(
                 ctx,
@@ -281,10 +240,12 @@ struct PlaceOrder<'a> {
 }
 
 impl<S: EventStore + SnapshotStore> Decision<S> for PlaceOrder<'_> {
-    async fn decide(&self, tx: &mut Transaction<'_, S>) -> Result<(), StoreError> {
+    type Error = CommerceError;
+
+    async fn decide(&self, tx: &mut Transaction<'_, S>) -> Result<(), CommandError<CommerceError>> {
         let order = tx.load::<Order>(self.order_id).await?;
         if order.state.status != OrderStatus::New {
-            return Err(rejected(CommerceError::InvalidState {
+            return Err(CommandError::Rejected(CommerceError::InvalidState {
                 reason: format!("order {} already exists", self.order_id),
             }));
         }
@@ -292,7 +253,7 @@ impl<S: EventStore + SnapshotStore> Decision<S> for PlaceOrder<'_> {
         let mut products = Vec::with_capacity(self.lines.len());
         for line in self.lines {
             let unknown = || {
-                rejected(CommerceError::UnknownProduct {
+                CommandError::Rejected(CommerceError::UnknownProduct {
                     product_id: line.product_id.clone(),
                 })
             };
@@ -311,20 +272,26 @@ impl<S: EventStore + SnapshotStore> Decision<S> for PlaceOrder<'_> {
         }
         let placed = order
             .state
-            .handle(OrderCommand::Place {
-                customer_id: self.customer_id.to_string(),
-                lines: priced,
-            })
-            .map_err(rejected)?;
+            .handle(
+                self.order_id,
+                OrderCommand::Place {
+                    customer_id: self.customer_id.to_string(),
+                    lines: priced,
+                },
+            )
+            .map_err(CommandError::Rejected)?;
         tx.emit(order, placed)?;
         for (product, line) in products.into_iter().zip(self.lines) {
             let reserved = product
                 .state
-                .handle(ProductCommand::Reserve {
-                    order_id: self.order_id.to_string(),
-                    quantity: line.quantity,
-                })
-                .map_err(|e| rejected(e.for_product(&line.product_id)))?;
+                .handle(
+                    &line.product_id,
+                    ProductCommand::Reserve {
+                        order_id: self.order_id.to_string(),
+                        quantity: line.quantity,
+                    },
+                )
+                .map_err(CommandError::Rejected)?;
             tx.emit(product, reserved)?;
         }
         Ok(())
@@ -338,24 +305,32 @@ struct CancelOrder<'a> {
 }
 
 impl<S: EventStore + SnapshotStore> Decision<S> for CancelOrder<'_> {
-    async fn decide(&self, tx: &mut Transaction<'_, S>) -> Result<(), StoreError> {
+    type Error = CommerceError;
+
+    async fn decide(&self, tx: &mut Transaction<'_, S>) -> Result<(), CommandError<CommerceError>> {
         let order = tx.load::<Order>(self.order_id).await?;
         let cancelled = order
             .state
-            .handle(OrderCommand::Cancel {
-                reason: self.reason.to_string(),
-            })
-            .map_err(rejected)?;
+            .handle(
+                self.order_id,
+                OrderCommand::Cancel {
+                    reason: self.reason.to_string(),
+                },
+            )
+            .map_err(CommandError::Rejected)?;
         let lines = order.state.lines.clone();
         tx.emit(order, cancelled)?;
         for line in &lines {
             let product = tx.load::<Product>(&line.product_id).await?;
             let released = product
                 .state
-                .handle(ProductCommand::Release {
-                    order_id: self.order_id.to_string(),
-                })
-                .map_err(|e| rejected(e.for_product(&line.product_id)))?;
+                .handle(
+                    &line.product_id,
+                    ProductCommand::Release {
+                        order_id: self.order_id.to_string(),
+                    },
+                )
+                .map_err(CommandError::Rejected)?;
             tx.emit(product, released)?;
         }
         Ok(())

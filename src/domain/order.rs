@@ -170,9 +170,12 @@ impl Aggregate for Order {
         }
     }
 
-    fn handle(&self, command: OrderCommand) -> Result<Vec<OrderEvent>, CommerceError> {
+    fn handle(&self, id: &str, command: OrderCommand) -> Result<Vec<OrderEvent>, CommerceError> {
         let invalid = |action: &str| CommerceError::InvalidState {
-            reason: format!("cannot {action} an order that is {}", self.status.as_str()),
+            reason: format!("cannot {action} order {id}: it is {}", self.status.as_str()),
+        };
+        let not_found = || CommerceError::NotFound {
+            order_id: id.to_string(),
         };
         match command {
             OrderCommand::Place { customer_id, lines } => {
@@ -207,7 +210,7 @@ impl Aggregate for Order {
             }
             OrderCommand::Confirm => match self.status {
                 OrderStatus::Placed => Ok(vec![OrderEvent::OrderConfirmed {}]),
-                OrderStatus::New => Err(CommerceError::NotFound),
+                OrderStatus::New => Err(not_found()),
                 _ => Err(invalid("confirm")),
             },
             OrderCommand::Ship { tracking_number } => match self.status {
@@ -218,14 +221,14 @@ impl Aggregate for Order {
                     )?;
                     Ok(vec![OrderEvent::OrderShipped { tracking_number }])
                 }
-                OrderStatus::New => Err(CommerceError::NotFound),
+                OrderStatus::New => Err(not_found()),
                 _ => Err(invalid("ship")),
             },
             OrderCommand::Cancel { reason } => match self.status {
                 OrderStatus::Placed | OrderStatus::Confirmed => {
                     Ok(vec![OrderEvent::OrderCancelled { reason }])
                 }
-                OrderStatus::New => Err(CommerceError::NotFound),
+                OrderStatus::New => Err(not_found()),
                 _ => Err(invalid("cancel")),
             },
         }

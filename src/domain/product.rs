@@ -155,10 +155,10 @@ impl Aggregate for Product {
         }
     }
 
-    fn handle(&self, command: ProductCommand) -> Result<Vec<ProductEvent>, CommerceError> {
+    fn handle(&self, id: &str, command: ProductCommand) -> Result<Vec<ProductEvent>, CommerceError> {
         if !self.registered && !matches!(command, ProductCommand::Register { .. }) {
             return Err(CommerceError::UnknownProduct {
-                product_id: String::new(),
+                product_id: id.to_string(),
             });
         }
         match command {
@@ -169,7 +169,7 @@ impl Aggregate for Product {
             } => {
                 if self.registered {
                     return Err(CommerceError::InvalidState {
-                        reason: "product is already registered".into(),
+                        reason: format!("product {id} is already registered"),
                     });
                 }
                 CommerceError::check(!sku.trim().is_empty(), "sku must not be empty")?;
@@ -200,12 +200,12 @@ impl Aggregate for Product {
                 CommerceError::check(quantity > 0, "quantity must be positive")?;
                 if self.reservations.contains_key(&order_id) || self.released.contains(&order_id) {
                     return Err(CommerceError::InvalidState {
-                        reason: format!("order {order_id} already reserved this product"),
+                        reason: format!("order {order_id} already reserved product {id}"),
                     });
                 }
                 if quantity > self.available() {
                     return Err(CommerceError::InsufficientStock {
-                        product_id: String::new(),
+                        product_id: id.to_string(),
                         requested: quantity,
                         available: self.available(),
                     });
@@ -218,7 +218,7 @@ impl Aggregate for Product {
                     order_id,
                 }]),
                 None => Err(CommerceError::InvalidState {
-                    reason: format!("order {order_id} holds no reservation to release"),
+                    reason: format!("order {order_id} holds no reservation of product {id} to release"),
                 }),
             },
         }

@@ -2,7 +2,8 @@
 //!
 //! Every failure a client can see — a store or domain error from a resolver, a refused
 //! API key, a body that is not JSON, a query over the depth limit — is an [`ApiError`]
-//! with an [`ErrorCode`] built here, and leaves the server through
+//! whose [`ErrorCode`] comes from the one table in `crate::error`, and leaves the server
+//! through
 //! [`ApiError::into_graphql`] (inside a GraphQL response) or [`ApiError::into_response`]
 //! (before GraphQL runs). [`finish_response`] tags the errors async-graphql produced
 //! itself (syntax, validation, limits), so no error ever reaches a client without a code.
@@ -15,101 +16,26 @@
 
 use std::time::Duration;
 
-use annals_store::{ExpectedVersion, StoreError};
+use annals_projections::ProjectionError;
+use annals_store::{CommandError, ExpectedVersion, StoreError};
 use async_graphql::{ErrorExtensionValues, ServerError, Value};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-/// The stable codes clients match on (`extensions.code`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorCode {
-    /// The request is malformed: not JSON, a GraphQL syntax or validation error, an
-    /// argument out of range, an invalid stream id or event type.
-    BadUserInput,
-    /// The thing asked for does not exist.
-    NotFound,
-    /// A stream was not at the version the caller expected (`expected`, `actual`).
-    WrongExpectedVersion,
-    /// A command kept losing races for its streams, or an event id was reused.
-    Conflict,
-    /// Domain: not enough stock for a reservation.
-    InsufficientStock,
-    /// Domain: the aggregate's state forbids the command.
-    InvalidState,
-    /// Domain: an order line names an unregistered product.
-    UnknownProduct,
-    /// Domain: the command breaks an input rule.
-    ValidationError,
-    /// Another domain code this module does not know by name.
-    Domain(&'static str),
-    /// No API key, or one the server does not know.
-    Unauthenticated,
-    /// The key's role does not allow the operation.
-    Forbidden,
-    /// The key sent too many requests; retry after `retryAfter` seconds.
-    RateLimited,
-    /// The body or an event payload is over its size limit.
-    PayloadTooLarge,
-    /// The query is nested deeper or is more complex than the server allows.
-    QueryTooComplex,
-    /// A read model did not reach the requested position in time.
-    StaleReadTimeout,
-    /// The store cannot serve the operation right now (its disk is full or failing, or
-    /// it is shutting down). A mutation answered so was not written: retry it later,
-    /// with the same idempotency key or event ids. Details only in the server's log.
-    Unavailable,
-    /// Something failed inside the server; details are in its log, not in the response.
-    Internal,
-}
+pub use crate::error::ErrorCode;
+use crate::error::HasCode;
 
-impl ErrorCode {
-    /// The code as clients see it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadUserInput => "BAD_USER_INPUT",
-            ErrorCode::NotFound => "NOT_FOUND",
-            ErrorCode::WrongExpectedVersion => "WRONG_EXPECTED_VERSION",
-            ErrorCode::Conflict => "CONFLICT",
-            ErrorCode::InsufficientStock => "INSUFFICIENT_STOCK",
-            ErrorCode::InvalidState => "INVALID_STATE",
-            ErrorCode::UnknownProduct => "UNKNOWN_PRODUCT",
-            ErrorCode::ValidationError => "VALIDATION_ERROR",
-            ErrorCode::Domain(code) => code,
-            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
-            ErrorCode::Forbidden => "FORBIDDEN",
-            ErrorCode::RateLimited => "RATE_LIMITED",
-            ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
-            ErrorCode::QueryTooComplex => "QUERY_TOO_COMPLEX",
-            ErrorCode::StaleReadTimeout => "STALE_READ_TIMEOUT",
-            ErrorCode::Unavailable => "UNAVAILABLE",
-            ErrorCode::Internal => "INTERNAL",
-        }
-    }
-
-    /// The HTTP status used when the error ends a request before GraphQL runs.
-    pub fn http_status(self) -> StatusCode {
-        match self {
-            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
-            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            _ => StatusCode::BAD_REQUEST,
-        }
-    }
-
-    fn from_domain(code: &'static str) -> Self {
-        match code {
-            "INSUFFICIENT_STOCK" => ErrorCode::InsufficientStock,
-            "INVALID_STATE" => ErrorCode::InvalidState,
-            "UNKNOWN_PRODUCT" => ErrorCode::UnknownProduct,
-            "VALIDATION_ERROR" => ErrorCode::ValidationError,
-            "NOT_FOUND" => ErrorCode::NotFound,
-            other => ErrorCode::Domain(other),
-        }
+/// The HTTP status used when an error ends a request before GraphQL runs.
+pub fn http_status(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        code if code.is_internal() => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
     }
 }
 
@@ -126,7 +52,7 @@ pub struct ApiError {
 impl ApiError {
     fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            code,
+            code: code.for_client(),
             message: message.into(),
             extensions: Vec::new(),
             retry_after: None,
@@ -247,6 +173,7 @@ impl ApiError {
     fn extension_values(&self) -> ErrorExtensionValues {
         let mut ext = ErrorExtensionValues::default();
         ext.set("code", self.code.as_str());
+        count(self.code);
         for (name, value) in &self.extensions {
             ext.set(*name, value.clone());
         }
@@ -263,7 +190,7 @@ impl ApiError {
     /// The error as a complete HTTP response with a GraphQL-shaped body
     /// (`{"errors":[{"message", "extensions":{"code"}}]}`), for failures before GraphQL runs.
     pub fn into_response(self) -> Response {
-        let status = self.code.http_status();
+        let status = http_status(self.code);
         let retry_after = self.retry_after;
         let mut error = ServerError::new(self.message.clone(), None);
         error.extensions = Some(self.extension_values());
@@ -276,6 +203,11 @@ impl ApiError {
         }
         response
     }
+}
+
+/// Counts an error sent to a client by its code (`annals_errors_total{code}`).
+fn count(code: ErrorCode) {
+    metrics::counter!("annals_errors_total", "code" => code.as_str()).increment(1);
 }
 
 impl IntoResponse for ApiError {
@@ -299,6 +231,19 @@ fn expected_text(expected: ExpectedVersion) -> String {
     }
 }
 
+impl ApiError {
+    /// The error of any coded type, with its display text as the message. Codes for
+    /// operators only become `INTERNAL`, and `UNAVAILABLE` hides its detail: both are
+    /// logged with the request id of the current span and never sent.
+    pub fn coded<E: HasCode + std::fmt::Display>(error: &E) -> Self {
+        match error.code() {
+            ErrorCode::Unavailable => ApiError::unavailable(error),
+            code if code.is_internal() => ApiError::internal(error),
+            code => ApiError::new(code, error.to_string()),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match &error {
@@ -306,42 +251,35 @@ impl From<StoreError> for ApiError {
                 stream,
                 expected,
                 actual,
-            } => ApiError::new(ErrorCode::WrongExpectedVersion, error.to_string())
+            } => ApiError::coded(&error)
                 .with("streamId", stream.as_str())
                 .with("expected", expected_text(*expected))
                 .with("actual", actual.to_string()),
             StoreError::IdempotencyConflict { event_id, .. } => ApiError::new(
-                ErrorCode::Conflict,
+                error.code(),
                 format!("event id {event_id} is already used by another event"),
             )
             .with("eventId", event_id.to_string()),
-            StoreError::Conflict { stream, attempts } => ApiError::new(
+            StoreError::PayloadTooLarge { limit, .. } => {
+                ApiError::coded(&error).with("limit", *limit as u64)
+            }
+            _ => ApiError::coded(&error),
+        }
+    }
+}
+
+impl<E: HasCode + std::fmt::Display> From<CommandError<E>> for ApiError {
+    fn from(error: CommandError<E>) -> Self {
+        match error {
+            CommandError::Conflict { stream, attempts } => ApiError::new(
                 ErrorCode::Conflict,
                 format!(
                     "stream {stream} kept changing under the command ({attempts} attempts); retry"
                 ),
             )
             .with("streamId", stream.as_str()),
-            StoreError::InvalidStreamId { .. }
-            | StoreError::InvalidEventType { .. }
-            | StoreError::TooManyEvents { .. }
-            | StoreError::EmptyAppend
-            | StoreError::DuplicateStream { .. } => ApiError::bad_input(error.to_string()),
-            StoreError::PayloadTooLarge { limit, .. } => {
-                ApiError::new(ErrorCode::PayloadTooLarge, error.to_string())
-                    .with("limit", *limit as u64)
-            }
-            StoreError::Rejected(domain) => {
-                ApiError::new(ErrorCode::from_domain(domain.code()), domain.to_string())
-            }
-            // A full or failing disk, or a store shutting down: not written, and worth a
-            // retry later; what went wrong stays in the log.
-            StoreError::Storage(_) | StoreError::Io { .. } | StoreError::Closed => {
-                ApiError::unavailable(&error)
-            }
-            // Corruption, undecodable events, ...: the client can do nothing about them
-            // and must not learn the server's internals.
-            _ => ApiError::internal(&error),
+            CommandError::Store(e) => e.into(),
+            other => ApiError::coded(&other),
         }
     }
 }
@@ -409,6 +347,7 @@ fn tag(error: &mut ServerError) {
         .extensions
         .get_or_insert_with(Default::default)
         .set("code", code.as_str());
+    count(code);
 }
 
 /// Whether a message async-graphql raised while resolving a field is about the client's
@@ -450,25 +389,24 @@ pub fn from_status(status: StatusCode, body_limit: usize) -> Option<ApiError> {
     }
 }
 
-impl From<annals_projections::ProjectionError> for ApiError {
-    fn from(error: annals_projections::ProjectionError) -> Self {
-        use annals_projections::ProjectionError as E;
+impl From<ProjectionError> for ApiError {
+    fn from(error: ProjectionError) -> Self {
         match error {
-            E::UnknownProjection { name } => {
+            ProjectionError::UnknownProjection { name } => {
                 ApiError::not_found(format!("no projection named {name:?}"))
             }
-            E::InvalidState { name, reason } => ApiError::new(
+            ProjectionError::InvalidState { name, reason } => ApiError::new(
                 ErrorCode::InvalidState,
                 format!("projection {name}: {reason}"),
             ),
-            E::StaleRead {
+            ProjectionError::StaleRead {
                 position,
                 checkpoint,
                 timeout,
                 ..
             } => ApiError::stale_read_timeout(position.get(), checkpoint.get(), timeout),
-            E::Store(e) => e.into(),
-            other => ApiError::internal(&other),
+            ProjectionError::Store(e) => e.into(),
+            other => ApiError::coded(&other),
         }
     }
 }
@@ -491,7 +429,7 @@ impl From<crate::audit::AuditError> for ApiError {
         match error {
             crate::audit::AuditError::InvalidOptions(reason) => ApiError::bad_input(reason),
             crate::audit::AuditError::Store(e) => e.into(),
-            other => ApiError::internal(&other),
+            other => ApiError::coded(&other),
         }
     }
 }
@@ -532,7 +470,7 @@ mod tests {
         });
         assert_eq!(e.code(), ErrorCode::Unavailable);
         assert!(!e.message().contains("space") && !e.message().contains("/srv"));
-        assert_eq!(e.code().http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(http_status(e.code()), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use annals_projections::ProjectionRuntime;
-use annals_store::{CommandContext, RocksEventStore};
+use annals_store::{CommandContext, SharedStore};
 use async_graphql::{Context, Guard, MergedObject, MergedSubscription, Schema, SchemaBuilder};
 use tokio::sync::watch;
 
@@ -77,9 +77,9 @@ impl Default for GraphqlLimits {
 #[derive(Clone)]
 pub struct ApiContext {
     /// The event log.
-    pub store: Arc<RocksEventStore>,
+    pub store: SharedStore,
     /// The domain's commands.
-    pub commerce: Arc<Commerce<RocksEventStore>>,
+    pub commerce: Arc<Commerce<SharedStore>>,
     /// Page caps.
     pub limits: GraphqlLimits,
     /// Turns true when the server shuts down: live subscriptions end.

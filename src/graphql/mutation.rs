@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::Instant;
 
 use annals_store::{
-    CommandContext, CommandOutcome, EventStore, ExpectedVersion, Metadata, NewEvent, StoreError,
+    CommandContext, CommandOutcome, EventStore, ExpectedVersion, Metadata, NewEvent, SharedStore,
     StreamId,
 };
 use async_graphql::{Context, Object};
@@ -13,8 +13,8 @@ use super::error::ApiError;
 use super::types::{CommitResult, EventInput, ExpectedVersionInput, OrderLineInput, StreamState};
 use super::{RoleGuard, api, command_context};
 use crate::domain::{Commerce, LineRequest};
+use crate::error::HasCode;
 use crate::server::auth::{Principal, Role};
-use annals_store::RocksEventStore;
 
 /// The domain's commands.
 #[derive(Default)]
@@ -25,15 +25,17 @@ fn non_negative(name: &str, value: i32) -> Result<u64, ApiError> {
 }
 
 /// Runs one command, records its metrics and turns its outcome into the API's result.
-async fn run<'a, F, Fut>(
+async fn run<'a, F, Fut, E>(
     ctx: &Context<'a>,
     command: &'static str,
     idempotency_key: Option<String>,
     f: F,
 ) -> Result<CommitResult, ApiError>
 where
-    F: FnOnce(&'a Commerce<RocksEventStore>, CommandContext) -> Fut,
-    Fut: Future<Output = Result<CommandOutcome, StoreError>>,
+    F: FnOnce(&'a Commerce<SharedStore>, CommandContext) -> Fut,
+    Fut: Future<Output = Result<CommandOutcome, E>>,
+    E: HasCode,
+    ApiError: From<E>,
 {
     let command_ctx = command_context(ctx, idempotency_key)?;
     let started = Instant::now();
@@ -44,15 +46,15 @@ where
         .map_err(ApiError::from)
 }
 
-fn record(
+fn record<E: HasCode>(
     command: &'static str,
     started: Instant,
-    outcome: Result<(&CommandOutcome, bool), &StoreError>,
+    outcome: Result<(&CommandOutcome, bool), &E>,
 ) {
     let label = match &outcome {
         Ok((_, true)) => "duplicate",
         Ok(_) => "ok",
-        Err(e) => e.code(),
+        Err(e) => e.code().as_str(),
     };
     metrics::histogram!("annals_append_duration_seconds", "command" => command)
         .record(started.elapsed().as_secs_f64());

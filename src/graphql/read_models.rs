@@ -306,7 +306,7 @@ async fn consistent(
         return Ok(());
     };
     let api = api(ctx);
-    let head = annals_store::EventStore::head(api.store.as_ref());
+    let head = annals_store::EventStore::head(&api.store);
     if at_least.0 > head.0 {
         return Err(ApiError::bad_input(format!(
             "atLeast {} is beyond the log's head {}",

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use annals_store::{
-    EventStore, Position as StorePosition, ReadFilter, RecordedEvent, RocksEventStore,
+    EventStore, Position as StorePosition, ReadFilter, RecordedEvent, SharedStore,
 };
 use async_graphql::{Context, Subscription};
 use futures::StreamExt;
@@ -33,7 +33,7 @@ const PAGE: usize = 256;
 pub struct LogSubscription;
 
 struct Tail {
-    store: Arc<RocksEventStore>,
+    store: SharedStore,
     filter: ReadFilter,
     /// The first position not yet read.
     next: StorePosition,

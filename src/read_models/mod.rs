@@ -102,16 +102,6 @@ pub enum QueryError {
     ReadModel(#[from] ProjectionError),
 }
 
-impl QueryError {
-    /// The stable code of this error for API clients.
-    pub fn code(&self) -> &'static str {
-        match self {
-            QueryError::InvalidCursor | QueryError::InvalidPageSize { .. } => "BAD_USER_INPUT",
-            QueryError::ReadModel(e) => e.code(),
-        }
-    }
-}
-
 /// Which orders to list.
 #[derive(Clone, Debug, Default)]
 pub struct OrderFilter {

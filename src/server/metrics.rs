@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use annals_store::{EventStore, RocksEventStore};
+use annals_store::{EventStore, SharedStore};
 
 /// Histogram buckets for every `*_seconds` metric: 100 µs to 10 s.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -77,7 +77,7 @@ pub async fn track(request: Request, next: Next) -> Response {
 
 /// Copies the store's write-path counters into the registry, then renders it.
 pub fn render(
-    store: &RocksEventStore,
+    store: &SharedStore,
     projections: &annals_projections::ProjectionRuntime,
 ) -> Option<String> {
     let handle = handle()?;

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use annals_projections::ProjectionRuntime;
-use annals_store::{BusOptions, CommandBus, RocksEventStore};
+use annals_store::SharedStore;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Method, StatusCode, header};
@@ -37,7 +37,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::domain::{self, Commerce};
+use crate::domain::Commerce;
 use crate::graphql::{self, AnnalsSchema, ApiContext, GraphqlLimits};
 use crate::read_models::{CommerceReadModels, PageLimits};
 use auth::{ApiKeys, KeyRateLimiter, KeyRing, RateLimit};
@@ -55,13 +55,19 @@ pub struct ServerConfig {
     pub rate_limit: RateLimit,
     /// Depth, complexity and page caps.
     pub graphql: GraphqlLimits,
-    /// Largest request body accepted, in bytes.
+    /// Largest request body accepted, in bytes. Default 4 MiB: room for a full append
+    /// (1,000 events of a few kilobytes) while one client cannot make the server buffer
+    /// much.
     pub max_body_bytes: usize,
-    /// Longest a request may take before it is answered with an error.
+    /// Longest a request may take before it is answered with an error. Default 30 s, the
+    /// usual client and proxy timeout: past it nobody is waiting for the answer.
     pub request_timeout: Duration,
-    /// The data directory, whose writability `/ready` checks (default: the log's parent).
+    /// The data directory, whose writability `/ready` checks (none for a log in memory;
+    /// the composition root fills it in for a data directory).
     pub data_dir: Option<PathBuf>,
     /// How long a read-model query with `atLeast` waits before `STALE_READ_TIMEOUT`.
+    /// Default 5 s: a projection keeps up within milliseconds, so a longer wait means it
+    /// is stopped or failing, which the client should hear about.
     pub stale_read_timeout: Duration,
     /// Page sizes of the read-model list queries.
     pub page_limits: PageLimits,
@@ -89,7 +95,7 @@ pub struct AppState {
 }
 
 struct Inner {
-    store: Arc<RocksEventStore>,
+    store: SharedStore,
     projections: ProjectionRuntime,
     schema: AnnalsSchema,
     limiter: KeyRateLimiter,
@@ -110,22 +116,22 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// The state of a server over `store` and the projections that follow it: the
-    /// domain's command bus (with its upcasters) and the schema are built here.
+    /// The state of a server over `store`, the domain's commands over the same store and
+    /// the projections that follow it; the schema is built here. `crate::node::Node`
+    /// is the one place that calls it.
     pub fn new(
-        store: Arc<RocksEventStore>,
+        store: SharedStore,
+        commerce: Arc<Commerce<SharedStore>>,
         projections: ProjectionRuntime,
         config: ServerConfig,
     ) -> Self {
-        let bus =
-            CommandBus::with_options(store.clone(), domain::upcasters(), BusOptions::default());
         // The recorder must exist before the first request so that no sample is lost.
         let _ = metrics::handle();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let keys = KeyRing::new(config.api_keys.clone());
         let schema = graphql::build_schema(ApiContext {
             store: store.clone(),
-            commerce: Arc::new(Commerce::new(bus)),
+            commerce,
             limits: config.graphql,
             shutdown: shutdown_rx,
             read_models: CommerceReadModels::new(
@@ -152,7 +158,7 @@ impl AppState {
     }
 
     /// The event log.
-    pub fn store(&self) -> &Arc<RocksEventStore> {
+    pub fn store(&self) -> &SharedStore {
         &self.inner.store
     }
 

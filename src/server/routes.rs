@@ -1,6 +1,5 @@
 //! The handlers and the middleware of the routes.
 
-use std::path::PathBuf;
 
 use annals_store::EventStore;
 
@@ -273,20 +272,17 @@ pub(super) async fn health() -> Json<Value> {
 pub fn readiness(state: &AppState) -> (bool, Map<String, Value>) {
     let mut checks = Map::new();
     let store = state.store();
-    let probe_dir = state
-        .config()
-        .data_dir
-        .clone()
-        .or_else(|| store.path().parent().map(PathBuf::from))
-        .unwrap_or_else(|| store.path().to_path_buf());
     let writable = if state.is_draining() {
         Err("shutting down".to_string())
     } else if store.is_failed() {
         // A write failed (full or failing disk): appends are refused until the store
         // has reopened itself, even if the probe below would pass again already.
         Err("the store refuses writes after a storage failure; recovering".to_string())
+    } else if let Some(dir) = &state.config().data_dir {
+        probe_writable(dir)
     } else {
-        probe_writable(&probe_dir)
+        // A log in memory has no directory to fill up.
+        Ok(())
     };
     let up = writable.is_ok();
     let mut report = json!({
@@ -382,7 +378,7 @@ pub(super) async fn export(
     };
     let result = options.and_then(|options| {
         let content_type = options.format.content_type();
-        crate::audit::export_stream(state.store().clone(), options).map(|s| (content_type, s))
+        crate::audit::export_stream(Arc::new(state.store().clone()), options).map(|s| (content_type, s))
     });
     match result {
         Ok((content_type, stream)) => (

@@ -1,24 +1,24 @@
-//! A real server on 127.0.0.1:0 over a fresh RocksDB log, and a small GraphQL client.
+//! A real server on 127.0.0.1:0, assembled by the composition root over a fresh RocksDB
+//! data directory (or a log in memory), and a small GraphQL client.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use annals::server::{self, AppState, ServerConfig};
-use annals_projections::{ReadModelStore, RuntimeOptions};
-use annals_store::{RocksEventStore, StoreOptions};
+use annals::node::{Node, NodeConfig, Storage};
+use annals::server::{AppState, ServerConfig};
+use annals_store::SharedStore;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 /// A running server; dropping it stops the server.
 pub struct TestServer {
     pub addr: SocketAddr,
-    pub store: Arc<RocksEventStore>,
+    pub store: SharedStore,
     pub client: reqwest::Client,
     pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -28,22 +28,35 @@ impl TestServer {
 
     /// A server over the data directory `dir` (its `log` and `read`), which may hold data.
     pub async fn start_in(dir: tempfile::TempDir, config: ServerConfig) -> Self {
-        let store = Arc::new(
-            RocksEventStore::open(dir.path().join("log"), StoreOptions::default()).unwrap(),
-        );
-        let config = ServerConfig {
-            data_dir: Some(dir.path().to_path_buf()),
-            ..config
-        };
+        let mut node = NodeConfig::on_disk(dir.path());
+        node.server = config;
+        Self::launch(node, Some(dir)).await
+    }
+
+    /// A server whose log is in memory (`InMemoryEventStore`).
+    pub async fn in_memory(config: ServerConfig) -> Self {
+        let mut node = NodeConfig::new(Storage::InMemory);
+        node.server = config;
+        Self::launch(node, None).await
+    }
+
+    /// A server with the default configuration, in memory or on disk.
+    pub async fn open_on(in_memory: bool) -> Self {
+        if in_memory {
+            Self::in_memory(ServerConfig::default()).await
+        } else {
+            Self::open().await
+        }
+    }
+
+    async fn launch(config: NodeConfig, dir: Option<tempfile::TempDir>) -> Self {
+        let node = Node::start(config).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let read = Arc::new(ReadModelStore::open(dir.path().join("read")).unwrap());
-        let projections =
-            annals::read_models::start(store.clone(), read, RuntimeOptions::default()).unwrap();
-        let state = AppState::new(store.clone(), projections, config);
-        let served = state.clone();
+        let store = node.store().clone();
+        let state = node.state().clone();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(listener, served, async move {
+        let task = tokio::spawn(node.serve(listener, async move {
             let _ = stopped.await;
         }));
         TestServer {

@@ -1,0 +1,260 @@
+//! The composition root: [`Node::start`] assembles one Annals node from a [`NodeConfig`].
+//!
+//! A node is the event log, the read models, the projection runtime that keeps them
+//! current, the command side over the log, and the API state over all of them. `annals
+//! serve`, `annals replay`, the benchmarks, the end-to-end tests and the fuzz target all
+//! build their node here, so there is one place that decides how the pieces fit and in
+//! which order they start and stop:
+//!
+//! 1. open the log ([`Storage`]: a [`DataDir`]'s `log/`, or in memory);
+//! 2. open the read models (the data directory's `read/`, or a temporary directory that
+//!    the node owns and removes);
+//! 3. start the projection workers over the log, with the domain's upcasters;
+//! 4. build the command bus, the domain and the API state over the same log.
+//!
+//! [`Node::shutdown`] undoes it in reverse: workers stop at a checkpoint, then the log
+//! closes (its writer finishes what it was given and joins).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use annals_projections::{ProjectionError, ProjectionRuntime, ReadModelStore, RuntimeOptions};
+use annals_store::{
+    BusOptions, CommandBus, EventStore, InMemoryEventStore, RocksEventStore, SharedStore,
+    StoreError, StoreOptions,
+};
+use tokio::net::TcpListener;
+
+use crate::domain::{self, Commerce};
+use crate::server::{self, AppState, ServerConfig};
+
+/// A data directory: `log/` holds the event log, `read/` the read models. Two RocksDB
+/// instances, so read-model churn never competes with the log's compactions and a read
+/// model can be thrown away and rebuilt without touching the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// The data directory at `root` (created when the node opens it).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the event log lives.
+    pub fn log(&self) -> PathBuf {
+        self.root.join("log")
+    }
+
+    /// Where the read models live.
+    pub fn read(&self) -> PathBuf {
+        self.root.join("read")
+    }
+}
+
+/// Where a node keeps its log.
+#[derive(Clone, Debug)]
+pub enum Storage {
+    /// On disk, in a data directory: the product.
+    Dir(DataDir),
+    /// In memory, gone with the process (the read models go to a temporary directory):
+    /// for tests and demonstrations.
+    InMemory,
+}
+
+/// Everything a node is made of. Each part's defaults are the product's defaults and say
+/// why where they are defined ([`StoreOptions`], [`BusOptions`], [`RuntimeOptions`],
+/// [`ServerConfig`]).
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Where the log lives.
+    pub storage: Storage,
+    /// The event log's durability, group-commit and input limits.
+    pub store: StoreOptions,
+    /// The command side's retries, snapshots, cache and per-stream queues.
+    pub bus: BusOptions,
+    /// The projection workers' batch size, retries and rebuild settings.
+    pub projections: RuntimeOptions,
+    /// The API: keys, rate limits, body and query limits, timeouts.
+    pub server: ServerConfig,
+}
+
+impl NodeConfig {
+    /// A node over `storage` with every default.
+    pub fn new(storage: Storage) -> Self {
+        Self {
+            storage,
+            store: StoreOptions::default(),
+            bus: BusOptions::default(),
+            projections: RuntimeOptions::default(),
+            server: ServerConfig::default(),
+        }
+    }
+
+    /// A node on the data directory at `root`, with every default.
+    pub fn on_disk(root: impl Into<PathBuf>) -> Self {
+        Self::new(Storage::Dir(DataDir::new(root)))
+    }
+
+    /// A node whose log is in memory, with every default.
+    pub fn in_memory() -> Self {
+        Self::new(Storage::InMemory)
+    }
+}
+
+/// Why a node did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The event log did not open (in use, newer format, unreadable directory, ...).
+    #[error("opening the event log in {path}: {source}")]
+    Log {
+        /// The log's directory.
+        path: PathBuf,
+        /// What the store said.
+        #[source]
+        source: StoreError,
+    },
+    /// The read models did not open, or their projections did not start.
+    #[error("opening the read models in {path}: {source}")]
+    ReadModels {
+        /// The read models' directory.
+        path: PathBuf,
+        /// What the projection runtime said.
+        #[source]
+        source: ProjectionError,
+    },
+    /// The temporary directory of an in-memory node's read models could not be made.
+    #[error("creating a temporary directory for the read models: {0}")]
+    TempDir(#[source] std::io::Error),
+}
+
+impl NodeError {
+    /// The data directory in use by another process, if that is why the node did not start.
+    pub fn in_use(&self) -> Option<&Path> {
+        match self {
+            NodeError::Log {
+                source: StoreError::Locked { path },
+                ..
+            }
+            | NodeError::ReadModels {
+                source: ProjectionError::Locked { path },
+                ..
+            } => Some(path),
+            _ => None,
+        }
+    }
+}
+
+/// A running node. Cheap handles to its parts are available while it runs; dropping it
+/// without [`Node::shutdown`] leaves the workers to stop with the async runtime.
+#[derive(Debug)]
+pub struct Node {
+    store: SharedStore,
+    projections: ProjectionRuntime,
+    state: AppState,
+    data_dir: Option<DataDir>,
+    /// The read models of an in-memory node, removed when the node is dropped.
+    _scratch: Option<tempfile::TempDir>,
+}
+
+impl Node {
+    /// Opens the log and the read models, starts the projection workers and builds the
+    /// command side and the API state. Must be called inside a tokio runtime (the workers
+    /// are tasks).
+    pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let NodeConfig {
+            storage,
+            store: store_options,
+            bus,
+            projections: runtime_options,
+            mut server,
+        } = config;
+        let (store, read_dir, scratch, data_dir) = match storage {
+            Storage::Dir(dir) => {
+                let path = dir.log();
+                let store = RocksEventStore::open(&path, store_options)
+                    .map_err(|source| NodeError::Log { path, source })?;
+                server.data_dir.get_or_insert_with(|| dir.root().to_path_buf());
+                (SharedStore::new(store), dir.read(), None, Some(dir))
+            }
+            Storage::InMemory => {
+                let scratch = tempfile::tempdir().map_err(NodeError::TempDir)?;
+                let read = scratch.path().join("read");
+                let store = SharedStore::new(InMemoryEventStore::new(store_options));
+                (store, read, Some(scratch), None)
+            }
+        };
+        let opened = ReadModelStore::open(&read_dir).and_then(|read| {
+            crate::read_models::start(Arc::new(store.clone()), Arc::new(read), runtime_options)
+        });
+        let projections = match opened {
+            Ok(projections) => projections,
+            Err(source) => {
+                store.close();
+                return Err(NodeError::ReadModels {
+                    path: read_dir,
+                    source,
+                });
+            }
+        };
+        let bus = CommandBus::with_options(Arc::new(store.clone()), domain::upcasters(), bus);
+        let state = AppState::new(
+            store.clone(),
+            Arc::new(Commerce::new(bus)),
+            projections.clone(),
+            server,
+        );
+        Ok(Node {
+            store,
+            projections,
+            state,
+            data_dir,
+            _scratch: scratch,
+        })
+    }
+
+    /// The event log.
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    /// The projection workers and the read models they keep.
+    pub fn projections(&self) -> &ProjectionRuntime {
+        &self.projections
+    }
+
+    /// The API state (`server::app(state)` is the router).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The data directory, for a node on disk.
+    pub fn data_dir(&self) -> Option<&DataDir> {
+        self.data_dir.as_ref()
+    }
+
+    /// Serves the API on `listener` until `shutdown` completes and the in-flight requests
+    /// are answered, then shuts the node down. Returns the server's result.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let served = server::run(listener, self.state.clone(), shutdown).await;
+        self.shutdown().await;
+        served
+    }
+
+    /// Stops the projection workers at a checkpoint (every batch is atomic), then closes
+    /// the log.
+    pub async fn shutdown(self) {
+        self.projections.shutdown().await;
+        self.store.close();
+    }
+}
