@@ -23,3 +23,4 @@ pub mod graphql;
 pub mod read_models;
 pub mod replay;
 pub mod server;
+pub mod time;
