@@ -42,3 +42,4 @@ pub mod node;
 pub mod read_models;
 pub mod replay;
 pub mod server;
+pub mod time;

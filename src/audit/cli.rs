@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use annals_store::RocksEventStore;
 use uuid::Uuid;
 
+use super::AuditError;
 use super::export::{ExportFilters, ExportOptions, Format, export_blocking};
 use super::manifest::{generate_signing_key, parse_public_key, parse_signing_key};
 use super::verify::{VerifyOptions, sidecar_path, verify};
-use super::{AuditError, format};
 
 /// Options of `annals export`.
 #[derive(Debug, clap::Args)]
@@ -89,7 +89,7 @@ pub struct NewSigningArgs {
 }
 
 fn rfc3339(text: &str) -> Result<String, String> {
-    match format::parse_time(text) {
+    match crate::time::parse(text) {
         Some(_) => Ok(text.to_string()),
         None => Err("not an RFC 3339 time (like 2026-11-23T12:00:00Z)".into()),
     }

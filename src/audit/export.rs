@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AuditError;
-use super::format::{CSV_HEADER, CloudEventOut, CsvOut, format_time, parse_time, write_ndjson};
+use super::format::{CSV_HEADER, CloudEventOut, CsvOut, write_ndjson};
 use super::manifest::{MANIFEST_VERSION, Manifest};
 
 /// The export layouts (see [`super::format`] for their fields).
@@ -115,7 +115,7 @@ impl ExportFilters {
             value
                 .as_deref()
                 .map(|t| {
-                    parse_time(t).ok_or_else(|| {
+                    crate::time::parse(t).map(Timestamp).ok_or_else(|| {
                         AuditError::InvalidOptions(format!(
                             "--{name} {t:?} is not an RFC 3339 time (like 2026-11-23T12:00:00Z)"
                         ))
@@ -488,7 +488,7 @@ impl Exporter {
             first_position: self.first.map(Position::get),
             last_position: self.last.map(|(p, _)| p.get()),
             last_hash: self.last.map(|(_, h)| hex::encode(h)),
-            exported_at: format_time(Timestamp::now()).unwrap_or_default(),
+            exported_at: crate::time::format(Timestamp::now().as_micros()).unwrap_or_default(),
             signature: None,
         };
         if let Some(key) = &self.options.signing_key {

@@ -41,6 +41,8 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::time;
+
 /// The header row of CSV exports.
 pub const CSV_HEADER: [&str; 12] = [
     "position",
@@ -95,26 +97,14 @@ pub(crate) enum TimeText {
     Micros(i64),
 }
 
-/// RFC 3339 in UTC with exactly six fractional digits.
-pub fn format_time(at: Timestamp) -> Option<String> {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_micros(at.as_micros())
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-}
-
-/// Parses RFC 3339 (any offset) into microseconds since the epoch.
-pub fn parse_time(text: &str) -> Option<Timestamp> {
-    let t = chrono::DateTime::parse_from_rfc3339(text).ok()?;
-    Some(Timestamp(t.timestamp_micros()))
-}
-
 impl TimeText {
     fn of(at: Timestamp) -> Self {
-        format_time(at).map_or(TimeText::Micros(at.as_micros()), TimeText::Text)
+        time::format(at.as_micros()).map_or(TimeText::Micros(at.as_micros()), TimeText::Text)
     }
 
     fn parse(&self) -> Option<Timestamp> {
         match self {
-            TimeText::Text(t) => parse_time(t),
+            TimeText::Text(t) => time::parse(t).map(Timestamp),
             TimeText::Micros(m) => Some(Timestamp(*m)),
         }
     }
@@ -182,45 +172,15 @@ fn number(buf: &mut Vec<u8>, n: u64) {
     buf.extend_from_slice(tmp.format(n).as_bytes());
 }
 
-/// Appends `n` as exactly `width` decimal digits.
-fn digits(buf: &mut Vec<u8>, n: u32, width: usize) {
-    let mut tmp = [b'0'; 10];
-    let mut n = n;
-    for d in tmp[..width].iter_mut().rev() {
-        *d = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-    buf.extend_from_slice(&tmp[..width]);
-}
-
-/// Appends the recorded time as `"YYYY-MM-DDTHH:MM:SS.ffffffZ"`, the same text as
-/// [`format_time`] (which it falls back to outside years 0 to 9999), without its
-/// allocation and formatting machinery: this runs once per exported event.
+/// Appends the recorded time as a JSON string, or as the [`TimeText`] fallback outside
+/// the years [`time::append`] writes.
 fn time_json(buf: &mut Vec<u8>, at: Timestamp) {
-    use chrono::{Datelike, Timelike};
-    let micros = at.as_micros();
-    let (secs, frac) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
-    match chrono::DateTime::<chrono::Utc>::from_timestamp(secs, 0) {
-        Some(t) if (0..=9999).contains(&t.year()) => {
-            buf.push(b'"');
-            digits(buf, t.year() as u32, 4);
-            buf.push(b'-');
-            digits(buf, t.month(), 2);
-            buf.push(b'-');
-            digits(buf, t.day(), 2);
-            buf.push(b'T');
-            digits(buf, t.hour(), 2);
-            buf.push(b':');
-            digits(buf, t.minute(), 2);
-            buf.push(b':');
-            digits(buf, t.second(), 2);
-            buf.push(b'.');
-            digits(buf, frac as u32, 6);
-            buf.extend_from_slice(b"Z\"");
-        }
-        _ => {
-            let _ = serde_json::to_writer(&mut *buf, &TimeText::of(at));
-        }
+    buf.push(b'"');
+    if time::append(buf, at.as_micros()) {
+        buf.push(b'"');
+    } else {
+        buf.pop();
+        let _ = serde_json::to_writer(&mut *buf, &TimeText::of(at));
     }
 }
 
@@ -509,7 +469,7 @@ impl<'a> CsvOut<'a> {
             event_id: &e.event_id,
             event_type: &e.event_type,
             schema_version: e.schema_version,
-            recorded_at: format_time(e.recorded_at)
+            recorded_at: time::format(e.recorded_at.as_micros())
                 .unwrap_or_else(|| e.recorded_at.as_micros().to_string()),
             metadata: serde_json::to_string(&e.metadata).unwrap_or_default(),
             payload,
@@ -556,8 +516,9 @@ pub(crate) fn parse_csv(
     } else {
         r.payload.into_bytes()
     };
-    let recorded_at =
-        parse_time(&r.recorded_at).or_else(|| r.recorded_at.parse().ok().map(Timestamp));
+    let recorded_at = time::parse(&r.recorded_at)
+        .or_else(|| r.recorded_at.parse().ok())
+        .map(Timestamp);
     build_event(
         r.position,
         r.stream_id,
@@ -621,7 +582,10 @@ mod tests {
                 value["metadata"],
                 serde_json::to_value(&e.metadata).unwrap()
             );
-            assert_eq!(value["recorded_at"], format_time(e.recorded_at).unwrap());
+            assert_eq!(
+                value["recorded_at"],
+                time::format(e.recorded_at.as_micros()).unwrap()
+            );
             assert_eq!(parse_ndjson(line).unwrap(), e, "ndjson {line}");
             let line = serde_json::to_string(&CloudEventOut::of(&e)).unwrap();
             assert_eq!(parse_cloudevent(&line).unwrap(), e, "cloudevents {line}");
@@ -636,22 +600,14 @@ mod tests {
     }
 
     #[test]
-    fn times_are_utc_micros() {
-        assert_eq!(
-            format_time(Timestamp(1_700_000_000_123_456)).unwrap(),
-            "2023-11-14T22:13:20.123456Z"
-        );
-        assert_eq!(
-            parse_time("2023-11-14T23:13:20.123456+01:00"),
-            Some(Timestamp(1_700_000_000_123_456))
-        );
-        // The hand-written form agrees with chrono's, before the epoch and at its edges.
+    fn the_recorded_time_falls_back_to_micros_outside_years_0_to_9999() {
         for micros in [
             0,
             -1,
             1_700_000_000_000_001,
             -62_135_596_800_000_000,
             253_402_300_799_999_999,
+            253_402_300_800_000_000,
             i64::MAX,
         ] {
             let mut buf = Vec::new();

@@ -232,6 +232,36 @@ struct Items {
 }
 
 impl Items {
+    /// Reads `file` as an export of `format`; a CSV file must start with its header.
+    fn open(file: File, format: Format) -> Result<Self, AuditError> {
+        let source = match format {
+            Format::Csv => {
+                let mut reader = csv::ReaderBuilder::new()
+                    .has_headers(true)
+                    .from_reader(BufReader::new(file));
+                let headers = reader
+                    .headers()
+                    .map_err(|e| AuditError::NotAnExport(format!("CSV header: {e}")))?
+                    .clone();
+                Source::Csv {
+                    reader,
+                    headers,
+                    record: csv::StringRecord::new(),
+                }
+            }
+            format => Source::Lines {
+                reader: BufReader::with_capacity(256 * 1024, file),
+                format,
+                buf: String::new(),
+            },
+        };
+        Ok(Items {
+            source,
+            line: 0,
+            peeked: None,
+        })
+    }
+
     fn next(&mut self) -> Result<Option<Item>, AuditError> {
         if let Some(item) = self.peeked.take() {
             return Ok(item);
@@ -319,7 +349,7 @@ fn sniff(path: &Path) -> Result<Format, AuditError> {
     let mut head = Vec::new();
     File::open(path)
         .and_then(|f| f.take(4096).read_to_end(&mut head))
-        .map_err(|e| AuditError::io(format!("reading {}", path.display()), e))?;
+        .map_err(reading(path))?;
     let text = String::from_utf8_lossy(&head);
     let first = text.lines().next().unwrap_or_default();
     Ok(if first.starts_with("position,") {
@@ -333,9 +363,9 @@ fn sniff(path: &Path) -> Result<Format, AuditError> {
 
 /// The last non-empty line of a file, read from its end (for the NDJSON manifest).
 fn last_line(path: &Path) -> Result<Option<String>, AuditError> {
-    let io = |e| AuditError::io(format!("reading {}", path.display()), e);
-    let mut file = File::open(path).map_err(io)?;
-    let len = file.seek(SeekFrom::End(0)).map_err(io)?;
+    let io = reading(path);
+    let mut file = File::open(path).map_err(&io)?;
+    let len = file.seek(SeekFrom::End(0)).map_err(&io)?;
     let mut tail: Vec<u8> = Vec::new();
     let mut pos = len;
     const CHUNK: u64 = 64 * 1024;
@@ -343,8 +373,8 @@ fn last_line(path: &Path) -> Result<Option<String>, AuditError> {
     while pos > 0 && tail.len() < 16 * 1024 * 1024 {
         let start = pos.saturating_sub(CHUNK);
         let mut chunk = vec![0u8; (pos - start) as usize];
-        file.seek(SeekFrom::Start(start)).map_err(io)?;
-        file.read_exact(&mut chunk).map_err(io)?;
+        file.seek(SeekFrom::Start(start)).map_err(&io)?;
+        file.read_exact(&mut chunk).map_err(&io)?;
         chunk.extend_from_slice(&tail);
         tail = chunk;
         pos = start;
@@ -403,10 +433,27 @@ pub async fn verify<S: EventStore>(
     store: Option<&S>,
     options: &VerifyOptions,
 ) -> Result<VerifyReport, AuditError> {
-    let io = |e| AuditError::io(format!("reading {}", path.display()), e);
     let format = sniff(path)?;
-    let file = File::open(path).map_err(io)?;
-    if file.metadata().map_err(io)?.len() == 0 {
+    let file = open_export(path)?;
+    // The manifest first: its filters, range and head tell what the events must be.
+    let manifest = check_manifest(path, format)?;
+    let mut items = Items::open(file, format)?;
+    let mut verifier = Verifier::new(format, manifest, store)?;
+    while let Some(item) = items.next()? {
+        verifier.check_item(item, &mut items).await?;
+    }
+    verifier.finish(path, options).await
+}
+
+/// The error of a failed read of the export at `path`.
+fn reading(path: &Path) -> impl Fn(std::io::Error) -> AuditError + '_ {
+    move |e| AuditError::io(format!("reading {}", path.display()), e)
+}
+
+/// Opens the export; an empty file is a truncated one.
+fn open_export(path: &Path) -> Result<File, AuditError> {
+    let file = File::open(path).map_err(reading(path))?;
+    if file.metadata().map_err(reading(path))?.len() == 0 {
         return Err(fault(
             FaultKind::TruncatedFile,
             None,
@@ -414,14 +461,18 @@ pub async fn verify<S: EventStore>(
             "the file is empty: no events and no manifest",
         ));
     }
+    Ok(file)
+}
 
-    // The manifest first: its filters, range and head tell what the events must be.
+/// Reads the manifest (the sidecar, or the NDJSON file's last line) and checks that it
+/// parses and describes a file of this format. `None` when there is none.
+fn check_manifest(path: &Path, format: Format) -> Result<Option<Manifest>, AuditError> {
     let manifest: Option<Result<Manifest, String>> = if format.has_sidecar_manifest() {
         let sidecar = sidecar_path(path);
         match std::fs::read_to_string(&sidecar) {
             Ok(text) => Some(Manifest::from_line(text.trim())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io(e)),
+            Err(e) => return Err(reading(path)(e)),
         }
     } else {
         last_line(path)?
@@ -454,68 +505,74 @@ pub async fn verify<S: EventStore>(
             ),
         ));
     }
-    let contiguous = manifest.as_ref().is_some_and(|m| m.contiguous);
+    Ok(manifest)
+}
 
-    let source = match format {
-        Format::Csv => {
-            let mut reader = csv::ReaderBuilder::new()
-                .has_headers(true)
-                .from_reader(BufReader::new(file));
-            let headers = reader
-                .headers()
-                .map_err(|e| AuditError::NotAnExport(format!("CSV header: {e}")))?
-                .clone();
-            Source::Csv {
-                reader,
-                headers,
-                record: csv::StringRecord::new(),
-            }
-        }
-        format => Source::Lines {
-            reader: BufReader::with_capacity(256 * 1024, file),
+/// The running state of a verification: what the manifest says, what has been read so
+/// far, and where the store comparison stands.
+struct Verifier<'a, S> {
+    format: Format,
+    manifest: Option<Manifest>,
+    contiguous: bool,
+    store: Option<&'a S>,
+    /// The store's events the manifest selects, when there are both a store and a manifest.
+    cursor: Option<StoreCursor<'a, S>>,
+    last: Option<Last>,
+    first: Option<u64>,
+    count: u64,
+    manifest_line_seen: bool,
+    /// In a contiguous export the next position is known in advance.
+    expected: Option<u64>,
+}
+
+impl<'a, S: EventStore> Verifier<'a, S> {
+    fn new(
+        format: Format,
+        manifest: Option<Manifest>,
+        store: Option<&'a S>,
+    ) -> Result<Self, AuditError> {
+        let cursor = match (store, &manifest) {
+            (Some(store), Some(m)) => Some(StoreCursor {
+                store,
+                filters: m.filters.compile().map_err(|e| {
+                    fault(
+                        FaultKind::ManifestMismatch,
+                        None,
+                        None,
+                        format!("the manifest's filters are invalid: {e}"),
+                    )
+                })?,
+                next: Position(m.filters.from_position.unwrap_or(1).max(1)),
+                cap: Position(m.head_at_start.min(store.head().get())),
+                buf: VecDeque::new(),
+            }),
+            _ => None,
+        };
+        let contiguous = manifest.as_ref().is_some_and(|m| m.contiguous);
+        let expected = if contiguous {
+            manifest.as_ref().and_then(|m| m.first_position)
+        } else {
+            None
+        };
+        Ok(Verifier {
             format,
-            buf: String::new(),
-        },
-    };
-    let mut items = Items {
-        source,
-        line: 0,
-        peeked: None,
-    };
-
-    let mut cursor = match (store, &manifest) {
-        (Some(store), Some(m)) => Some(StoreCursor {
+            manifest,
+            contiguous,
             store,
-            filters: m.filters.compile().map_err(|e| {
-                fault(
-                    FaultKind::ManifestMismatch,
-                    None,
-                    None,
-                    format!("the manifest's filters are invalid: {e}"),
-                )
-            })?,
-            next: Position(m.filters.from_position.unwrap_or(1).max(1)),
-            cap: Position(m.head_at_start.min(store.head().get())),
-            buf: VecDeque::new(),
-        }),
-        _ => None,
-    };
+            cursor,
+            last: None,
+            first: None,
+            count: 0,
+            manifest_line_seen: false,
+            expected,
+        })
+    }
 
-    let mut last: Option<Last> = None;
-    let mut first: Option<u64> = None;
-    let mut count = 0u64;
-    let mut manifest_line_seen = false;
-    // In a contiguous export the next position is known in advance.
-    let mut expected: Option<u64> = if contiguous {
-        manifest.as_ref().and_then(|m| m.first_position)
-    } else {
-        None
-    };
-
-    while let Some(item) = items.next()? {
-        let (line, event) = match item {
-            Item::Manifest { line, .. } => {
-                manifest_line_seen = true;
+    /// Checks one item of the file; `items` is the rest of it, for one item of lookahead.
+    async fn check_item(&mut self, item: Item, items: &mut Items) -> Result<(), AuditError> {
+        match item {
+            Item::Manifest { line } => {
+                self.manifest_line_seen = true;
                 if items.peek()?.is_some() {
                     return Err(fault(
                         FaultKind::ManifestMismatch,
@@ -524,12 +581,12 @@ pub async fn verify<S: EventStore>(
                         "a manifest line is followed by more lines",
                     ));
                 }
-                continue;
+                Ok(())
             }
             Item::Bad { line, error, cut } => {
                 let at_end = items.peek()?.is_none();
-                let next_position = last.as_ref().map(|l| l.position + 1).or(expected);
-                return Err(if cut || at_end {
+                let next_position = self.last.as_ref().map(|l| l.position + 1).or(self.expected);
+                Err(if cut || at_end {
                     fault(
                         FaultKind::TruncatedFile,
                         next_position,
@@ -543,18 +600,28 @@ pub async fn verify<S: EventStore>(
                         Some(line),
                         format!("not an exported event: {error}"),
                     )
-                });
+                })
             }
-            Item::Event { line, event } => (line, event),
-        };
-        let p = event.position.get();
-        let at = |kind, detail: String| fault(kind, Some(p), Some(line), detail);
+            Item::Event { line, event } => self.check_event(line, &event, items).await,
+        }
+    }
 
-        if let Some(m) = &manifest
+    /// Checks one event against the manifest, its own hash, the events before it and the
+    /// store, then records it.
+    async fn check_event(
+        &mut self,
+        line: u64,
+        event: &RecordedEvent,
+        items: &mut Items,
+    ) -> Result<(), AuditError> {
+        let p = event.position.get();
+        if let Some(m) = &self.manifest
             && m.last_position.is_none_or(|lp| p > lp)
         {
-            return Err(at(
+            return Err(fault(
                 FaultKind::InsertedEvent,
+                Some(p),
+                Some(line),
                 format!(
                     "the manifest ends the export at position {}",
                     m.last_position
@@ -562,64 +629,92 @@ pub async fn verify<S: EventStore>(
                 ),
             ));
         }
-        if recompute_hash(&event) != event.hash {
-            return Err(at(
+        if recompute_hash(event) != event.hash {
+            return Err(fault(
                 FaultKind::ModifiedEvent,
-                "the event's contents do not match its hash (payload or metadata edited)".into(),
+                Some(p),
+                Some(line),
+                "the event's contents do not match its hash (payload or metadata edited)",
             ));
         }
-        if let Some(l) = &last {
+        self.check_order(line, p, items)?;
+        self.check_link(line, event)?;
+        self.check_store(line, event).await?;
+
+        self.count += 1;
+        self.first.get_or_insert(p);
+        self.expected = self.expected.map(|_| p + 1);
+        self.last = Some(Last {
+            position: p,
+            hash: event.hash,
+        });
+        Ok(())
+    }
+
+    /// Positions strictly increase and, in a contiguous export, skip none.
+    fn check_order(&self, line: u64, p: u64, items: &mut Items) -> Result<(), AuditError> {
+        if let Some(l) = &self.last {
             if p == l.position {
-                return Err(at(
+                return Err(fault(
                     FaultKind::InsertedEvent,
+                    Some(p),
+                    Some(line),
                     format!("a second event claims position {p}"),
                 ));
             }
             if p < l.position {
-                return Err(at(
+                return Err(fault(
                     FaultKind::ReorderedEvents,
+                    Some(p),
+                    Some(line),
                     format!("position {p} comes after position {}", l.position),
                 ));
             }
         }
-        if let Some(exp) = expected
-            && p != exp
-        {
-            let next_is_expected = matches!(
-                items.peek()?,
-                Some(Item::Event { event: next, .. }) if next.position.get() == exp
-            );
-            return Err(if p > exp && next_is_expected {
-                fault(
-                    FaultKind::ReorderedEvents,
-                    Some(exp),
-                    Some(line),
-                    format!("position {p} comes before position {exp}"),
-                )
-            } else if p > exp {
-                fault(
-                    FaultKind::DeletedEvent,
-                    Some(exp),
-                    Some(line),
-                    if p == exp + 1 {
-                        format!("position {exp} is missing")
-                    } else {
-                        format!("positions {exp}..={} are missing", p - 1)
-                    },
-                )
-            } else {
-                at(
-                    FaultKind::ReorderedEvents,
-                    format!("expected position {exp}"),
-                )
-            });
-        }
-        match &last {
+        let Some(exp) = self.expected.filter(|&exp| p != exp) else {
+            return Ok(());
+        };
+        let next_is_expected = matches!(
+            items.peek()?,
+            Some(Item::Event { event: next, .. }) if next.position.get() == exp
+        );
+        Err(if p > exp && next_is_expected {
+            fault(
+                FaultKind::ReorderedEvents,
+                Some(exp),
+                Some(line),
+                format!("position {p} comes before position {exp}"),
+            )
+        } else if p > exp {
+            fault(
+                FaultKind::DeletedEvent,
+                Some(exp),
+                Some(line),
+                if p == exp + 1 {
+                    format!("position {exp} is missing")
+                } else {
+                    format!("positions {exp}..={} are missing", p - 1)
+                },
+            )
+        } else {
+            fault(
+                FaultKind::ReorderedEvents,
+                Some(p),
+                Some(line),
+                format!("expected position {exp}"),
+            )
+        })
+    }
+
+    /// An event that follows the previous one links to it; position 1 links to genesis.
+    fn check_link(&self, line: u64, event: &RecordedEvent) -> Result<(), AuditError> {
+        let p = event.position.get();
+        match &self.last {
             Some(l) if l.position + 1 == p && event.prev_hash != l.hash => {
                 // Both events match their own hashes, so one of them was forged with a
                 // recomputed hash; a forger who recomputes one event cannot fix the next
                 // one's link, so the earlier event is the likely forgery.
-                return Err(fault(
+                Err(fault(
                     FaultKind::InsertedEvent,
                     Some(l.position),
                     Some(line),
@@ -627,18 +722,23 @@ pub async fn verify<S: EventStore>(
                         "position {p}'s prev_hash does not match the hash of position {}: that event was forged or replaced (hash recomputed)",
                         l.position
                     ),
-                ));
+                ))
             }
-            None if p == 1 && event.prev_hash != GENESIS_HASH => {
-                return Err(at(
-                    FaultKind::InsertedEvent,
-                    "position 1 does not link to the genesis hash: forged".into(),
-                ));
-            }
-            _ => {}
+            None if p == 1 && event.prev_hash != GENESIS_HASH => Err(fault(
+                FaultKind::InsertedEvent,
+                Some(p),
+                Some(line),
+                "position 1 does not link to the genesis hash: forged",
+            )),
+            _ => Ok(()),
         }
+    }
 
-        if let Some(c) = &mut cursor {
+    /// The event is the store's event at its position, and no event the manifest selects
+    /// was skipped before it.
+    async fn check_store(&mut self, line: u64, event: &RecordedEvent) -> Result<(), AuditError> {
+        let p = event.position.get();
+        if let Some(c) = &mut self.cursor {
             match c.peek().await? {
                 Some(s) if s.position.get() < p => {
                     return Err(fault(
@@ -650,23 +750,25 @@ pub async fn verify<S: EventStore>(
                 }
                 Some(s) if s.position.get() == p => {
                     if s.hash != event.hash {
-                        return Err(at(
+                        return Err(fault(
                             FaultKind::InsertedEvent,
-                            "the event differs from the one the store holds at this position (forged, hash recomputed)"
-                                .into(),
+                            Some(p),
+                            Some(line),
+                            "the event differs from the one the store holds at this position (forged, hash recomputed)",
                         ));
                     }
                     c.buf.pop_front();
                 }
                 _ => {
-                    return Err(at(
+                    return Err(fault(
                         FaultKind::InsertedEvent,
-                        "the store has no such event among those the export's filters select"
-                            .into(),
+                        Some(p),
+                        Some(line),
+                        "the store has no such event among those the export's filters select",
                     ));
                 }
             }
-        } else if let Some(store) = store {
+        } else if let Some(store) = self.store {
             // No manifest to say what the export should hold: compare event by event.
             let page = store
                 .read_all(event.position, 1, &ReadFilter::all())
@@ -674,130 +776,142 @@ pub async fn verify<S: EventStore>(
             match page.events.first() {
                 Some(s) if s.position == event.position && s.hash == event.hash => {}
                 _ => {
-                    return Err(at(
+                    return Err(fault(
                         FaultKind::InsertedEvent,
-                        "the store does not hold this event at this position".into(),
+                        Some(p),
+                        Some(line),
+                        "the store does not hold this event at this position",
                     ));
                 }
             }
         }
-
-        count += 1;
-        first.get_or_insert(p);
-        expected = expected.map(|_| p + 1);
-        last = Some(Last {
-            position: p,
-            hash: event.hash,
-        });
+        Ok(())
     }
 
-    let next_position = last.as_ref().map(|l| l.position + 1);
-    let Some(manifest) = manifest else {
-        return Err(if format.has_sidecar_manifest() {
-            fault(
-                FaultKind::ManifestMismatch,
-                None,
-                None,
-                format!("no sidecar manifest {}", sidecar_path(path).display()),
-            )
-        } else {
-            fault(
+    /// The end-of-file checks: the manifest is there, its signature verifies, it describes
+    /// what was read, and the store holds no selected event past the file's last.
+    async fn finish(
+        mut self,
+        path: &Path,
+        options: &VerifyOptions,
+    ) -> Result<VerifyReport, AuditError> {
+        let next_position = self.last.as_ref().map(|l| l.position + 1);
+        let Some(manifest) = self.manifest.take() else {
+            return Err(if self.format.has_sidecar_manifest() {
+                fault(
+                    FaultKind::ManifestMismatch,
+                    None,
+                    None,
+                    format!("no sidecar manifest {}", sidecar_path(path).display()),
+                )
+            } else {
+                fault(
+                    FaultKind::TruncatedFile,
+                    next_position,
+                    None,
+                    "the file ends without its manifest line",
+                )
+            });
+        };
+        if self.format == Format::Ndjson && !self.manifest_line_seen {
+            return Err(fault(
                 FaultKind::TruncatedFile,
                 next_position,
                 None,
                 "the file ends without its manifest line",
-            )
-        });
-    };
-    if format == Format::Ndjson && !manifest_line_seen {
-        return Err(fault(
-            FaultKind::TruncatedFile,
-            next_position,
-            None,
-            "the file ends without its manifest line",
-        ));
-    }
-
-    let signature_pinned = match (&manifest.signature, &options.public_key) {
-        (None, None) => None,
-        (_, key) => {
-            manifest
-                .check_signature(key.as_ref())
-                .map_err(|e| fault(FaultKind::BadSignature, None, None, e))?;
-            Some(key.is_some())
+            ));
         }
-    };
 
-    let last_position = last.as_ref().map(|l| l.position);
-    if let (Some(mlast), Some(seen)) = (manifest.last_position, last_position)
-        && mlast > seen
-    {
-        return Err(fault(
-            FaultKind::TruncatedFile,
-            if contiguous { Some(seen + 1) } else { None },
-            None,
-            format!("the file's last event is at position {seen}, the manifest's at {mlast}"),
-        ));
+        let signature_pinned = match (&manifest.signature, &options.public_key) {
+            (None, None) => None,
+            (_, key) => {
+                manifest
+                    .check_signature(key.as_ref())
+                    .map_err(|e| fault(FaultKind::BadSignature, None, None, e))?;
+                Some(key.is_some())
+            }
+        };
+        self.check_tally(&manifest)?;
+        if let Some(c) = &mut self.cursor
+            && let Some(s) = c.peek().await?
+        {
+            return Err(fault(
+                FaultKind::DeletedEvent,
+                Some(s.position.get()),
+                None,
+                "the store holds this event and the export's filters select it, but the file does not have it",
+            ));
+        }
+        Ok(VerifyReport {
+            format: self.format,
+            events: self.count,
+            first_position: self.first,
+            last_position: self.last.as_ref().map(|l| l.position),
+            contiguous: self.contiguous,
+            against_store: self.store.is_some(),
+            signature_pinned,
+        })
     }
-    if manifest.last_position.is_some() && last_position.is_none() {
-        return Err(fault(
-            FaultKind::TruncatedFile,
-            manifest.first_position,
-            None,
-            format!(
-                "the file has no events, the manifest lists {}",
-                manifest.count
-            ),
-        ));
+
+    /// The manifest's count, first and last position and last hash are what was read.
+    fn check_tally(&self, manifest: &Manifest) -> Result<(), AuditError> {
+        let last_position = self.last.as_ref().map(|l| l.position);
+        if let (Some(mlast), Some(seen)) = (manifest.last_position, last_position)
+            && mlast > seen
+        {
+            return Err(fault(
+                FaultKind::TruncatedFile,
+                if self.contiguous {
+                    Some(seen + 1)
+                } else {
+                    None
+                },
+                None,
+                format!("the file's last event is at position {seen}, the manifest's at {mlast}"),
+            ));
+        }
+        if manifest.last_position.is_some() && last_position.is_none() {
+            return Err(fault(
+                FaultKind::TruncatedFile,
+                manifest.first_position,
+                None,
+                format!(
+                    "the file has no events, the manifest lists {}",
+                    manifest.count
+                ),
+            ));
+        }
+        if manifest.count != self.count {
+            return Err(fault(
+                FaultKind::ManifestMismatch,
+                None,
+                None,
+                format!(
+                    "the manifest counts {} events, the file has {} (an event was deleted or inserted, or the manifest edited; --data-dir locates a deleted event)",
+                    manifest.count, self.count
+                ),
+            ));
+        }
+        if manifest.first_position != self.first {
+            return Err(fault(
+                FaultKind::ManifestMismatch,
+                self.first,
+                None,
+                format!(
+                    "the manifest's first position is {:?}",
+                    manifest.first_position
+                ),
+            ));
+        }
+        let last_hash = self.last.as_ref().map(|l| l.hash);
+        if manifest.last_hash.as_deref().map(parse_hash) != last_hash.map(Some) {
+            return Err(fault(
+                FaultKind::ManifestMismatch,
+                last_position,
+                None,
+                "the manifest's last hash is not the hash of the file's last event",
+            ));
+        }
+        Ok(())
     }
-    if manifest.count != count {
-        return Err(fault(
-            FaultKind::ManifestMismatch,
-            None,
-            None,
-            format!(
-                "the manifest counts {} events, the file has {count} (an event was deleted or inserted, or the manifest edited; --data-dir locates a deleted event)",
-                manifest.count
-            ),
-        ));
-    }
-    if manifest.first_position != first {
-        return Err(fault(
-            FaultKind::ManifestMismatch,
-            first,
-            None,
-            format!(
-                "the manifest's first position is {:?}",
-                manifest.first_position
-            ),
-        ));
-    }
-    let last_hash = last.as_ref().map(|l| l.hash);
-    if manifest.last_hash.as_deref().map(parse_hash) != last_hash.map(Some) {
-        return Err(fault(
-            FaultKind::ManifestMismatch,
-            last_position,
-            None,
-            "the manifest's last hash is not the hash of the file's last event",
-        ));
-    }
-    if let Some(c) = &mut cursor
-        && let Some(s) = c.peek().await?
-    {
-        return Err(fault(
-            FaultKind::DeletedEvent,
-            Some(s.position.get()),
-            None,
-            "the store holds this event and the export's filters select it, but the file does not have it",
-        ));
-    }
-    Ok(VerifyReport {
-        format,
-        events: count,
-        first_position: first,
-        last_position,
-        contiguous,
-        against_store: store.is_some(),
-        signature_pinned,
-    })
 }

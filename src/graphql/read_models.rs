@@ -1,8 +1,6 @@
 //! Queries on the read models (with `atLeast` for reading one's own writes), the
 //! projections' status, and the admin mutations that control projections.
 
-use std::time::Duration;
-
 use annals_projections::{ProjectionError, ProjectionState, ProjectionStatus};
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{
@@ -16,6 +14,7 @@ use super::{RoleGuard, api};
 use crate::domain::OrderStatus as DomainOrderStatus;
 use crate::read_models::{self, OrderFilter, OrderView, Page, ProductView};
 use crate::server::auth::Role;
+use crate::time;
 
 /// A non-negative 64-bit integer (money in cents, units of stock, counts), serialized as a
 /// decimal string because GraphQL's `Int` has 32 bits.
@@ -116,14 +115,6 @@ pub struct Order {
     pub position: Position,
 }
 
-fn rfc3339(micros: i64) -> String {
-    let secs = micros.div_euclid(1_000_000);
-    let sub = micros.rem_euclid(1_000_000);
-    let time = std::time::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
-    let formatted = humantime::format_rfc3339_micros(time + Duration::from_micros(sub as u64));
-    formatted.to_string()
-}
-
 impl From<OrderView> for Order {
     fn from(o: OrderView) -> Self {
         Self {
@@ -142,8 +133,8 @@ impl From<OrderView> for Order {
             total_cents: Amount(o.total_cents),
             tracking_number: o.tracking_number,
             cancel_reason: o.cancel_reason,
-            placed_at: rfc3339(o.placed_at_micros),
-            updated_at: rfc3339(o.updated_at_micros),
+            placed_at: time::format(o.placed_at_micros).unwrap_or_default(),
+            updated_at: time::format(o.updated_at_micros).unwrap_or_default(),
             version: Version(o.version),
             position: Position(o.last_position),
         }

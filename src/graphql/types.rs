@@ -7,6 +7,7 @@ use async_graphql::{Enum, InputObject, Json, OneofObject, SimpleObject};
 use uuid::Uuid;
 
 use super::scalars::{Position, Version};
+use crate::time;
 
 /// An event as it is in the log.
 #[derive(SimpleObject, Clone, Debug)]
@@ -48,14 +49,6 @@ pub struct EventMetadata {
     pub extra: Json<BTreeMap<String, String>>,
 }
 
-fn rfc3339(micros: i64) -> String {
-    let Ok(micros) = u64::try_from(micros) else {
-        return "1970-01-01T00:00:00.000000Z".into();
-    };
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros);
-    humantime::format_rfc3339_micros(time).to_string()
-}
-
 impl From<RecordedEvent> for Event {
     fn from(e: RecordedEvent) -> Self {
         let payload = serde_json::from_slice(&e.payload).unwrap_or_else(|_| {
@@ -69,7 +62,7 @@ impl From<RecordedEvent> for Event {
             event_id: e.event_id,
             event_type: e.event_type,
             schema_version: i32::from(e.schema_version),
-            recorded_at: rfc3339(e.recorded_at.as_micros()),
+            recorded_at: time::format(e.recorded_at.as_micros()).unwrap_or_default(),
             payload: Json(payload),
             metadata: EventMetadata {
                 correlation_id: e.metadata.correlation_id,
