@@ -37,7 +37,9 @@
 //!
 //! This crate knows nothing of GraphQL, HTTP or any business domain, and must never depend
 //! on `annals-projections` or the `annals` package: they depend on it. bincode is used only
-//! inside [`codec`], RocksDB only inside `rocks` and [`StoreError::Storage`].
+//! inside [`codec`], RocksDB only inside `rocks`, [`StoreError::Storage`], the raw-RocksDB
+//! baseline of the benchmarks (`baseline`, feature `bench`) and the test kit (`testkit`,
+//! feature `test-utils`).
 //!
 //! ## Example
 //!
@@ -58,6 +60,8 @@
 //! ```
 
 mod aggregate;
+#[cfg(any(test, feature = "bench"))]
+pub mod baseline;
 mod cache;
 pub mod codec;
 mod command;
@@ -88,3 +92,7 @@ pub use types::{
     ReadFilter, RecordedEvent, StreamAppend, StreamId, Timestamp, category_of, validate_event_type,
 };
 pub use upcast::{UpcastFn, Upcasters};
+
+/// The RocksDB version compiled in (`librocksdb-sys` `0.19.0+11.8.1`), for the conditions
+/// a benchmark reports; a test of the `annals` package checks it against `Cargo.lock`.
+pub const ROCKSDB_VERSION: &str = "11.8.1";
