@@ -1,8 +1,9 @@
 //! # annals: the event-sourced CQRS backend
 //!
 //! The `annals` package puts the pieces together: the e-commerce reference domain, its read
-//! models, the GraphQL schema, the axum server and the `annals` command line. The engine
-//! lives in `annals-store` (the event log) and `annals-projections` (read models).
+//! models, the GraphQL schema, the axum server, the `annals` command line and a sample log
+//! of the domain for the benchmarks and tests. The engine lives in `annals-store` (the
+//! event log) and `annals-projections` (read models).
 //!
 //! ## Invariants
 //!
@@ -22,4 +23,5 @@ pub mod domain;
 pub mod graphql;
 pub mod read_models;
 pub mod replay;
+pub mod sample;
 pub mod server;

@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use append::{AppendBench, run_append};
-pub use catchup::{CatchupBench, build_log, log_options, run_catchup};
+pub use catchup::{CatchupBench, run_catchup};
 pub use command::{CommandBench, run_command};
 pub use graphql::{GraphqlBench, GraphqlReport, Mix, OperationFigures, run_graphql};
 pub use stats::{Latency, RunFigures};
