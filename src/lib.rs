@@ -16,7 +16,6 @@
 //! Depends on both engine crates; nothing depends on it.
 
 pub mod audit;
-pub mod bench;
 pub mod cli;
 pub mod contracts;
 pub mod domain;

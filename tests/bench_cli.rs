@@ -89,7 +89,7 @@ fn append_with_baseline_reports_both_sides_and_the_ratio() {
     assert!(c["machine"]["cpus"].as_u64().unwrap() >= 1);
     assert_eq!(
         c["machine"]["rocksdb_version"],
-        annals::bench::ROCKSDB_VERSION
+        annals_store::ROCKSDB_VERSION
     );
     assert_figures(&report["annals"]);
     assert_figures(&report["baseline"]);
@@ -276,7 +276,7 @@ fn bad_options_are_refused_with_a_message() {
 #[test]
 fn the_reported_rocksdb_version_is_the_one_in_cargo_lock() {
     let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
-    let expected = format!("+{}\"", annals::bench::ROCKSDB_VERSION);
+    let expected = format!("+{}\"", annals_store::ROCKSDB_VERSION);
     let line = lock
         .lines()
         .skip_while(|l| *l != "name = \"librocksdb-sys\"")

@@ -6,14 +6,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use annals::{read_models, sample};
 use annals_projections::{ProjectionRuntime, ReadModelStore, RuntimeOptions};
 use annals_store::{EventStore, RocksEventStore, StoreError};
 use serde::Serialize;
 
 use super::stats::{self, Meter, RunFigures};
 use super::{BenchDir, BenchError, Machine};
-use crate::read_models;
-use crate::sample;
 
 /// What to measure.
 #[derive(Clone, Debug)]

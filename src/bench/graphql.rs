@@ -19,6 +19,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use annals::cli::Mix;
+use annals::server::auth::RateLimit;
+use annals::server::{self, AppState, ServerConfig};
 use annals_projections::{ProjectionRuntime, ReadModelStore, RuntimeOptions};
 use annals_store::{EventStore, RocksEventStore, StoreError, StoreOptions};
 use hdrhistogram::Histogram;
@@ -27,30 +30,6 @@ use serde_json::{Value, json};
 
 use super::stats::{self, Latency, Meter, Sampler};
 use super::{BenchDir, BenchError, Limit, Machine};
-use crate::server::auth::RateLimit;
-use crate::server::{self, AppState, ServerConfig};
-
-/// Which requests the connections send.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Mix {
-    /// Point queries only (`order(id)` and `product(id)`, alternating).
-    Query,
-    /// `placeOrder` mutations only.
-    Mutation,
-    /// A mutation, then a point query, in turn.
-    Both,
-}
-
-impl Mix {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Query => "query",
-            Self::Mutation => "mutation",
-            Self::Both => "both",
-        }
-    }
-}
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -296,7 +275,7 @@ impl InProcess {
         let read = Arc::new(ReadModelStore::open(dir.path().join("read"))?);
         let projections = {
             let _entered = runtime.enter();
-            crate::read_models::start(store.clone(), read, RuntimeOptions::default())?
+            annals::read_models::start(store.clone(), read, RuntimeOptions::default())?
         };
         // The bench measures the API, not the per-key limiter's refusals.
         let unlimited =

@@ -1,6 +1,7 @@
 //! `annals bench`: throughput and latency of the append path, the command path, the
-//! projection catch-up and the GraphQL API over HTTP, with the conditions they were measured under and, for appends, a
-//! raw-RocksDB baseline measured in the same invocation.
+//! projection catch-up and the GraphQL API over HTTP, with the conditions they were
+//! measured under and, for appends, a raw-RocksDB baseline measured in the same invocation.
+//! It is part of the `annals` binary, not of the library: nothing else runs these reports.
 //!
 //! Every figure names its conditions (durability, sizes, writers, CPU count, RocksDB
 //! version), because a number without them cannot be compared, and the baseline runs
@@ -16,17 +17,15 @@ mod stats;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use annals::cli::{BenchGraphqlArgs, LimitArgs};
+use annals_store::ROCKSDB_VERSION;
 use serde::Serialize;
 
 pub use append::{AppendBench, run_append};
 pub use catchup::{CatchupBench, run_catchup};
 pub use command::{CommandBench, run_command};
-pub use graphql::{GraphqlBench, GraphqlReport, Mix, OperationFigures, run_graphql};
-pub use stats::{Latency, RunFigures};
-
-/// The RocksDB version compiled in (librocksdb-sys `0.19.0+11.8.1`); a test checks it
-/// against `Cargo.lock`.
-pub const ROCKSDB_VERSION: &str = "11.8.1";
+pub use graphql::{GraphqlBench, run_graphql};
+use stats::RunFigures;
 
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +64,29 @@ pub enum Limit {
     Events(u64),
     /// After this many requests (`annals bench graphql`).
     Requests(u64),
+}
+
+impl Limit {
+    /// A count if one is given, else a duration in seconds, else 10 seconds.
+    fn asked(count: Option<u64>, seconds: Option<f64>, counted: fn(u64) -> Self) -> Self {
+        match (count, seconds) {
+            (Some(count), _) => counted(count),
+            (None, Some(secs)) => Self::Duration(Duration::from_secs_f64(secs.max(0.0))),
+            (None, None) => Self::Duration(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl From<&LimitArgs> for Limit {
+    fn from(args: &LimitArgs) -> Self {
+        Self::asked(args.events, args.duration, Self::Events)
+    }
+}
+
+impl From<&BenchGraphqlArgs> for Limit {
+    fn from(args: &BenchGraphqlArgs) -> Self {
+        Self::asked(args.requests, args.duration, Self::Requests)
+    }
 }
 
 /// What the machine and build were.
