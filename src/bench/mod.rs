@@ -39,12 +39,12 @@ pub enum BenchError {
     /// The event store failed.
     #[error(transparent)]
     Store(#[from] annals_store::StoreError),
+    /// Raw RocksDB failed under the baseline.
+    #[error("raw RocksDB baseline failed: {0}")]
+    Baseline(annals_store::StoreError),
     /// The read models failed.
     #[error(transparent)]
     Projection(#[from] annals_projections::ProjectionError),
-    /// RocksDB failed under the baseline.
-    #[error("raw RocksDB baseline failed: {0}")]
-    Baseline(#[from] rocksdb::Error),
     /// The file system failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
