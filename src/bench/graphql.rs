@@ -620,28 +620,25 @@ impl GraphqlReport {
             c.setup_seconds,
             super::machine_line(&c.machine)
         );
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "{:<14} {:>9} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "", "requests", "errors", "ok/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs"
+            "{:<14} {:>9} {:>8} {:>10}",
+            "", "requests", "errors", "ok/s"
         );
+        Latency::push_headings(&mut out);
         for (name, figures) in [
             ("placeOrder", &self.mutation),
             ("point query", &self.point_query),
         ] {
             if let Some(f) = figures {
-                let _ = writeln!(
+                let _ = write!(
                     out,
-                    "{name:<14} {:>9} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                    "{name:<14} {:>9} {:>8} {:>10}",
                     super::thousands(f.requests as f64),
                     super::thousands(f.errors as f64),
                     super::thousands(f.operations_per_second),
-                    f.latency.p50_us,
-                    f.latency.p90_us,
-                    f.latency.p99_us,
-                    f.latency.p999_us,
-                    f.latency.max_us
                 );
+                f.latency.push_cells(&mut out);
             }
         }
         let _ = writeln!(

@@ -25,7 +25,7 @@ pub use append::{AppendBench, run_append};
 pub use catchup::{CatchupBench, run_catchup};
 pub use command::{CommandBench, run_command};
 pub use graphql::{GraphqlBench, run_graphql};
-use stats::RunFigures;
+use stats::{Latency, RunFigures};
 
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]
@@ -176,25 +176,17 @@ pub fn thousands(value: f64) -> String {
 }
 
 fn figures_rows(out: &mut String, name: &str, f: &RunFigures) {
-    use std::fmt::Write;
-    let _ = writeln!(
-        out,
-        "{name:<14} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
+    out.push_str(&format!(
+        "{name:<14} {:>12} {:>12}",
         thousands(f.events_per_second),
         thousands(f.operations_per_second),
-        f.latency.p50_us,
-        f.latency.p90_us,
-        f.latency.p99_us,
-        f.latency.p999_us,
-        f.latency.max_us
-    );
+    ));
+    f.latency.push_cells(out);
 }
 
 fn table_header(out: &mut String) {
-    out.push_str(&format!(
-        "{:<14} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
-        "", "events/s", "ops/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs"
-    ));
+    out.push_str(&format!("{:<14} {:>12} {:>12}", "", "events/s", "ops/s"));
+    Latency::push_headings(out);
 }
 
 fn machine_line(m: &Machine) -> String {
