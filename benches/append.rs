@@ -12,10 +12,9 @@
 //! for the two target shapes measured in alternating Annals/raw rounds (the robust ratio on
 //! a shared machine; `ANNALS_BENCH_PAIRS=n` pairs, default 9).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use annals_store::baseline::RawDb;
 use annals_store::{
     Durability, EventStore, ExpectedVersion, NewEvent, RocksEventStore, StoreOptions, StoreStats,
     StreamId,
@@ -74,9 +73,8 @@ fn annals_round(
 }
 
 fn raw_round(
-    db: &rocksdb::DB,
-    next_key: &AtomicU64,
-    sync: bool,
+    raw: &RawDb,
+    durability: Durability,
     writers: u64,
     per_append: u64,
     iters: u64,
@@ -86,15 +84,11 @@ fn raw_round(
     std::thread::scope(|s| {
         for _ in 0..writers {
             s.spawn(|| {
-                let mut opts = rocksdb::WriteOptions::default();
-                opts.set_sync(sync);
+                let writer = raw.writer(durability);
                 for _ in 0..iters {
-                    let mut batch = rocksdb::WriteBatch::default();
-                    for _ in 0..per_append {
-                        let key = next_key.fetch_add(1, Ordering::Relaxed).to_be_bytes();
-                        batch.put(key, &payload);
-                    }
-                    db.write_opt(batch, &opts).unwrap();
+                    writer
+                        .write(raw.batch(&payload, per_append as usize))
+                        .unwrap();
                 }
             });
         }
@@ -118,10 +112,7 @@ fn paired_ratios() {
     let annals_dir = tempfile::tempdir().unwrap();
     let raw_dir = tempfile::tempdir().unwrap();
     let store = RocksEventStore::open(annals_dir.path(), StoreOptions::default()).unwrap();
-    let mut raw_opts = rocksdb::Options::default();
-    raw_opts.create_if_missing(true);
-    let raw = rocksdb::DB::open(&raw_opts, raw_dir.path()).unwrap();
-    let next_key = AtomicU64::new(0);
+    let raw = RawDb::open(raw_dir.path()).unwrap();
     let pairs: usize = std::env::var("ANNALS_BENCH_PAIRS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -134,7 +125,7 @@ fn paired_ratios() {
         for _ in 0..pairs {
             let before = store.stats();
             let a = annals_round(&rt, &store, &label, writers, per_append, rounds);
-            let r = raw_round(&raw, &next_key, true, writers, per_append, rounds);
+            let r = raw_round(&raw, Durability::Fsync, writers, per_append, rounds);
             report(&format!("paired/{label}"), &store.stats().since(&before), a);
             let (a, r) = (events / a.as_secs_f64(), events / r.as_secs_f64());
             annals_sum += a;
@@ -173,10 +164,7 @@ fn append_matrix(c: &mut Criterion) {
         let store =
             RocksEventStore::open(annals_dir.path(), StoreOptions::with_durability(durability))
                 .unwrap();
-        let mut raw_opts = rocksdb::Options::default();
-        raw_opts.create_if_missing(true);
-        let raw = Arc::new(rocksdb::DB::open(&raw_opts, raw_dir.path()).unwrap());
-        let next_key = AtomicU64::new(0);
+        let raw = RawDb::open(raw_dir.path()).unwrap();
 
         let mut group = c.benchmark_group(format!("append/{name}"));
         group
@@ -202,16 +190,7 @@ fn append_matrix(c: &mut Criterion) {
                     wall.get(),
                 );
                 group.bench_function(BenchmarkId::new("rocksdb", &label), |b| {
-                    b.iter_custom(|iters| {
-                        raw_round(
-                            &raw,
-                            &next_key,
-                            durability == Durability::Fsync,
-                            writers,
-                            per_append,
-                            iters,
-                        )
-                    })
+                    b.iter_custom(|iters| raw_round(&raw, durability, writers, per_append, iters))
                 });
             }
         }

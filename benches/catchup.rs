@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use annals::{bench, read_models};
+use annals::{read_models, sample};
 use annals_projections::{ProjectionRuntime, ReadModelStore, RuntimeOptions};
 use annals_store::{EventStore, Position, RocksEventStore};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -34,9 +34,9 @@ fn catchup(c: &mut Criterion) {
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
     let store =
-        Arc::new(RocksEventStore::open(dir.path().join("log"), bench::log_options()).unwrap());
+        Arc::new(RocksEventStore::open(dir.path().join("log"), sample::log_options()).unwrap());
     let started = Instant::now();
-    rt.block_on(bench::build_log(&store, events)).unwrap();
+    rt.block_on(sample::build_log(&store, events)).unwrap();
     let head = store.head();
     eprintln!(
         "catchup bench: log of {} events built in {:.1}s",

@@ -213,19 +213,6 @@ pub struct LimitArgs {
     pub events: Option<u64>,
 }
 
-impl LimitArgs {
-    /// The limit these options ask for.
-    pub fn limit(&self) -> crate::bench::Limit {
-        match (self.events, self.duration) {
-            (Some(events), _) => crate::bench::Limit::Events(events),
-            (None, Some(secs)) => {
-                crate::bench::Limit::Duration(std::time::Duration::from_secs_f64(secs.max(0.0)))
-            }
-            (None, None) => crate::bench::Limit::Duration(std::time::Duration::from_secs(10)),
-        }
-    }
-}
-
 /// Options of `annals bench append`.
 #[derive(Debug, clap::Args)]
 pub struct BenchAppendArgs {
@@ -298,6 +285,29 @@ pub struct BenchCatchupArgs {
     pub json: bool,
 }
 
+/// Which requests the connections of `annals bench graphql` send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Mix {
+    /// Point queries only (`order(id)` and `product(id)`, alternating).
+    Query,
+    /// `placeOrder` mutations only.
+    Mutation,
+    /// A mutation, then a point query, in turn.
+    Both,
+}
+
+impl Mix {
+    /// The value as the command line spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Query => "query",
+            Self::Mutation => "mutation",
+            Self::Both => "both",
+        }
+    }
+}
+
 /// Options of `annals bench graphql`.
 #[derive(Debug, clap::Args)]
 pub struct BenchGraphqlArgs {
@@ -317,7 +327,7 @@ pub struct BenchGraphqlArgs {
     pub requests: Option<u64>,
     /// Which requests to send: placeOrder mutations, point queries, or both in turn.
     #[arg(long, value_enum, default_value = "both")]
-    pub mix: crate::bench::Mix,
+    pub mix: Mix,
     /// API key sent as `Authorization: Bearer <key>` (a writer key; the in-process server
     /// has no keys and ignores it).
     #[arg(long, env = "ANNALS_API_KEY", hide_env_values = true)]
@@ -329,19 +339,6 @@ pub struct BenchGraphqlArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
-}
-
-impl BenchGraphqlArgs {
-    /// The limit these options ask for.
-    pub fn limit(&self) -> crate::bench::Limit {
-        match (self.requests, self.duration) {
-            (Some(requests), _) => crate::bench::Limit::Requests(requests),
-            (None, Some(secs)) => {
-                crate::bench::Limit::Duration(std::time::Duration::from_secs_f64(secs.max(0.0)))
-            }
-            (None, None) => crate::bench::Limit::Duration(std::time::Duration::from_secs(10)),
-        }
-    }
 }
 
 /// Options of `annals replay`.

@@ -13,7 +13,8 @@
 //!   all start their node there.
 //! - [`error::ErrorCode`]: the one table of codes that clients, metrics and the command
 //!   line see; [`error::HasCode`] gives every error type of the workspace its code.
-//! - [`domain::Commerce`]: the reference domain's commands; [`read_models`]: its
+//! - [`domain::Commerce`]: the reference domain's commands; [`sample`]: a sample log of
+//!   the domain for the benchmarks and tests; [`read_models`]: its
 //!   projections and queries; [`graphql`] and [`server`]: the API; [`audit`]: export and
 //!   verification of the audit trail.
 //!
@@ -32,7 +33,6 @@
 //! `tests/dependency_rules.rs`); nothing depends on it.
 
 pub mod audit;
-pub mod bench;
 pub mod cli;
 pub mod contracts;
 pub mod domain;
@@ -41,5 +41,6 @@ pub mod graphql;
 pub mod node;
 pub mod read_models;
 pub mod replay;
+pub mod sample;
 pub mod server;
 pub mod time;

@@ -7,12 +7,13 @@ use anyhow::{Context, bail};
 use clap::Parser;
 
 use annals::audit::cli as audit;
-use annals::bench;
 use annals::cli::{BenchCommand, Cli, Command, KeysCommand, LogFormat, SchemaArgs, ServeArgs};
 use annals::node::Node;
 use annals::server::AppState;
 use annals::server::auth::{RateLimit, check_exposure, generate_key};
 use annals_store::EventStore;
+
+mod bench;
 
 /// mimalloc: the many small allocations of record decoding and read-model batches are
 /// markedly cheaper than with the system allocator.
@@ -56,7 +57,7 @@ fn main() -> anyhow::Result<()> {
                 payload_bytes: args.payload_bytes,
                 streams: args.streams,
                 durability: args.durability.into(),
-                limit: args.limit.limit(),
+                limit: (&args.limit).into(),
                 data_dir: args.data_dir,
                 baseline: args.baseline,
             })?;
@@ -66,7 +67,7 @@ fn main() -> anyhow::Result<()> {
             let report = bench::run_command(&bench::CommandBench {
                 writers: args.writers,
                 durability: args.durability.into(),
-                limit: args.limit.limit(),
+                limit: (&args.limit).into(),
                 data_dir: args.data_dir,
             })?;
             print_report(&report, args.json, || report.table())
@@ -84,7 +85,7 @@ fn main() -> anyhow::Result<()> {
             let report = bench::run_graphql(&bench::GraphqlBench {
                 url: args.url.clone(),
                 connections: args.connections,
-                limit: args.limit(),
+                limit: (&args).into(),
                 mix: args.mix,
                 api_key: args.api_key.clone(),
                 data_dir: args.data_dir.clone(),

@@ -300,17 +300,8 @@ async fn a_corrupted_record_gives_internal_without_detail_and_the_server_stays_u
         }
         store.close();
     }
-    {
-        use annals_store::keys;
-        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &log, keys::ALL_CFS).unwrap();
-        let cf = db.cf_handle(keys::CF_EVENTS).unwrap();
-        db.put_cf(
-            cf,
-            keys::position_key(annals_store::Position(2)),
-            b"\x01garbage",
-        )
+    annals_store::testkit::overwrite_record(&log, annals_store::Position(2), b"\x01garbage")
         .unwrap();
-    }
     let server = TestServer::start_in(dir, ServerConfig::default()).await;
 
     for query in [

@@ -33,6 +33,25 @@ fn head(dir: &std::path::Path) -> u64 {
     head
 }
 
+/// p50 ≤ p90 ≤ p95 ≤ p99 ≤ p99.9 ≤ max.
+fn assert_percentiles_ordered(l: &Value) {
+    let values: Vec<Option<u64>> = ["p50_us", "p90_us", "p95_us", "p99_us", "p999_us", "max_us"]
+        .iter()
+        .map(|field| l[field].as_u64())
+        .collect();
+    assert!(values.windows(2).all(|w| w[0] <= w[1]), "{l}");
+}
+
+/// A table's latency columns, in order, with p95 between p90 and p99.
+fn assert_latency_columns(text: &str) {
+    let columns = ["p50 µs", "p90 µs", "p95 µs", "p99 µs", "p99.9 µs", "max µs"];
+    let at: Vec<Option<usize>> = columns.iter().map(|c| text.find(c)).collect();
+    assert!(
+        at.iter().all(Option::is_some) && at.windows(2).all(|w| w[0] < w[1]),
+        "latency columns {columns:?} not in order in:\n{text}"
+    );
+}
+
 fn assert_figures(f: &Value) {
     for field in [
         "events",
@@ -43,17 +62,13 @@ fn assert_figures(f: &Value) {
     ] {
         assert!(f[field].as_f64().is_some_and(|v| v > 0.0), "{field} in {f}");
     }
-    for field in ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
+    for field in ["p50_us", "p90_us", "p95_us", "p99_us", "p999_us", "max_us"] {
         assert!(
             f["latency"][field].as_u64().is_some_and(|v| v > 0),
             "latency.{field} in {f}"
         );
     }
-    let l = &f["latency"];
-    assert!(
-        l["p50_us"].as_u64() <= l["p99_us"].as_u64()
-            && l["p99_us"].as_u64() <= l["max_us"].as_u64()
-    );
+    assert_percentiles_ordered(&f["latency"]);
     assert!(f["first_second_events_per_second"].as_f64().is_some());
     assert!(f["last_second_events_per_second"].as_f64().is_some());
 }
@@ -89,7 +104,7 @@ fn append_with_baseline_reports_both_sides_and_the_ratio() {
     assert!(c["machine"]["cpus"].as_u64().unwrap() >= 1);
     assert_eq!(
         c["machine"]["rocksdb_version"],
-        annals::bench::ROCKSDB_VERSION
+        annals_store::ROCKSDB_VERSION
     );
     assert_figures(&report["annals"]);
     assert_figures(&report["baseline"]);
@@ -159,6 +174,7 @@ fn append_table_shows_conditions_figures_and_ratio() {
     ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
+    assert_latency_columns(&text);
 }
 
 #[test]
@@ -276,7 +292,7 @@ fn bad_options_are_refused_with_a_message() {
 #[test]
 fn the_reported_rocksdb_version_is_the_one_in_cargo_lock() {
     let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
-    let expected = format!("+{}\"", annals::bench::ROCKSDB_VERSION);
+    let expected = format!("+{}\"", annals_store::ROCKSDB_VERSION);
     let line = lock
         .lines()
         .skip_while(|l| *l != "name = \"librocksdb-sys\"")
@@ -310,17 +326,13 @@ fn assert_operation(f: &Value, kind: &str) {
     assert_eq!(f["errors"], 0, "{kind} in {f}");
     assert_eq!(f["ok"], f["requests"], "{kind} in {f}");
     let l = &f["latency"];
-    for field in ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
+    for field in ["p50_us", "p90_us", "p95_us", "p99_us", "p999_us", "max_us"] {
         assert!(
             l[field].as_u64().is_some_and(|v| v > 0),
             "{kind}.latency.{field} in {f}"
         );
     }
-    assert!(
-        l["p50_us"].as_u64() <= l["p90_us"].as_u64()
-            && l["p90_us"].as_u64() <= l["p99_us"].as_u64()
-            && l["p99_us"].as_u64() <= l["max_us"].as_u64()
-    );
+    assert_percentiles_ordered(l);
 }
 
 #[test]
@@ -419,6 +431,7 @@ fn graphql_bench_query_only_and_mutation_only_mixes() {
     ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
+    assert_latency_columns(&text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,9 +19,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use annals::bench;
 use annals::domain;
 use annals::read_models;
+use annals::sample;
 use annals_projections::{
     Generation, ProjectionRuntime, ReadModelStore, RuntimeOptions, build_until,
 };
@@ -503,8 +503,8 @@ fn kill_9_during_a_blue_green_rebuild_resumes_it_from_its_checkpoint() {
     let started = Instant::now();
     rt.block_on(async {
         let store =
-            Arc::new(RocksEventStore::open(dir.path().join("log"), bench::log_options()).unwrap());
-        bench::build_log(&store, events).await.unwrap();
+            Arc::new(RocksEventStore::open(dir.path().join("log"), sample::log_options()).unwrap());
+        sample::build_log(&store, events).await.unwrap();
         let head = store.head();
         // The serving generations are caught up before any rebuild starts, so the rebuild
         // has the whole log to redo.

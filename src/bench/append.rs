@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use annals_store::baseline::RawDb;
 use annals_store::{
     Durability, EventStore, ExpectedVersion, NewEvent, RocksEventStore, StoreError, StoreOptions,
     StreamId,
@@ -214,21 +215,18 @@ pub fn run_append(bench: &AppendBench) -> Result<AppendReport, BenchError> {
         Err(e) => return Err(e.into()),
     };
     let raw = if bench.baseline {
-        let mut opts = rocksdb::Options::default();
-        opts.create_if_missing(true);
-        Some(rocksdb::DB::open(&opts, dir.path().join("raw-baseline"))?)
+        Some(RawDb::open(dir.path().join("raw-baseline")).map_err(BenchError::Baseline)?)
     } else {
         None
     };
-    let raw_key = AtomicU64::new(0);
     let before = store.stats();
     let mut annals_rounds = Vec::new();
     let mut raw_rounds = Vec::new();
     for round in 0..rounds {
         let limit = per_round(bench.limit, rounds);
         annals_rounds.push(rt.block_on(annals_round(&store, bench, limit, round))?);
-        if let Some(db) = &raw {
-            raw_rounds.push(raw_round(db, &raw_key, bench, limit, round)?);
+        if let Some(raw) = &raw {
+            raw_rounds.push(raw_round(raw, bench, limit, round)?);
         }
     }
     super::progress_done();
@@ -399,8 +397,7 @@ async fn annals_round(
 }
 
 fn raw_round(
-    db: &rocksdb::DB,
-    next_key: &AtomicU64,
+    raw: &RawDb,
     bench: &AppendBench,
     limit: Limit,
     round: usize,
@@ -409,9 +406,8 @@ fn raw_round(
     let meter = Meter::new();
     let sampler = Sampler::start(&meter, format!("raw RocksDB round {}", round + 1));
     let payload = payload(bench.payload_bytes);
-    let sync = bench.durability == Durability::Fsync;
     let started = Instant::now();
-    let results: Vec<Result<Histogram<u64>, rocksdb::Error>> = std::thread::scope(|s| {
+    let results: Vec<Result<Histogram<u64>, BenchError>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..bench.writers)
             .map(|_| {
                 let budget = budget.clone();
@@ -419,16 +415,11 @@ fn raw_round(
                 let payload = &payload;
                 s.spawn(move || {
                     let mut latency = stats::histogram();
-                    let mut opts = rocksdb::WriteOptions::default();
-                    opts.set_sync(sync);
+                    let writer = raw.writer(bench.durability);
                     while budget.take() {
-                        let mut batch = rocksdb::WriteBatch::default();
-                        for _ in 0..bench.events_per_append {
-                            let key = next_key.fetch_add(1, Ordering::Relaxed).to_be_bytes();
-                            batch.put(key, payload);
-                        }
+                        let batch = raw.batch(payload, bench.events_per_append);
                         let op = Instant::now();
-                        db.write_opt(batch, &opts)?;
+                        writer.write(batch).map_err(BenchError::Baseline)?;
                         stats::record(&mut latency, op.elapsed());
                         meter.record(bench.events_per_append as u64);
                     }

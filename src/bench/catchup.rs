@@ -1,24 +1,18 @@
 //! `annals bench catchup`: how fast the reference read models are built from a log of
-//! domain events (generated first, in large commits, with `Buffered` durability).
+//! domain events (the sample log, generated first in large commits with `Buffered`
+//! durability).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use annals::{read_models, sample};
 use annals_projections::{ProjectionRuntime, ReadModelStore, RuntimeOptions};
-use annals_store::{
-    Durability, EventStore, ExpectedVersion, NewEvent, RocksEventStore, StoreError, StoreOptions,
-    StreamAppend, StreamId,
-};
+use annals_store::{EventStore, RocksEventStore, StoreError};
 use serde::Serialize;
-use serde_json::json;
 
 use super::stats::{self, Meter, RunFigures};
 use super::{BenchDir, BenchError, Machine};
-use crate::read_models;
-
-const PRODUCTS: usize = 200;
-const ORDERS_PER_COMMIT: usize = 100;
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -74,84 +68,6 @@ pub struct ProjectionSeconds {
     pub seconds: f64,
 }
 
-/// Writes at least `target` events of the reference domain in large multi-stream commits:
-/// placed, confirmed and cancelled orders with their reservations and releases over 200
-/// products.
-pub async fn build_log(store: &RocksEventStore, target: u64) -> Result<(), StoreError> {
-    for p in 0..PRODUCTS {
-        let stream = StreamId::new(format!("product-p{p}"))?;
-        if store.stream_version(&stream).await? > 0 {
-            continue;
-        }
-        store
-            .append(
-                stream,
-                ExpectedVersion::NoStream,
-                vec![
-                    NewEvent::json("ProductRegistered", &json!({"sku": format!("SKU-{p}"), "name": format!("Product {p}"), "price_cents": 250})),
-                    NewEvent::json("StockReceived", &json!({"quantity": 100_000_000u64})),
-                ],
-            )
-            .await?;
-    }
-    let mut order = store.head().0 as usize;
-    while store.head().0 < target {
-        let mut appends = Vec::new();
-        let mut per_product: Vec<Vec<NewEvent>> = vec![Vec::new(); PRODUCTS];
-        for _ in 0..ORDERS_PER_COMMIT {
-            let p = order % PRODUCTS;
-            let quantity = 1 + (order % 3) as u64;
-            // Schema version 2, with `total_cents`, as the domain writes it today.
-            let mut events = vec![NewEvent::json(
-                "OrderPlaced",
-                &json!({"customer_id": format!("c{}", order % 5_000), "lines": [{"product_id": format!("p{p}"), "quantity": quantity, "unit_price_cents": 250}], "total_cents": 250 * quantity}),
-            ).with_schema_version(2)];
-            per_product[p].push(NewEvent::json(
-                "StockReserved",
-                &json!({"order_id": format!("o{order}"), "quantity": quantity}),
-            ));
-            if order.is_multiple_of(3) {
-                events.push(NewEvent::json("OrderConfirmed", &json!({})));
-            }
-            if order % 5 == 1 {
-                events.push(NewEvent::json(
-                    "OrderCancelled",
-                    &json!({"reason": "bench"}),
-                ));
-                per_product[p].push(NewEvent::json(
-                    "StockReleased",
-                    &json!({"order_id": format!("o{order}"), "quantity": quantity}),
-                ));
-            }
-            appends.push(StreamAppend::new(
-                StreamId::new(format!("order-o{order}"))?,
-                ExpectedVersion::NoStream,
-                events,
-            ));
-            order += 1;
-        }
-        for (p, events) in per_product.into_iter().enumerate() {
-            if !events.is_empty() {
-                appends.push(StreamAppend::new(
-                    StreamId::new(format!("product-p{p}"))?,
-                    ExpectedVersion::Any,
-                    events,
-                ));
-            }
-        }
-        store.append_multi(appends).await?;
-    }
-    Ok(())
-}
-
-/// Options for the store a generated log is written with: big commits, no fsync.
-pub fn log_options() -> StoreOptions {
-    StoreOptions {
-        max_events_per_append: 10_000,
-        ..StoreOptions::with_durability(Durability::Buffered)
-    }
-}
-
 /// Runs the benchmark.
 pub fn run_catchup(bench: &CatchupBench) -> Result<CatchupReport, BenchError> {
     if bench.events == 0 {
@@ -166,7 +82,7 @@ pub fn run_catchup(bench: &CatchupBench) -> Result<CatchupReport, BenchError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let store = match RocksEventStore::open(dir.path().join("log"), log_options()) {
+    let store = match RocksEventStore::open(dir.path().join("log"), sample::log_options()) {
         Ok(store) => Arc::new(store),
         Err(StoreError::Locked { path }) => {
             return Err(BenchError::InUse(path.display().to_string()));
@@ -174,7 +90,7 @@ pub fn run_catchup(bench: &CatchupBench) -> Result<CatchupReport, BenchError> {
         Err(e) => return Err(e.into()),
     };
     let started = Instant::now();
-    rt.block_on(build_log(&store, bench.events))?;
+    rt.block_on(sample::build_log(&store, bench.events))?;
     let log_build_seconds = started.elapsed().as_secs_f64();
     let head = store.head();
     let read_dir = tempfile::Builder::new()

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use annals::domain::{self, Commerce, LineRequest};
 use annals_store::{
     BusOptions, CommandBus, CommandContext, Durability, RocksEventStore, StoreError, StoreOptions,
 };
@@ -12,7 +13,6 @@ use serde::Serialize;
 
 use super::stats::{self, Meter, RunFigures, Sampler};
 use super::{BenchDir, BenchError, Limit, Machine};
-use crate::domain::{self, Commerce, LineRequest};
 
 /// What to measure.
 #[derive(Clone, Debug)]

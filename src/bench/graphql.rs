@@ -19,6 +19,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use annals::cli::Mix;
+use annals::node::{Node, NodeConfig, NodeError};
+use annals::server::auth::RateLimit;
 use annals_store::{EventStore, SharedStore};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -26,30 +29,6 @@ use serde_json::{Value, json};
 
 use super::stats::{self, Latency, Meter, Sampler};
 use super::{BenchDir, BenchError, Limit, Machine};
-use crate::server::auth::RateLimit;
-use crate::node::{Node, NodeConfig, NodeError};
-
-/// Which requests the connections send.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Mix {
-    /// Point queries only (`order(id)` and `product(id)`, alternating).
-    Query,
-    /// `placeOrder` mutations only.
-    Mutation,
-    /// A mutation, then a point query, in turn.
-    Both,
-}
-
-impl Mix {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Query => "query",
-            Self::Mutation => "mutation",
-            Self::Both => "both",
-        }
-    }
-}
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -630,28 +609,25 @@ impl GraphqlReport {
             c.setup_seconds,
             super::machine_line(&c.machine)
         );
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "{:<14} {:>9} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "", "requests", "errors", "ok/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs"
+            "{:<14} {:>9} {:>8} {:>10}",
+            "", "requests", "errors", "ok/s"
         );
+        Latency::push_headings(&mut out);
         for (name, figures) in [
             ("placeOrder", &self.mutation),
             ("point query", &self.point_query),
         ] {
             if let Some(f) = figures {
-                let _ = writeln!(
+                let _ = write!(
                     out,
-                    "{name:<14} {:>9} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                    "{name:<14} {:>9} {:>8} {:>10}",
                     super::thousands(f.requests as f64),
                     super::thousands(f.errors as f64),
                     super::thousands(f.operations_per_second),
-                    f.latency.p50_us,
-                    f.latency.p90_us,
-                    f.latency.p99_us,
-                    f.latency.p999_us,
-                    f.latency.max_us
                 );
+                f.latency.push_cells(&mut out);
             }
         }
         let _ = writeln!(

@@ -1,6 +1,7 @@
 //! `annals bench`: throughput and latency of the append path, the command path, the
-//! projection catch-up and the GraphQL API over HTTP, with the conditions they were measured under and, for appends, a
-//! raw-RocksDB baseline measured in the same invocation.
+//! projection catch-up and the GraphQL API over HTTP, with the conditions they were
+//! measured under and, for appends, a raw-RocksDB baseline measured in the same invocation.
+//! It is part of the `annals` binary, not of the library: nothing else runs these reports.
 //!
 //! Every figure names its conditions (durability, sizes, writers, CPU count, RocksDB
 //! version), because a number without them cannot be compared, and the baseline runs
@@ -16,17 +17,15 @@ mod stats;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use annals::cli::{BenchGraphqlArgs, LimitArgs};
+use annals_store::ROCKSDB_VERSION;
 use serde::Serialize;
 
 pub use append::{AppendBench, run_append};
-pub use catchup::{CatchupBench, build_log, log_options, run_catchup};
+pub use catchup::{CatchupBench, run_catchup};
 pub use command::{CommandBench, run_command};
-pub use graphql::{GraphqlBench, GraphqlReport, Mix, OperationFigures, run_graphql};
-pub use stats::{Latency, RunFigures};
-
-/// The RocksDB version compiled in (librocksdb-sys `0.19.0+11.8.1`); a test checks it
-/// against `Cargo.lock`.
-pub const ROCKSDB_VERSION: &str = "11.8.1";
+pub use graphql::{GraphqlBench, run_graphql};
+use stats::{Latency, RunFigures};
 
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]
@@ -40,12 +39,12 @@ pub enum BenchError {
     /// The event store failed.
     #[error(transparent)]
     Store(#[from] annals_store::StoreError),
+    /// Raw RocksDB failed under the baseline.
+    #[error("raw RocksDB baseline failed: {0}")]
+    Baseline(annals_store::StoreError),
     /// The read models failed.
     #[error(transparent)]
     Projection(#[from] annals_projections::ProjectionError),
-    /// RocksDB failed under the baseline.
-    #[error("raw RocksDB baseline failed: {0}")]
-    Baseline(#[from] rocksdb::Error),
     /// The file system failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -65,6 +64,29 @@ pub enum Limit {
     Events(u64),
     /// After this many requests (`annals bench graphql`).
     Requests(u64),
+}
+
+impl Limit {
+    /// A count if one is given, else a duration in seconds, else 10 seconds.
+    fn asked(count: Option<u64>, seconds: Option<f64>, counted: fn(u64) -> Self) -> Self {
+        match (count, seconds) {
+            (Some(count), _) => counted(count),
+            (None, Some(secs)) => Self::Duration(Duration::from_secs_f64(secs.max(0.0))),
+            (None, None) => Self::Duration(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl From<&LimitArgs> for Limit {
+    fn from(args: &LimitArgs) -> Self {
+        Self::asked(args.events, args.duration, Self::Events)
+    }
+}
+
+impl From<&BenchGraphqlArgs> for Limit {
+    fn from(args: &BenchGraphqlArgs) -> Self {
+        Self::asked(args.requests, args.duration, Self::Requests)
+    }
 }
 
 /// What the machine and build were.
@@ -154,25 +176,17 @@ pub fn thousands(value: f64) -> String {
 }
 
 fn figures_rows(out: &mut String, name: &str, f: &RunFigures) {
-    use std::fmt::Write;
-    let _ = writeln!(
-        out,
-        "{name:<14} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
+    out.push_str(&format!(
+        "{name:<14} {:>12} {:>12}",
         thousands(f.events_per_second),
         thousands(f.operations_per_second),
-        f.latency.p50_us,
-        f.latency.p90_us,
-        f.latency.p99_us,
-        f.latency.p999_us,
-        f.latency.max_us
-    );
+    ));
+    f.latency.push_cells(out);
 }
 
 fn table_header(out: &mut String) {
-    out.push_str(&format!(
-        "{:<14} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
-        "", "events/s", "ops/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs"
-    ));
+    out.push_str(&format!("{:<14} {:>12} {:>12}", "", "events/s", "ops/s"));
+    Latency::push_headings(out);
 }
 
 fn machine_line(m: &Machine) -> String {

@@ -14,6 +14,8 @@ pub struct Latency {
     pub p50_us: u64,
     /// 90th percentile.
     pub p90_us: u64,
+    /// 95th percentile.
+    pub p95_us: u64,
     /// 99th percentile.
     pub p99_us: u64,
     /// 99.9th percentile.
@@ -23,11 +25,44 @@ pub struct Latency {
 }
 
 impl Latency {
+    /// The column headings of the percentiles in a table, in the order of [`Self::cells`].
+    const HEADINGS: [&'static str; 6] =
+        ["p50 µs", "p90 µs", "p95 µs", "p99 µs", "p99.9 µs", "max µs"];
+
+    /// The percentiles in table order.
+    fn cells(&self) -> [u64; 6] {
+        [
+            self.p50_us,
+            self.p90_us,
+            self.p95_us,
+            self.p99_us,
+            self.p999_us,
+            self.max_us,
+        ]
+    }
+
+    /// Ends a table's heading line with the latency columns.
+    pub(crate) fn push_headings(out: &mut String) {
+        for heading in Self::HEADINGS {
+            out.push_str(&format!(" {heading:>9}"));
+        }
+        out.push('\n');
+    }
+
+    /// Ends a table row with these percentiles, under [`Self::push_headings`].
+    pub(crate) fn push_cells(&self, out: &mut String) {
+        for cell in self.cells() {
+            out.push_str(&format!(" {cell:>9}"));
+        }
+        out.push('\n');
+    }
+
     /// The percentiles of a histogram of microseconds.
     pub fn of(h: &Histogram<u64>) -> Self {
         Self {
             p50_us: h.value_at_quantile(0.50),
             p90_us: h.value_at_quantile(0.90),
+            p95_us: h.value_at_quantile(0.95),
             p99_us: h.value_at_quantile(0.99),
             p999_us: h.value_at_quantile(0.999),
             max_us: h.max(),

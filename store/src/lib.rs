@@ -52,9 +52,9 @@
 //!
 //! This crate knows nothing of GraphQL, HTTP or any business domain, and must never depend
 //! on `annals-projections` or the `annals` package: they depend on it. bincode is used only
-//! inside [`codec`], RocksDB only inside `rocks`, [`StoreError::Storage`] and the test kit
-//! (and the raw-RocksDB baseline of the benchmarks, feature `bench`).
-//! `tests/dependency_rules.rs` of the workspace checks these rules.
+//! inside [`codec`], RocksDB only inside `rocks`, [`StoreError::Storage`], the raw-RocksDB
+//! baseline of the benchmarks (`baseline`, feature `bench`) and the test kit (`testkit`,
+//! feature `test-utils`). `tests/dependency_rules.rs` of the workspace checks these rules.
 //!
 //! ## Example
 //!
@@ -75,6 +75,8 @@
 //! ```
 
 mod aggregate;
+#[cfg(any(test, feature = "bench"))]
+pub mod baseline;
 mod cache;
 pub mod codec;
 mod command;
@@ -107,3 +109,7 @@ pub use types::{
     ReadFilter, RecordedEvent, StreamAppend, StreamId, Timestamp, category_of, validate_event_type,
 };
 pub use upcast::{UpcastFn, Upcasters};
+
+/// The RocksDB version compiled in (`librocksdb-sys` `0.19.0+11.8.1`), for the conditions
+/// a benchmark reports; a test of the `annals` package checks it against `Cargo.lock`.
+pub const ROCKSDB_VERSION: &str = "11.8.1";

@@ -7,10 +7,31 @@
 //! ```
 //!
 //! `tests/domain_rules.rs` of the `annals` package uses it for every rule of the domain.
+//!
+//! [`overwrite_record`] damages a closed log on disk, for the tests of what a reader and
+//! the API edge do with a record that no longer decodes.
 
 use std::fmt::Debug;
+use std::path::Path;
 
 use crate::aggregate::Aggregate;
+use crate::error::StoreError;
+use crate::keys::{self, CF_EVENTS};
+use crate::rocks::{cf, open_writable};
+use crate::store::Durability;
+use crate::types::Position;
+
+/// Replaces the stored bytes of the record at `position` in the closed log in `log_dir`
+/// with `bytes`, bypassing every check of the store.
+pub fn overwrite_record(
+    log_dir: &Path,
+    position: Position,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    let db = open_writable(log_dir, Durability::Fsync)?;
+    db.put_cf(cf(&db, CF_EVENTS), keys::position_key(position), bytes)?;
+    Ok(())
+}
 
 /// Starts a test from the aggregate's history.
 pub fn given<A: Aggregate>(events: Vec<A::Event>) -> Given<A> {
@@ -219,7 +240,40 @@ pub fn store_error_variant(error: &crate::StoreError) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        EventStore, ExpectedVersion, NewEvent, ReadFilter, RocksEventStore, StoreOptions, StreamId,
+    };
 
+    #[tokio::test]
+    async fn an_overwritten_record_no_longer_decodes_and_its_neighbours_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksEventStore::open(dir.path(), StoreOptions::default()).unwrap();
+        for _ in 0..2 {
+            let event = NewEvent::json("Noted", &serde_json::json!({}));
+            store
+                .append(
+                    StreamId::new("s-1").unwrap(),
+                    ExpectedVersion::Any,
+                    vec![event],
+                )
+                .await
+                .unwrap();
+        }
+        store.close();
+        overwrite_record(dir.path(), Position(1), b"\x01garbage").unwrap();
+        let store = RocksEventStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let damaged = store.read_all(Position(1), 1, &ReadFilter::all()).await;
+        assert!(
+            matches!(damaged, Err(StoreError::Decode { .. })),
+            "{damaged:?}"
+        );
+        let page = store
+            .read_all(Position(2), 1, &ReadFilter::all())
+            .await
+            .unwrap();
+        assert_eq!(page.events.len(), 1);
+        store.close();
+    }
     #[test]
     fn one_of_each_store_error_covers_every_variant() {
         let errors = one_of_each_store_error();
