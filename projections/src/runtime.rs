@@ -15,16 +15,15 @@ use std::time::{Duration, Instant};
 use annals_store::{
     EventPage, EventStore, Position, ReadFilter, RecordedEvent, StoreError, Timestamp, Upcasters,
 };
-use rocksdb::WriteBatch;
 use serde::Serialize;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::{HandlerError, ProjectionError};
-use crate::keys::{self, CF_DATA, CF_META, Generation};
+use crate::keys::Generation;
 use crate::projection::{PoisonPolicy, Projection, validate_name};
 use crate::storage::{
-    ActiveRecord, Changes, ParkedEvent, ReadModelStore, ReadModelTx, RebuildRecord, batch_of,
+    ActiveRecord, Changes, ParkedEvent, ReadModelStore, ReadModelTx, RebuildRecord,
 };
 
 /// Tuning of the workers.
@@ -335,12 +334,7 @@ impl ProjectionRuntime {
     fn status_of_worker(&self, w: &Worker) -> ProjectionStatus {
         let head = *self.inner.head.borrow();
         let checkpoint = *w.checkpoint.borrow();
-        let parked = self
-            .inner
-            .read
-            .meta_scan(&keys::parked_prefix(&w.name))
-            .map(|rows| rows.len() as u64)
-            .unwrap_or(0);
+        let parked = self.inner.read.parked_count(&w.name).unwrap_or(0);
         w.observe(|o| {
             let rebuild = o.rebuild.map(|(record, done)| {
                 let rate = o.rebuild_rate.per_second();
@@ -508,39 +502,17 @@ fn prepare(
     projection: Arc<dyn Projection>,
 ) -> Result<Arc<Worker>, ProjectionError> {
     let name = projection.name().to_string();
-    let active = match read.meta_json::<ActiveRecord>(&keys::active_key(&name))? {
+    let active = match read.active_record(&name)? {
         Some(active) => active,
-        None => {
-            let active = ActiveRecord {
-                generation: 1,
-                version: projection.version(),
-            };
-            let mut batch = WriteBatch::default();
-            batch.put_cf(
-                read.cf(CF_META),
-                keys::active_key(&name),
-                serde_json::to_vec(&active)?,
-            );
-            batch.put_cf(
-                read.cf(CF_META),
-                keys::checkpoint_key(&name, active.generation),
-                keys::encode_position(Position::ZERO),
-            );
-            read.write(batch)?;
-            active
-        }
+        None => read.init_projection(&name, projection.version())?,
     };
     read.set_active(&name, active.generation);
-    for (key, _) in read.meta_scan(&keys::drop_prefix(&name))? {
-        // The generation's bytes may contain 0x00 (generation 1 is `00 00 00 01`), so the
-        // key is parsed by its known prefix, never by splitting on the separator.
-        if let Some(generation) = keys::decode_drop_key(&name, &key)
-            && generation != active.generation
-        {
+    for generation in read.pending_drops(&name)? {
+        if generation != active.generation {
             read.drop_generation(&name, generation)?;
         }
     }
-    let rebuild = match read.meta_json::<RebuildRecord>(&keys::rebuild_key(&name))? {
+    let rebuild = match read.rebuild_in_progress(&name)? {
         Some(record) => Some((record, read.checkpoint(&name, record.generation)?)),
         None => None,
     };
@@ -644,24 +616,13 @@ impl Handled {
         name: &str,
         generation: Generation,
     ) -> Result<(), ProjectionError> {
-        let mut batch = batch_of(
-            read,
-            &keys::keyspace_prefix(name, generation),
+        read.write_page(
+            name,
+            generation,
             &self.changes,
-        )?;
-        for record in &self.parked {
-            batch.put_cf(
-                read.cf(CF_META),
-                keys::parked_key(name, Position(record.position)),
-                serde_json::to_vec(record)?,
-            );
-        }
-        batch.put_cf(
-            read.cf(CF_META),
-            keys::checkpoint_key(name, generation),
-            keys::encode_position(self.applied.checkpoint),
-        );
-        read.write(batch)
+            &self.parked,
+            self.applied.checkpoint,
+        )
     }
 }
 
@@ -1098,13 +1059,7 @@ async fn step<S: EventStore>(
     }
     if let Some(from) = rewind {
         let to = Position(from.0 - 1);
-        let mut batch = WriteBatch::default();
-        batch.put_cf(
-            ctx.read.cf(CF_META),
-            keys::checkpoint_key(name, state.active.generation),
-            keys::encode_position(to),
-        );
-        ctx.read.write(batch)?;
+        ctx.read.rewind(name, state.active.generation, to)?;
         state.checkpoint = to;
         worker.advance_checkpoint(to);
         tracing::info!(projection = name, from = from.0, "projection rewound");
@@ -1216,24 +1171,7 @@ fn start_rebuild<S>(
         version: ctx.worker.projection.version(),
         started_at_micros: Timestamp::now().as_micros(),
     };
-    let mut batch = WriteBatch::default();
-    let prefix = keys::keyspace_prefix(name, record.generation);
-    if let Some(end) = keys::prefix_end(&prefix) {
-        // Nothing should be there; clearing makes a rebuild start from a clean slate even
-        // if an earlier generation of that number was left behind.
-        batch.delete_range_cf(ctx.read.cf(CF_DATA), &prefix, &end);
-    }
-    batch.put_cf(
-        ctx.read.cf(CF_META),
-        keys::rebuild_key(name),
-        serde_json::to_vec(&record)?,
-    );
-    batch.put_cf(
-        ctx.read.cf(CF_META),
-        keys::checkpoint_key(name, record.generation),
-        keys::encode_position(Position::ZERO),
-    );
-    ctx.read.write(batch)?;
+    ctx.read.begin_rebuild(name, &record)?;
     tracing::info!(
         projection = name,
         generation = record.generation,
@@ -1257,13 +1195,7 @@ fn take_over<S>(
         generation: record.generation,
         version: record.version,
     };
-    let mut batch = WriteBatch::default();
-    let meta = ctx.read.cf(CF_META);
-    batch.put_cf(meta, keys::active_key(name), serde_json::to_vec(&active)?);
-    batch.delete_cf(meta, keys::rebuild_key(name));
-    batch.put_cf(meta, keys::drop_key(name, old), []);
-    ctx.read.write(batch)?;
-    ctx.read.set_active(name, active.generation);
+    ctx.read.take_over(name, active, old)?;
     state.active = active;
     state.checkpoint = checkpoint;
     state.rebuild = None;
@@ -1306,8 +1238,7 @@ async fn replay_one<S: EventStore>(
     position: Position,
 ) -> Result<bool, ProjectionError> {
     let name = ctx.worker.name.as_str();
-    let key = keys::parked_key(name, position);
-    let Some(mut record) = ctx.read.meta_json::<ParkedEvent>(&key)? else {
+    let Some(mut record) = ctx.read.parked_event(name, position)? else {
         return Err(ProjectionError::InvalidState {
             name: name.to_string(),
             reason: format!("no parked event at position {position}"),
@@ -1331,17 +1262,13 @@ async fn replay_one<S: EventStore>(
         match outcome {
             Ok(()) => {
                 tx.accept();
-                let mut batch = tx.into_batch()?;
-                batch.delete_cf(read.cf(CF_META), &key);
-                read.write(batch)?;
+                read.write_replayed(tx, name, position)?;
                 Ok(true)
             }
             Err(error) => {
                 record.attempts += 1;
                 record.error = error.to_string();
-                let mut batch = WriteBatch::default();
-                batch.put_cf(read.cf(CF_META), &key, serde_json::to_vec(&record)?);
-                read.write(batch)?;
+                read.update_parked(name, position, &record)?;
                 Ok(false)
             }
         }

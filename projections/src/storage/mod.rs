@@ -20,7 +20,7 @@ use crate::error::ProjectionError;
 use crate::keys::{self, CF_DATA, CF_META, Generation};
 
 pub use meta::{ActiveRecord, ParkedEvent, RebuildRecord};
-pub(crate) use tx::{Changes, batch_of};
+pub(crate) use tx::Changes;
 pub use tx::ReadModelTx;
 pub use view::ReadView;
 
@@ -98,7 +98,8 @@ impl ReadModelStore {
         &self.path
     }
 
-    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
+    /// A column family's handle (see [`crate::keys`] for what each holds).
+    fn cf(&self, name: &str) -> &ColumnFamily {
         self.db
             .cf_handle(name)
             .expect("every column family is opened with the database")
@@ -127,10 +128,11 @@ impl ReadModelStore {
         if let Some(g) = self.active.read().expect("active map lock").get(projection) {
             return Some(*g);
         }
-        let record: ActiveRecord = self.meta_json(&keys::active_key(projection)).ok()??;
-        Some(record.generation)
+        Some(self.active_record(projection).ok()??.generation)
     }
 
+    /// Switches `projection`'s readers to `generation`: at start-up, and after a
+    /// take-over's batch is written.
     pub(crate) fn set_active(&self, projection: &str, generation: Generation) {
         self.active
             .write()
@@ -138,8 +140,8 @@ impl ReadModelStore {
             .insert(projection.to_string(), generation);
     }
 
-
-    pub(crate) fn write(&self, batch: WriteBatch) -> Result<(), ProjectionError> {
+    /// Writes one batch atomically.
+    fn write(&self, batch: WriteBatch) -> Result<(), ProjectionError> {
         // No fsync: a read model is rebuildable, and its checkpoint is in the same batch, so
         // after a crash it resumes from the last batch the WAL kept.
         self.db.write(batch)?;

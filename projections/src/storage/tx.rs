@@ -294,7 +294,7 @@ impl<'a> ReadModelTx<'a> {
     }
 
     /// Turns the accepted changes into a write batch (see [`batch_of`]).
-    pub(crate) fn into_batch(self) -> Result<WriteBatch, ProjectionError> {
+    pub(super) fn into_batch(self) -> Result<WriteBatch, ProjectionError> {
         let store = self.view.store;
         let prefix = self.view.prefix.clone();
         batch_of(store, &prefix, &self.into_changes())
@@ -307,7 +307,7 @@ impl<'a> ReadModelTx<'a> {
 ///
 /// Looks up the keys the batch deleted without knowing whether the database holds them
 /// ([`Slot::Unsure`]), so it must run once the batches before this one are written.
-pub(crate) fn batch_of(
+pub(super) fn batch_of(
     store: &ReadModelStore,
     prefix: &[u8],
     changes: &Changes,
