@@ -124,18 +124,9 @@ impl ReadModelStore {
             generation: 1,
             version,
         };
-        let meta = self.cf(CF_META);
         let mut batch = WriteBatch::default();
-        batch.put_cf(
-            meta,
-            keys::active_key(projection),
-            serde_json::to_vec(&active)?,
-        );
-        batch.put_cf(
-            meta,
-            keys::checkpoint_key(projection, active.generation),
-            keys::encode_position(Position::ZERO),
-        );
+        self.put_active(&mut batch, projection, &active)?;
+        self.put_checkpoint(&mut batch, projection, active.generation, Position::ZERO);
         self.write(batch)?;
         Ok(active)
     }
@@ -149,11 +140,7 @@ impl ReadModelStore {
         to: Position,
     ) -> Result<(), ProjectionError> {
         let mut batch = WriteBatch::default();
-        batch.put_cf(
-            self.cf(CF_META),
-            keys::checkpoint_key(projection, generation),
-            keys::encode_position(to),
-        );
+        self.put_checkpoint(&mut batch, projection, generation, to);
         self.write(batch)
     }
 
@@ -169,17 +156,12 @@ impl ReadModelStore {
         // Nothing should be there; clearing makes a rebuild start from a clean slate even
         // if an earlier generation of that number was left behind.
         self.clear_keyspace(&mut batch, projection, record.generation);
-        let meta = self.cf(CF_META);
         batch.put_cf(
-            meta,
+            self.cf(CF_META),
             keys::rebuild_key(projection),
             serde_json::to_vec(record)?,
         );
-        batch.put_cf(
-            meta,
-            keys::checkpoint_key(projection, record.generation),
-            keys::encode_position(Position::ZERO),
-        );
+        self.put_checkpoint(&mut batch, projection, record.generation, Position::ZERO);
         self.write(batch)
     }
 
@@ -194,11 +176,7 @@ impl ReadModelStore {
     ) -> Result<(), ProjectionError> {
         let meta = self.cf(CF_META);
         let mut batch = WriteBatch::default();
-        batch.put_cf(
-            meta,
-            keys::active_key(projection),
-            serde_json::to_vec(&active)?,
-        );
+        self.put_active(&mut batch, projection, &active)?;
         batch.delete_cf(meta, keys::rebuild_key(projection));
         batch.put_cf(meta, keys::drop_key(projection, old), []);
         self.write(batch)?;
@@ -257,11 +235,7 @@ impl ReadModelStore {
         for record in parked {
             self.put_parked(&mut batch, projection, Position(record.position), record)?;
         }
-        batch.put_cf(
-            self.cf(CF_META),
-            keys::checkpoint_key(projection, generation),
-            keys::encode_position(checkpoint),
-        );
+        self.put_checkpoint(&mut batch, projection, generation, checkpoint);
         self.write(batch)
     }
 
@@ -291,6 +265,37 @@ impl ReadModelStore {
         self.write(batch)
     }
 
+    /// Adds to `batch` the record of the generation serving `projection`.
+    fn put_active(
+        &self,
+        batch: &mut WriteBatch,
+        projection: &str,
+        active: &ActiveRecord,
+    ) -> Result<(), ProjectionError> {
+        batch.put_cf(
+            self.cf(CF_META),
+            keys::active_key(projection),
+            serde_json::to_vec(active)?,
+        );
+        Ok(())
+    }
+
+    /// Adds to `batch` the checkpoint of one generation.
+    fn put_checkpoint(
+        &self,
+        batch: &mut WriteBatch,
+        projection: &str,
+        generation: Generation,
+        checkpoint: Position,
+    ) {
+        batch.put_cf(
+            self.cf(CF_META),
+            keys::checkpoint_key(projection, generation),
+            keys::encode_position(checkpoint),
+        );
+    }
+
+    /// Adds to `batch` the record of an event parked at `position`.
     fn put_parked(
         &self,
         batch: &mut WriteBatch,
