@@ -174,8 +174,9 @@ fn db_options_for(name: &str) -> Options {
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
         opts.set_block_based_table_factory(&table);
-        // No memtable bloom filter: adding every key to it was 3% of a catch-up's CPU, and
-        // the lookups of absent keys it sped up (a new order) are no longer made.
+        // No memtable bloom filter: adding every key to it costs a catch-up CPU, and the
+        // lookups it would speed up, of keys not in the database (a new order's), are not
+        // made.
     }
     opts
 }

@@ -35,24 +35,28 @@ impl<T: Serialize + Any + Send + Sync> TypedValue for T {
     }
 }
 
-/// A key's state as the batch has left it.
+/// A key's state as the batch has left it. The three deleted states differ in what the
+/// commit writes, which depends on whether the database holds the key ("held").
 enum Slot {
-    /// Deleted: the commit writes a tombstone.
-    Deleted,
-    /// Deleted, and the database does not hold the key (the batch itself had put it): the
-    /// commit writes nothing for it.
-    Absent,
+    /// Deleted, and the database holds the key or may hold it (the batch had not put it):
+    /// the commit writes a tombstone.
+    Tombstone,
+    /// Deleted, and the database does not hold the key (the batch itself had put it as
+    /// new, see [`ReadModelTx::put_known_new`]): the commit writes nothing for it.
+    DeletedNotHeld,
     /// Deleted after the batch had put it, and whether the database holds the key is not
-    /// known: the commit looks it up and writes a tombstone only if it does.
-    Unsure,
+    /// known: the commit looks it up and writes a tombstone only if it is held.
+    DeletedMaybeHeld,
+    /// Put as bytes: the commit writes them.
     Bytes(Vec<u8>),
+    /// Put typed: the commit writes it encoded as JSON.
     Typed(Box<dyn TypedValue>),
 }
 
 impl Slot {
     fn bytes(&self) -> Result<Option<Vec<u8>>, ProjectionError> {
         Ok(match self {
-            Slot::Deleted | Slot::Absent | Slot::Unsure => None,
+            Slot::Tombstone | Slot::DeletedNotHeld | Slot::DeletedMaybeHeld => None,
             Slot::Bytes(bytes) => Some(bytes.clone()),
             Slot::Typed(value) => Some(value.encode()?),
         })
@@ -72,7 +76,7 @@ pub(crate) type Changes = HashMap<Vec<u8>, Change, foldhash::fast::RandomState>;
 /// The keys an event changed, each with the batch's change before the event (`None`: the
 /// batch had not changed the key), to restore if its handler fails. The keys are copied
 /// into one buffer that every event of the batch reuses: a catch-up changes millions of
-/// keys, and an allocation per change for an undo that almost never runs was 2% of it.
+/// keys, and an undo almost never runs, so it must not cost an allocation per change.
 #[derive(Default)]
 struct Undo {
     keys: Vec<u8>,
@@ -114,8 +118,8 @@ pub struct ReadModelTx<'a> {
     view: ReadView<'a>,
     /// Every change of the batch: those of the events applied successfully and those of
     /// the event being applied. One map, so a change is inserted once; sorted at commit.
-    /// Hashed with foldhash: keys come from our own handlers, not from clients, and SipHash
-    /// was 2% of a catch-up.
+    /// Hashed with foldhash rather than SipHash: keys come from our own handlers, not from
+    /// clients, so there is no flooding to resist, and hashing runs for every change.
     changes: Changes,
     /// How to undo the changes of the event being applied (see [`Undo`]).
     undo: Undo,
@@ -161,7 +165,7 @@ impl<'a> ReadModelTx<'a> {
     pub fn get_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, ProjectionError> {
         match self.lookup(key).map(|c| &c.slot) {
             None => self.view.get_json(key),
-            Some(Slot::Deleted | Slot::Absent | Slot::Unsure) => Ok(None),
+            Some(Slot::Tombstone | Slot::DeletedNotHeld | Slot::DeletedMaybeHeld) => Ok(None),
             Some(Slot::Bytes(bytes)) => Ok(Some(serde_json::from_slice(bytes)?)),
             Some(Slot::Typed(value)) => Ok(Some(serde_json::from_slice(&value.encode()?)?)),
         }
@@ -209,14 +213,18 @@ impl<'a> ReadModelTx<'a> {
         self.set(key.into(), Slot::Bytes(value.into()), None);
     }
 
-    /// Stores `value` under a key that the database cannot hold yet, such as an index
-    /// entry named by the position of the event being applied. A later [`Self::delete`] of
-    /// the key in the same batch then writes nothing and needs no lookup to know it (an
-    /// order placed and confirmed in one batch moves its status entries without a read).
+    /// Stores `value` under a key the caller knows the database does not hold, such as an
+    /// index entry named by the position of the event being applied. A later
+    /// [`Self::delete`] of the key in the same batch then writes nothing and needs no
+    /// lookup (an order placed and confirmed in one batch moves its status entries without
+    /// a read).
     ///
-    /// The hint is trusted: used on a key the database does hold, a delete in the same
-    /// batch would leave that key behind. When in doubt, use [`Self::put`].
-    pub fn put_new(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+    /// **Misuse leaves stale keys behind.** The hint is trusted, never checked: called for
+    /// a key the database may already hold, a later delete of that key in the same batch
+    /// writes no tombstone, so the old row stays in the read model, silently and for good
+    /// (until a rebuild). Call it only for keys no earlier batch can have written; when in
+    /// doubt, use [`Self::put`].
+    pub fn put_known_new(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
         self.set(key.into(), Slot::Bytes(value.into()), Some(false));
     }
 
@@ -247,22 +255,25 @@ impl<'a> ReadModelTx<'a> {
     /// A key this batch itself had put (an index entry that moves several times within a
     /// batch: a product's low-stock entry, an order's status entries) usually is not in the
     /// database; then nothing is written for it instead of a tombstone. Unless the batch
-    /// knows (see [`Self::put_new`]), the commit decides: it looks up every such key of the
+    /// knows (see [`Self::put_known_new`]), the commit decides: it looks up every such key of the
     /// batch at once, on the writer's thread rather than the handlers', once the batches
     /// before are written. A failed lookup writes the tombstone.
     pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
         let key = key.into();
         let (put_here, in_db) = match self.changes.get(&key) {
             Some(change) => (
-                matches!(change.slot, Slot::Bytes(_) | Slot::Typed(_) | Slot::Unsure),
+                matches!(
+                    change.slot,
+                    Slot::Bytes(_) | Slot::Typed(_) | Slot::DeletedMaybeHeld
+                ),
                 change.in_db,
             ),
             None => (false, None),
         };
         let slot = match (in_db, put_here) {
-            (Some(false), _) => Slot::Absent,
-            (Some(true), _) | (None, false) => Slot::Deleted,
-            (None, true) => Slot::Unsure,
+            (Some(false), _) => Slot::DeletedNotHeld,
+            (Some(true), _) | (None, false) => Slot::Tombstone,
+            (None, true) => Slot::DeletedMaybeHeld,
         };
         self.set(key, slot, in_db);
     }
@@ -306,18 +317,18 @@ impl<'a> ReadModelTx<'a> {
 /// so the next batch's handlers can read them while a writer thread encodes them.
 ///
 /// Looks up the keys the batch deleted without knowing whether the database holds them
-/// ([`Slot::Unsure`]), so it must run once the batches before this one are written.
+/// ([`Slot::DeletedMaybeHeld`]), so it must run once the batches before this one are written.
 pub(super) fn batch_of(
     store: &ReadModelStore,
     prefix: &[u8],
     changes: &Changes,
 ) -> Result<WriteBatch, ProjectionError> {
-    // Sorting tens of thousands of keys scattered over the heap was 5% of a catch-up,
-    // mostly cache misses: each key is sorted by its first 16 bytes held inline, and
-    // only keys that share those are compared in full.
+    // Sorting tens of thousands of keys scattered over the heap is mostly cache misses:
+    // each key is sorted by its first 16 bytes held inline, and only keys that share
+    // those are compared in full.
     let mut sorted: Vec<(u128, &[u8], &Slot)> = changes
         .iter()
-        .filter(|(_, c)| !matches!(c.slot, Slot::Absent))
+        .filter(|(_, c)| !matches!(c.slot, Slot::DeletedNotHeld))
         .map(|(k, c)| (key_head(k), k.as_slice(), &c.slot))
         .collect();
     sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
@@ -328,7 +339,7 @@ pub(super) fn batch_of(
     // handlers' thread nothing, and a key deleted many times is looked up once.
     let unsure: Vec<Vec<u8>> = sorted
         .iter()
-        .filter(|(_, _, slot)| matches!(slot, Slot::Unsure))
+        .filter(|(_, _, slot)| matches!(slot, Slot::DeletedMaybeHeld))
         .map(|(_, key, _)| full_key(key))
         .collect();
     let mut held = store
@@ -343,7 +354,7 @@ pub(super) fn batch_of(
                 Slot::Bytes(v) => v.len(),
                 // A guess: a typed row's JSON is not known before it is encoded.
                 Slot::Typed(_) => 256,
-                Slot::Deleted | Slot::Absent | Slot::Unsure => 0,
+                Slot::Tombstone | Slot::DeletedNotHeld | Slot::DeletedMaybeHeld => 0,
             };
             prefix.len() + key.len() + value + 16
         })
@@ -357,13 +368,13 @@ pub(super) fn batch_of(
         full.truncate(prefix_len);
         full.extend_from_slice(key);
         match slot {
-            Slot::Deleted => batch.delete_cf(cf, &full),
-            Slot::Unsure => {
+            Slot::Tombstone => batch.delete_cf(cf, &full),
+            Slot::DeletedMaybeHeld => {
                 if held.next().unwrap_or(true) {
                     batch.delete_cf(cf, &full);
                 }
             }
-            Slot::Absent => {}
+            Slot::DeletedNotHeld => {}
             Slot::Bytes(v) => batch.put_cf(cf, &full, v),
             Slot::Typed(value) => batch.put_cf(cf, &full, value.encode()?),
         }
@@ -478,16 +489,16 @@ mod tests {
         let (_dir, store) = store_holding("held", b"1");
 
         let mut tx = ReadModelTx::new(store.view_generation("p", 1));
-        tx.put_new("fresh", b"2".to_vec());
+        tx.put_known_new("fresh", b"2".to_vec());
         tx.delete("fresh");
         assert_eq!(tx.get(b"fresh").unwrap(), None);
         // The hint is trusted rather than checked: misused on a key the database holds,
         // the delete writes nothing either, which shows no lookup was made.
-        tx.put_new("held", b"3".to_vec());
+        tx.put_known_new("held", b"3".to_vec());
         tx.delete("held");
         tx.accept();
         // A key put as new and kept is written.
-        tx.put_new("kept", b"4".to_vec());
+        tx.put_known_new("kept", b"4".to_vec());
         tx.accept();
         let batch = tx.into_batch().unwrap();
         assert_eq!(batch.len(), 1, "only the put of `kept`");
