@@ -238,7 +238,7 @@ impl Projection for OrdersProjection {
                 // Every index key ends with the position of this `OrderPlaced`, and the
                 // order did not exist: no such key can be in the database, so a status
                 // change later in the batch moves it without a lookup.
-                None => tx.put_new(key, order.id.as_bytes().to_vec()),
+                None => tx.put_known_new(key, order.id.as_bytes().to_vec()),
             }
         }
         tx.put_typed(key, order);

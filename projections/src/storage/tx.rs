@@ -1,432 +1,20 @@
-//! `ReadModelStore`: the RocksDB instance that holds every read model, and the two ways
-//! into it — [`ReadView`] for readers and [`ReadModelTx`] for projection handlers.
+//! [`ReadModelTx`]: what a projection handler writes through. It holds a batch's changes
+//! in memory (typed values stay typed, a failed event's changes are undone), lets the next
+//! batch read them while they are written, and turns them into one sorted `WriteBatch`
+//! ([`batch_of`]).
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use annals_store::Position;
-use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Direction, IteratorMode, Options,
-    ReadOptions, Snapshot, WriteBatch,
-};
+use rocksdb::WriteBatch;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
+use super::{ReadModelStore, ReadView};
 use crate::error::ProjectionError;
-use crate::keys::{self, CF_DATA, CF_META, Generation};
-
-/// One read-model row: key and value.
-pub type Row = (Vec<u8>, Vec<u8>);
-
-/// Which generation serves a projection's readers, and which projection version built it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ActiveRecord {
-    /// The keyspace generation.
-    pub generation: Generation,
-    /// The projection version whose handler built it.
-    pub version: u32,
-}
-
-/// A blue/green rebuild in progress: the generation being filled and the version filling it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RebuildRecord {
-    /// The keyspace generation being built.
-    pub generation: Generation,
-    /// The projection version whose handler builds it.
-    pub version: u32,
-    /// When the rebuild started (microseconds since the Unix epoch).
-    pub started_at_micros: i64,
-}
-
-/// An event a projection could not apply after its retries, set aside so the projection
-/// could move on. It can be listed and replayed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ParkedEvent {
-    /// The projection that parked it.
-    pub projection: String,
-    /// The event's global position.
-    pub position: u64,
-    /// The event's id.
-    pub event_id: String,
-    /// The event's stream.
-    pub stream_id: String,
-    /// The event's type.
-    pub event_type: String,
-    /// The handler's last error.
-    pub error: String,
-    /// How many times the handler was tried.
-    pub attempts: u32,
-    /// When it was parked (microseconds since the Unix epoch).
-    pub parked_at_micros: i64,
-}
-
-/// The read-model database (`<data-dir>/read`): one RocksDB instance, separate from the
-/// event log, with a keyspace per projection generation (see [`crate::keys`]).
-pub struct ReadModelStore {
-    db: DB,
-    path: PathBuf,
-    /// The generation each projection's readers use; changed only by a take-over, after
-    /// the take-over's batch is written.
-    active: RwLock<HashMap<String, Generation>>,
-}
-
-impl std::fmt::Debug for ReadModelStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadModelStore")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
-}
-
-fn db_options() -> Options {
-    let mut opts = Options::default();
-    opts.create_if_missing(true);
-    opts.create_missing_column_families(true);
-    opts.set_max_background_jobs(2);
-    opts.set_compression_type(DBCompressionType::Lz4);
-    opts
-}
-
-impl ReadModelStore {
-    /// Opens (or creates) the read-model database in `path`.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, ProjectionError> {
-        let path = path.as_ref().to_path_buf();
-        std::fs::create_dir_all(&path).map_err(|e| ProjectionError::Corruption {
-            what: path.display().to_string(),
-            reason: format!("cannot create the directory: {e}"),
-        })?;
-        let opts = db_options();
-        let cfs = keys::ALL_CFS
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, db_options_for(name)));
-        let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| {
-            if e.as_ref().contains("lock") {
-                ProjectionError::Locked { path: path.clone() }
-            } else {
-                ProjectionError::Storage(e)
-            }
-        })?;
-        let meta = db
-            .cf_handle(CF_META)
-            .expect("meta column family was just opened");
-        match db.get_cf(meta, keys::FORMAT_KEY)? {
-            None => db.put_cf(meta, keys::FORMAT_KEY, [keys::FORMAT_VERSION])?,
-            Some(v) if v.as_slice() == [keys::FORMAT_VERSION] => {}
-            Some(v) => {
-                return Err(ProjectionError::UnsupportedFormat {
-                    found: v.first().copied().unwrap_or(0),
-                    supported: keys::FORMAT_VERSION,
-                });
-            }
-        }
-        Ok(Self {
-            db,
-            path,
-            active: RwLock::new(HashMap::new()),
-        })
-    }
-
-    /// The directory of the database.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
-        self.db
-            .cf_handle(name)
-            .expect("every column family is opened with the database")
-    }
-
-    /// A reader over the generation that currently serves `projection`.
-    pub fn view(&self, projection: &str) -> Result<ReadView<'_>, ProjectionError> {
-        let generation = self.active_generation(projection).ok_or_else(|| {
-            ProjectionError::UnknownProjection {
-                name: projection.to_string(),
-            }
-        })?;
-        Ok(self.view_generation(projection, generation))
-    }
-
-    /// A reader over one generation of a projection.
-    pub(crate) fn view_generation(&self, projection: &str, generation: Generation) -> ReadView<'_> {
-        ReadView {
-            store: self,
-            prefix: keys::keyspace_prefix(projection, generation),
-        }
-    }
-
-    /// The generation serving `projection`'s readers, if the projection is known.
-    pub fn active_generation(&self, projection: &str) -> Option<Generation> {
-        if let Some(g) = self.active.read().expect("active map lock").get(projection) {
-            return Some(*g);
-        }
-        let record: ActiveRecord = self.meta_json(&keys::active_key(projection)).ok()??;
-        Some(record.generation)
-    }
-
-    pub(crate) fn set_active(&self, projection: &str, generation: Generation) {
-        self.active
-            .write()
-            .expect("active map lock")
-            .insert(projection.to_string(), generation);
-    }
-
-    /// The last position a generation of a projection has applied (0 when none).
-    pub fn checkpoint(
-        &self,
-        projection: &str,
-        generation: Generation,
-    ) -> Result<Position, ProjectionError> {
-        let key = keys::checkpoint_key(projection, generation);
-        match self.db.get_pinned_cf(self.cf(CF_META), &key)? {
-            None => Ok(Position::ZERO),
-            Some(v) => keys::decode_position(&v).ok_or_else(|| ProjectionError::Corruption {
-                what: format!("checkpoint of {projection}"),
-                reason: "not an 8-byte position".into(),
-            }),
-        }
-    }
-
-    pub(crate) fn meta_json<T: DeserializeOwned>(
-        &self,
-        key: &[u8],
-    ) -> Result<Option<T>, ProjectionError> {
-        match self.db.get_pinned_cf(self.cf(CF_META), key)? {
-            None => Ok(None),
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
-        }
-    }
-
-    pub(crate) fn meta_scan(&self, prefix: &[u8]) -> Result<Vec<Row>, ProjectionError> {
-        scan_raw(&self.db, self.cf(CF_META), prefix, None, usize::MAX)
-    }
-
-    pub(crate) fn write(&self, batch: WriteBatch) -> Result<(), ProjectionError> {
-        // No fsync: a read model is rebuildable, and its checkpoint is in the same batch, so
-        // after a crash it resumes from the last batch the WAL kept.
-        self.db.write(batch)?;
-        Ok(())
-    }
-
-    /// Deletes every row of one generation and its pending-drop marker.
-    pub(crate) fn drop_generation(
-        &self,
-        projection: &str,
-        generation: Generation,
-    ) -> Result<(), ProjectionError> {
-        let prefix = keys::keyspace_prefix(projection, generation);
-        let mut batch = WriteBatch::default();
-        if let Some(end) = keys::prefix_end(&prefix) {
-            batch.delete_range_cf(self.cf(CF_DATA), &prefix, &end);
-        }
-        batch.delete_cf(self.cf(CF_META), keys::drop_key(projection, generation));
-        batch.delete_cf(
-            self.cf(CF_META),
-            keys::checkpoint_key(projection, generation),
-        );
-        self.write(batch)
-    }
-
-    /// The parked events of a projection, in position order.
-    pub fn parked(&self, projection: &str) -> Result<Vec<ParkedEvent>, ProjectionError> {
-        self.meta_scan(&keys::parked_prefix(projection))?
-            .into_iter()
-            .map(|(_, v)| Ok(serde_json::from_slice(&v)?))
-            .collect()
-    }
-
-    /// Every row of the generation serving `projection`, keys without the keyspace prefix:
-    /// for comparing two builds of one read model.
-    pub fn dump(&self, projection: &str) -> Result<Vec<Row>, ProjectionError> {
-        self.view(projection)?.scan(&[], None, usize::MAX)
-    }
-
-    /// Every row of one generation of `projection` (serving or not, e.g. one a rebuild is
-    /// filling), keys without the keyspace prefix.
-    pub fn dump_generation(
-        &self,
-        projection: &str,
-        generation: Generation,
-    ) -> Result<Vec<Row>, ProjectionError> {
-        self.view_generation(projection, generation)
-            .scan(&[], None, usize::MAX)
-    }
-
-    /// The blue/green rebuild of `projection` recorded as in progress, if any: what a
-    /// restarted runtime resumes.
-    pub fn rebuild_in_progress(
-        &self,
-        projection: &str,
-    ) -> Result<Option<RebuildRecord>, ProjectionError> {
-        self.meta_json(&keys::rebuild_key(projection))
-    }
-}
-
-fn db_options_for(name: &str) -> Options {
-    let mut opts = Options::default();
-    opts.set_compression_type(DBCompressionType::Lz4);
-    if name == CF_DATA {
-        // Point lookups dominate (order by id, product by id): a bloom filter saves reads.
-        let mut table = rocksdb::BlockBasedOptions::default();
-        table.set_bloom_filter(10.0, false);
-        opts.set_block_based_table_factory(&table);
-        // No memtable bloom filter: adding every key to it was 3% of a catch-up's CPU, and
-        // the lookups of absent keys it sped up (a new order) are no longer made.
-    }
-    opts
-}
-
-/// Up to `limit` rows whose keys start with `prefix` and sort after `after` (exclusive,
-/// a full key), keys returned whole.
-fn scan_raw(
-    db: &DB,
-    cf: &ColumnFamily,
-    prefix: &[u8],
-    after: Option<&[u8]>,
-    limit: usize,
-) -> Result<Vec<Row>, ProjectionError> {
-    scan_at(db, cf, prefix, after, limit, None)
-}
-
-/// [`scan_raw`], reading the database as of `snapshot` when one is given.
-fn scan_at(
-    db: &DB,
-    cf: &ColumnFamily,
-    prefix: &[u8],
-    after: Option<&[u8]>,
-    limit: usize,
-    snapshot: Option<&Snapshot<'_>>,
-) -> Result<Vec<Row>, ProjectionError> {
-    let mut opts = ReadOptions::default();
-    if let Some(snapshot) = snapshot {
-        opts.set_snapshot(snapshot);
-    }
-    if let Some(end) = keys::prefix_end(prefix) {
-        opts.set_iterate_upper_bound(end);
-    }
-    let start = match after {
-        Some(after) if after >= prefix => after.to_vec(),
-        _ => prefix.to_vec(),
-    };
-    let mut rows = Vec::new();
-    for item in db.iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward)) {
-        let (key, value) = item?;
-        if !key.starts_with(prefix) {
-            break;
-        }
-        if after.is_some_and(|a| key.as_ref() <= a) {
-            continue;
-        }
-        rows.push((key.into_vec(), value.into_vec()));
-        if rows.len() >= limit {
-            break;
-        }
-    }
-    Ok(rows)
-}
-
-/// A reader over one projection generation. Keys are the projection's own keys, without
-/// the keyspace prefix.
-pub struct ReadView<'a> {
-    store: &'a ReadModelStore,
-    prefix: Vec<u8>,
-}
-
-impl ReadView<'_> {
-    fn full_key(&self, key: &[u8]) -> Vec<u8> {
-        let mut full = Vec::with_capacity(self.prefix.len() + key.len());
-        full.extend_from_slice(&self.prefix);
-        full.extend_from_slice(key);
-        full
-    }
-
-    /// The value stored under `key`.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
-        Ok(self
-            .store
-            .db
-            .get_pinned_cf(self.store.cf(CF_DATA), self.full_key(key))?
-            .map(|v| v.to_vec()))
-    }
-
-    /// The JSON value stored under `key`.
-    pub fn get_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, ProjectionError> {
-        match self
-            .store
-            .db
-            .get_pinned_cf(self.store.cf(CF_DATA), self.full_key(key))?
-        {
-            None => Ok(None),
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
-        }
-    }
-
-    /// Up to `limit` rows under any of `prefixes`, as one list ordered by what follows
-    /// the prefix in each key (the suffix), after the suffix `after` (exclusive) when
-    /// given; rows are returned keyed by their suffix. All prefixes are read from one
-    /// snapshot, so a row that moves from one prefix to another while they are read is
-    /// seen exactly once.
-    ///
-    /// This reads an index kept in parts as a whole: orders are indexed by status, each
-    /// entry's suffix is the order's position, and all orders in placement order are the
-    /// merge of the parts. Costs up to `limit` rows per prefix.
-    pub fn scan_merged(
-        &self,
-        prefixes: &[Vec<u8>],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<Row>, ProjectionError> {
-        let snapshot = self.store.db.snapshot();
-        let mut rows = Vec::new();
-        for prefix in prefixes {
-            let full_prefix = self.full_key(prefix);
-            let after = after.map(|suffix| [full_prefix.as_slice(), suffix].concat());
-            let part = scan_at(
-                &self.store.db,
-                self.store.cf(CF_DATA),
-                &full_prefix,
-                after.as_deref(),
-                limit,
-                Some(&snapshot),
-            )?;
-            rows.extend(strip_keys(part, full_prefix.len()));
-        }
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
-        rows.truncate(limit);
-        Ok(rows)
-    }
-
-    /// Up to `limit` rows whose keys start with `prefix`, in key order, after the key
-    /// `after` (exclusive) when given: the building block of cursor pagination.
-    pub fn scan(
-        &self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<Row>, ProjectionError> {
-        let full_prefix = self.full_key(prefix);
-        let after = after.map(|a| self.full_key(a));
-        let rows = scan_raw(
-            &self.store.db,
-            self.store.cf(CF_DATA),
-            &full_prefix,
-            after.as_deref(),
-            limit,
-        )?;
-        Ok(strip_keys(rows, self.prefix.len()).collect())
-    }
-}
-
-/// `rows` with the first `len` bytes of every key cut off.
-fn strip_keys(rows: Vec<Row>, len: usize) -> impl Iterator<Item = Row> {
-    rows.into_iter().map(move |(mut key, value)| {
-        key.drain(..len);
-        (key, value)
-    })
-}
+use crate::keys::CF_DATA;
 
 /// A value a handler stored typed with [`ReadModelTx::put_typed`]: kept as it is until
 /// the batch is committed, so the next event of the batch that touches the key does not
@@ -447,24 +35,28 @@ impl<T: Serialize + Any + Send + Sync> TypedValue for T {
     }
 }
 
-/// A key's state as the batch has left it.
+/// A key's state as the batch has left it. The three deleted states differ in what the
+/// commit writes, which depends on whether the database holds the key ("held").
 enum Slot {
-    /// Deleted: the commit writes a tombstone.
-    Deleted,
-    /// Deleted, and the database does not hold the key (the batch itself had put it): the
-    /// commit writes nothing for it.
-    Absent,
+    /// Deleted, and the database holds the key or may hold it (the batch had not put it):
+    /// the commit writes a tombstone.
+    Tombstone,
+    /// Deleted, and the database does not hold the key (the batch itself had put it as
+    /// new, see [`ReadModelTx::put_known_new`]): the commit writes nothing for it.
+    DeletedNotHeld,
     /// Deleted after the batch had put it, and whether the database holds the key is not
-    /// known: the commit looks it up and writes a tombstone only if it does.
-    Unsure,
+    /// known: the commit looks it up and writes a tombstone only if it is held.
+    DeletedMaybeHeld,
+    /// Put as bytes: the commit writes them.
     Bytes(Vec<u8>),
+    /// Put typed: the commit writes it encoded as JSON.
     Typed(Box<dyn TypedValue>),
 }
 
 impl Slot {
     fn bytes(&self) -> Result<Option<Vec<u8>>, ProjectionError> {
         Ok(match self {
-            Slot::Deleted | Slot::Absent | Slot::Unsure => None,
+            Slot::Tombstone | Slot::DeletedNotHeld | Slot::DeletedMaybeHeld => None,
             Slot::Bytes(bytes) => Some(bytes.clone()),
             Slot::Typed(value) => Some(value.encode()?),
         })
@@ -484,7 +76,7 @@ pub(crate) type Changes = HashMap<Vec<u8>, Change, foldhash::fast::RandomState>;
 /// The keys an event changed, each with the batch's change before the event (`None`: the
 /// batch had not changed the key), to restore if its handler fails. The keys are copied
 /// into one buffer that every event of the batch reuses: a catch-up changes millions of
-/// keys, and an allocation per change for an undo that almost never runs was 2% of it.
+/// keys, and an undo almost never runs, so it must not cost an allocation per change.
 #[derive(Default)]
 struct Undo {
     keys: Vec<u8>,
@@ -526,8 +118,8 @@ pub struct ReadModelTx<'a> {
     view: ReadView<'a>,
     /// Every change of the batch: those of the events applied successfully and those of
     /// the event being applied. One map, so a change is inserted once; sorted at commit.
-    /// Hashed with foldhash: keys come from our own handlers, not from clients, and SipHash
-    /// was 2% of a catch-up.
+    /// Hashed with foldhash rather than SipHash: keys come from our own handlers, not from
+    /// clients, so there is no flooding to resist, and hashing runs for every change.
     changes: Changes,
     /// How to undo the changes of the event being applied (see [`Undo`]).
     undo: Undo,
@@ -573,7 +165,7 @@ impl<'a> ReadModelTx<'a> {
     pub fn get_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, ProjectionError> {
         match self.lookup(key).map(|c| &c.slot) {
             None => self.view.get_json(key),
-            Some(Slot::Deleted | Slot::Absent | Slot::Unsure) => Ok(None),
+            Some(Slot::Tombstone | Slot::DeletedNotHeld | Slot::DeletedMaybeHeld) => Ok(None),
             Some(Slot::Bytes(bytes)) => Ok(Some(serde_json::from_slice(bytes)?)),
             Some(Slot::Typed(value)) => Ok(Some(serde_json::from_slice(&value.encode()?)?)),
         }
@@ -621,14 +213,18 @@ impl<'a> ReadModelTx<'a> {
         self.set(key.into(), Slot::Bytes(value.into()), None);
     }
 
-    /// Stores `value` under a key that the database cannot hold yet, such as an index
-    /// entry named by the position of the event being applied. A later [`Self::delete`] of
-    /// the key in the same batch then writes nothing and needs no lookup to know it (an
-    /// order placed and confirmed in one batch moves its status entries without a read).
+    /// Stores `value` under a key the caller knows the database does not hold, such as an
+    /// index entry named by the position of the event being applied. A later
+    /// [`Self::delete`] of the key in the same batch then writes nothing and needs no
+    /// lookup (an order placed and confirmed in one batch moves its status entries without
+    /// a read).
     ///
-    /// The hint is trusted: used on a key the database does hold, a delete in the same
-    /// batch would leave that key behind. When in doubt, use [`Self::put`].
-    pub fn put_new(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+    /// **Misuse leaves stale keys behind.** The hint is trusted, never checked: called for
+    /// a key the database may already hold, a later delete of that key in the same batch
+    /// writes no tombstone, so the old row stays in the read model, silently and for good
+    /// (until a rebuild). Call it only for keys no earlier batch can have written; when in
+    /// doubt, use [`Self::put`].
+    pub fn put_known_new(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
         self.set(key.into(), Slot::Bytes(value.into()), Some(false));
     }
 
@@ -659,22 +255,25 @@ impl<'a> ReadModelTx<'a> {
     /// A key this batch itself had put (an index entry that moves several times within a
     /// batch: a product's low-stock entry, an order's status entries) usually is not in the
     /// database; then nothing is written for it instead of a tombstone. Unless the batch
-    /// knows (see [`Self::put_new`]), the commit decides: it looks up every such key of the
+    /// knows (see [`Self::put_known_new`]), the commit decides: it looks up every such key of the
     /// batch at once, on the writer's thread rather than the handlers', once the batches
     /// before are written. A failed lookup writes the tombstone.
     pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
         let key = key.into();
         let (put_here, in_db) = match self.changes.get(&key) {
             Some(change) => (
-                matches!(change.slot, Slot::Bytes(_) | Slot::Typed(_) | Slot::Unsure),
+                matches!(
+                    change.slot,
+                    Slot::Bytes(_) | Slot::Typed(_) | Slot::DeletedMaybeHeld
+                ),
                 change.in_db,
             ),
             None => (false, None),
         };
         let slot = match (in_db, put_here) {
-            (Some(false), _) => Slot::Absent,
-            (Some(true), _) | (None, false) => Slot::Deleted,
-            (None, true) => Slot::Unsure,
+            (Some(false), _) => Slot::DeletedNotHeld,
+            (Some(true), _) | (None, false) => Slot::Tombstone,
+            (None, true) => Slot::DeletedMaybeHeld,
         };
         self.set(key, slot, in_db);
     }
@@ -706,7 +305,7 @@ impl<'a> ReadModelTx<'a> {
     }
 
     /// Turns the accepted changes into a write batch (see [`batch_of`]).
-    pub(crate) fn into_batch(self) -> Result<WriteBatch, ProjectionError> {
+    pub(super) fn into_batch(self) -> Result<WriteBatch, ProjectionError> {
         let store = self.view.store;
         let prefix = self.view.prefix.clone();
         batch_of(store, &prefix, &self.into_changes())
@@ -718,18 +317,18 @@ impl<'a> ReadModelTx<'a> {
 /// so the next batch's handlers can read them while a writer thread encodes them.
 ///
 /// Looks up the keys the batch deleted without knowing whether the database holds them
-/// ([`Slot::Unsure`]), so it must run once the batches before this one are written.
-pub(crate) fn batch_of(
+/// ([`Slot::DeletedMaybeHeld`]), so it must run once the batches before this one are written.
+pub(super) fn batch_of(
     store: &ReadModelStore,
     prefix: &[u8],
     changes: &Changes,
 ) -> Result<WriteBatch, ProjectionError> {
-    // Sorting tens of thousands of keys scattered over the heap was 5% of a catch-up,
-    // mostly cache misses: each key is sorted by its first 16 bytes held inline, and
-    // only keys that share those are compared in full.
+    // Sorting tens of thousands of keys scattered over the heap is mostly cache misses:
+    // each key is sorted by its first 16 bytes held inline, and only keys that share
+    // those are compared in full.
     let mut sorted: Vec<(u128, &[u8], &Slot)> = changes
         .iter()
-        .filter(|(_, c)| !matches!(c.slot, Slot::Absent))
+        .filter(|(_, c)| !matches!(c.slot, Slot::DeletedNotHeld))
         .map(|(k, c)| (key_head(k), k.as_slice(), &c.slot))
         .collect();
     sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
@@ -740,7 +339,7 @@ pub(crate) fn batch_of(
     // handlers' thread nothing, and a key deleted many times is looked up once.
     let unsure: Vec<Vec<u8>> = sorted
         .iter()
-        .filter(|(_, _, slot)| matches!(slot, Slot::Unsure))
+        .filter(|(_, _, slot)| matches!(slot, Slot::DeletedMaybeHeld))
         .map(|(_, key, _)| full_key(key))
         .collect();
     let mut held = store
@@ -755,7 +354,7 @@ pub(crate) fn batch_of(
                 Slot::Bytes(v) => v.len(),
                 // A guess: a typed row's JSON is not known before it is encoded.
                 Slot::Typed(_) => 256,
-                Slot::Deleted | Slot::Absent | Slot::Unsure => 0,
+                Slot::Tombstone | Slot::DeletedNotHeld | Slot::DeletedMaybeHeld => 0,
             };
             prefix.len() + key.len() + value + 16
         })
@@ -769,13 +368,13 @@ pub(crate) fn batch_of(
         full.truncate(prefix_len);
         full.extend_from_slice(key);
         match slot {
-            Slot::Deleted => batch.delete_cf(cf, &full),
-            Slot::Unsure => {
+            Slot::Tombstone => batch.delete_cf(cf, &full),
+            Slot::DeletedMaybeHeld => {
                 if held.next().unwrap_or(true) {
                     batch.delete_cf(cf, &full);
                 }
             }
-            Slot::Absent => {}
+            Slot::DeletedNotHeld => {}
             Slot::Bytes(v) => batch.put_cf(cf, &full, v),
             Slot::Typed(value) => batch.put_cf(cf, &full, value.encode()?),
         }
@@ -794,7 +393,10 @@ fn key_head(key: &[u8]) -> u128 {
 
 #[cfg(test)]
 mod tests {
+    use serde::Deserialize;
+
     use super::*;
+    use crate::keys;
 
     #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
     struct Stock {
@@ -887,16 +489,16 @@ mod tests {
         let (_dir, store) = store_holding("held", b"1");
 
         let mut tx = ReadModelTx::new(store.view_generation("p", 1));
-        tx.put_new("fresh", b"2".to_vec());
+        tx.put_known_new("fresh", b"2".to_vec());
         tx.delete("fresh");
         assert_eq!(tx.get(b"fresh").unwrap(), None);
         // The hint is trusted rather than checked: misused on a key the database holds,
         // the delete writes nothing either, which shows no lookup was made.
-        tx.put_new("held", b"3".to_vec());
+        tx.put_known_new("held", b"3".to_vec());
         tx.delete("held");
         tx.accept();
         // A key put as new and kept is written.
-        tx.put_new("kept", b"4".to_vec());
+        tx.put_known_new("kept", b"4".to_vec());
         tx.accept();
         let batch = tx.into_batch().unwrap();
         assert_eq!(batch.len(), 1, "only the put of `kept`");
@@ -943,47 +545,6 @@ mod tests {
         assert_eq!(
             view.get_json::<Stock>(b"typed").unwrap(),
             Some(Stock { units: 7 })
-        );
-    }
-
-    #[test]
-    fn a_merged_scan_orders_the_parts_by_suffix_and_resumes_after_a_suffix() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ReadModelStore::open(dir.path()).unwrap();
-        let mut tx = ReadModelTx::new(store.view_generation("p", 1));
-        for (key, value) in [
-            ("a/3", "x"),
-            ("a/1", "y"),
-            ("b/2", "z"),
-            ("b/4", "w"),
-            ("c/0", "not asked for"),
-        ] {
-            tx.put(key, value);
-        }
-        tx.accept();
-        store.write(tx.into_batch().unwrap()).unwrap();
-        let view = store.view_generation("p", 1);
-        let parts = [b"a/".to_vec(), b"b/".to_vec()];
-        let suffixes = |rows: Vec<Row>| -> Vec<String> {
-            rows.into_iter()
-                .map(|(k, _)| String::from_utf8(k).unwrap())
-                .collect()
-        };
-        assert_eq!(
-            suffixes(view.scan_merged(&parts, None, 10).unwrap()),
-            ["1", "2", "3", "4"]
-        );
-        assert_eq!(
-            suffixes(view.scan_merged(&parts, None, 3).unwrap()),
-            ["1", "2", "3"]
-        );
-        assert_eq!(
-            suffixes(view.scan_merged(&parts, Some(b"2"), 10).unwrap()),
-            ["3", "4"]
-        );
-        assert_eq!(
-            view.scan_merged(&parts, Some(b"1"), 1).unwrap(),
-            [(b"2".to_vec(), b"z".to_vec())]
         );
     }
 
