@@ -401,7 +401,10 @@ mod tests {
         for code in ErrorCode::ALL {
             let seen = code.for_client();
             assert!(!seen.is_internal() || seen == ErrorCode::Internal);
-            assert_eq!(seen == code, !code.is_internal() || code == ErrorCode::Internal);
+            assert_eq!(
+                seen == code,
+                !code.is_internal() || code == ErrorCode::Internal
+            );
         }
     }
 }

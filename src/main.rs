@@ -1,7 +1,6 @@
 //! The `annals` binary: parses the command line and hands over to the library.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Parser;

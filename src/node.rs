@@ -180,7 +180,9 @@ impl Node {
                 let path = dir.log();
                 let store = RocksEventStore::open(&path, store_options)
                     .map_err(|source| NodeError::Log { path, source })?;
-                server.data_dir.get_or_insert_with(|| dir.root().to_path_buf());
+                server
+                    .data_dir
+                    .get_or_insert_with(|| dir.root().to_path_buf());
                 (SharedStore::new(store), dir.read(), None, Some(dir))
             }
             Storage::InMemory => {

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use annals::error::{ErrorCode, HasCode};
 use annals::domain::{
     self, Commerce, LineRequest, Order, OrderEvent, OrderStatus, Product, ProductCommand,
     ProductEvent,
 };
+use annals::error::{ErrorCode, HasCode};
 use annals_store::{
     Aggregate, BusOptions, CommandBus, CommandContext, Direction, DomainEvent, EventStore,
     ExpectedVersion, NewEvent, Position, ReadFilter, RocksEventStore, Snapshot, SnapshotStore,

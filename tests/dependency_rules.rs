@@ -25,7 +25,13 @@ fn root() -> PathBuf {
 
 fn metadata() -> Value {
     let output = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(root())
         .output()
         .expect("cargo metadata runs");
@@ -136,7 +142,10 @@ fn files_naming(dir: &Path, needle: &str) -> Vec<String> {
 #[test]
 fn bincode_is_named_only_by_the_codec() {
     let src = root().join("store/src");
-    assert_eq!(files_naming(&src, "bincode::"), vec!["codec.rs".to_string()]);
+    assert_eq!(
+        files_naming(&src, "bincode::"),
+        vec!["codec.rs".to_string()]
+    );
 }
 
 #[test]
@@ -160,7 +169,12 @@ fn rocksdb_is_named_only_by_the_rocks_module_and_the_modules_that_wrap_its_error
 fn the_engine_crates_never_name_the_edge_or_the_domain() {
     for dir in ["store/src", "projections/src"] {
         let dir = root().join(dir);
-        for needle in ["axum::", "async_graphql", "annals::", "annals_projections::"] {
+        for needle in [
+            "axum::",
+            "async_graphql",
+            "annals::",
+            "annals_projections::",
+        ] {
             if needle == "annals_projections::" && dir.ends_with("projections/src") {
                 continue;
             }

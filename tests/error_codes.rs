@@ -108,8 +108,8 @@ fn commerce_errors() -> Vec<(CommerceError, ErrorCode)> {
 /// The error as a client sees it over GraphQL: its code and message.
 fn as_client_sees(error: ApiError) -> (String, String) {
     let error = error.into_graphql();
-    let ext = serde_json::to_value(error.extensions.expect("every API error has extensions"))
-        .unwrap();
+    let ext =
+        serde_json::to_value(error.extensions.expect("every API error has extensions")).unwrap();
     let code = ext["code"].as_str().expect("a code").to_string();
     (code, error.message)
 }
@@ -229,7 +229,10 @@ fn every_audit_error_and_fault_has_its_code() {
             AuditError::InvalidKey("not hex".into()),
             ErrorCode::InvalidKey,
         ),
-        (AuditError::Store(StoreError::Closed), ErrorCode::Unavailable),
+        (
+            AuditError::Store(StoreError::Closed),
+            ErrorCode::Unavailable,
+        ),
         (
             AuditError::Io {
                 what: "writing /srv/annals/secret.ndjson".into(),
@@ -244,7 +247,10 @@ fn every_audit_error_and_fault_has_its_code() {
         (fault(FaultKind::ModifiedEvent), ErrorCode::ModifiedEvent),
         (fault(FaultKind::DeletedEvent), ErrorCode::DeletedEvent),
         (fault(FaultKind::InsertedEvent), ErrorCode::InsertedEvent),
-        (fault(FaultKind::ReorderedEvents), ErrorCode::ReorderedEvents),
+        (
+            fault(FaultKind::ReorderedEvents),
+            ErrorCode::ReorderedEvents,
+        ),
         (fault(FaultKind::TruncatedFile), ErrorCode::TruncatedFile),
         (
             fault(FaultKind::ManifestMismatch),
@@ -316,7 +322,10 @@ fn node_and_replay_errors_have_the_codes_of_their_causes() {
             },
             ErrorCode::NotFound,
         ),
-        (ReplayError::Store(StoreError::EmptyAppend), ErrorCode::BadUserInput),
+        (
+            ReplayError::Store(StoreError::EmptyAppend),
+            ErrorCode::BadUserInput,
+        ),
         (
             ReplayError::Projection(ProjectionError::Closed),
             ErrorCode::Unavailable,

@@ -16,9 +16,9 @@
 
 use std::time::Duration;
 
-use annals::server::auth::{ApiKeys, RateLimit, Role, generate_key};
 use annals::error::ErrorCode;
 use annals::node::{Node, NodeConfig};
+use annals::server::auth::{ApiKeys, RateLimit, Role, generate_key};
 use annals::server::{self, ServerConfig};
 use annals_store::Durability;
 use axum::Router;

@@ -122,7 +122,9 @@ async fn every_domain_mutation_commits_and_reports_streams_versions_and_position
     every_domain_mutation_commits_and_reports_streams_versions_and_position_on(true).await;
 }
 
-async fn every_domain_mutation_commits_and_reports_streams_versions_and_position_on(in_memory: bool) {
+async fn every_domain_mutation_commits_and_reports_streams_versions_and_position_on(
+    in_memory: bool,
+) {
     let server = TestServer::open_on(in_memory).await;
     let r = &server
         .ok(REGISTER, json!({ "id": "p1", "price": 500 }))

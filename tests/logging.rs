@@ -94,8 +94,8 @@ async fn json_lines_carry_the_request_id_and_the_principal() {
 
     let mut of_the_request = 0;
     for line in &lines {
-        let object: Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        let object: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
         assert!(object["level"].is_string(), "{line}");
         let spans = object["spans"].as_array().cloned().unwrap_or_default();
         let Some(request) = spans.iter().find(|s| s["name"] == "request") else {
@@ -126,7 +126,9 @@ async fn text_is_the_default_format() {
     head(&server, &key, "log-test-text").await;
     let lines = lines_until(&log, "log-test-text").await;
     assert!(
-        lines.iter().all(|l| serde_json::from_str::<Value>(l).is_err()),
+        lines
+            .iter()
+            .all(|l| serde_json::from_str::<Value>(l).is_err()),
         "{lines:?}"
     );
     drop(server);

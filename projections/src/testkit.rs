@@ -139,12 +139,11 @@ impl<P: Projection> Given<P> {
 /// wildcard, and a test of this crate checks that the list covers each of its arms.
 pub fn one_of_each_projection_error() -> Vec<crate::ProjectionError> {
     use crate::ProjectionError as E;
-    let storage = rocksdb::DB::open_default("/dev/null/annals-read")
-        .err()
-        .expect("no database opens under /dev/null");
-    let json = serde_json::from_str::<serde_json::Value>("{secret")
-        .err()
-        .expect("not JSON");
+    let storage = match rocksdb::DB::open_default("/dev/null/annals-read") {
+        Ok(_) => panic!("a database opened under /dev/null"),
+        Err(error) => error,
+    };
+    let json = serde_json::from_str::<serde_json::Value>("{secret").expect_err("not JSON");
     vec![
         E::UnknownProjection {
             name: "nope".into(),

@@ -237,7 +237,10 @@ async fn wait_for_times_out_with_a_stale_read_error() {
         .wait_for("nope", position, Duration::from_millis(50))
         .await
         .unwrap_err();
-    assert!(matches!(err, ProjectionError::UnknownProjection { .. }), "{err}");
+    assert!(
+        matches!(err, ProjectionError::UnknownProjection { .. }),
+        "{err}"
+    );
     runtime.shutdown().await;
 }
 

@@ -648,6 +648,7 @@ pub fn export_stream<S: EventStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::HasCode;
     use annals_store::{ExpectedVersion, InMemoryEventStore, Metadata, NewEvent, StreamId};
     use futures::StreamExt;
 

@@ -63,20 +63,6 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    /// A stable machine-readable code.
-    pub fn code(self) -> &'static str {
-        match self {
-            FaultKind::ModifiedEvent => "MODIFIED_EVENT",
-            FaultKind::DeletedEvent => "DELETED_EVENT",
-            FaultKind::InsertedEvent => "INSERTED_EVENT",
-            FaultKind::ReorderedEvents => "REORDERED_EVENTS",
-            FaultKind::TruncatedFile => "TRUNCATED_FILE",
-            FaultKind::ManifestMismatch => "MANIFEST_MISMATCH",
-            FaultKind::BadSignature => "BAD_SIGNATURE",
-            FaultKind::MalformedLine => "MALFORMED_LINE",
-        }
-    }
-
     fn describe(self) -> &'static str {
         match self {
             FaultKind::ModifiedEvent => "modified payload or metadata",

@@ -39,6 +39,9 @@ pub enum BenchError {
     /// The event store failed.
     #[error(transparent)]
     Store(#[from] annals_store::StoreError),
+    /// A command of the workload was refused or kept conflicting.
+    #[error(transparent)]
+    Command(#[from] annals_store::CommandError<annals::domain::CommerceError>),
     /// Raw RocksDB failed under the baseline.
     #[error("raw RocksDB baseline failed: {0}")]
     Baseline(annals_store::StoreError),

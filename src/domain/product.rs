@@ -155,7 +155,11 @@ impl Aggregate for Product {
         }
     }
 
-    fn handle(&self, id: &str, command: ProductCommand) -> Result<Vec<ProductEvent>, CommerceError> {
+    fn handle(
+        &self,
+        id: &str,
+        command: ProductCommand,
+    ) -> Result<Vec<ProductEvent>, CommerceError> {
         if !self.registered && !matches!(command, ProductCommand::Register { .. }) {
             return Err(CommerceError::UnknownProduct {
                 product_id: id.to_string(),
@@ -218,7 +222,9 @@ impl Aggregate for Product {
                     order_id,
                 }]),
                 None => Err(CommerceError::InvalidState {
-                    reason: format!("order {order_id} holds no reservation of product {id} to release"),
+                    reason: format!(
+                        "order {order_id} holds no reservation of product {id} to release"
+                    ),
                 }),
             },
         }

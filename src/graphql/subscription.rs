@@ -9,11 +9,8 @@
 //! continues exactly after it.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
-use annals_store::{
-    EventStore, Position as StorePosition, ReadFilter, RecordedEvent, SharedStore,
-};
+use annals_store::{EventStore, Position as StorePosition, ReadFilter, RecordedEvent, SharedStore};
 use async_graphql::{Context, Subscription};
 use futures::StreamExt;
 use futures::stream::BoxStream;

@@ -1,6 +1,5 @@
 //! The handlers and the middleware of the routes.
 
-
 use annals_store::EventStore;
 
 use async_graphql::Data;
@@ -378,7 +377,8 @@ pub(super) async fn export(
     };
     let result = options.and_then(|options| {
         let content_type = options.format.content_type();
-        crate::audit::export_stream(Arc::new(state.store().clone()), options).map(|s| (content_type, s))
+        crate::audit::export_stream(std::sync::Arc::new(state.store().clone()), options)
+            .map(|s| (content_type, s))
     });
     match result {
         Ok((content_type, stream)) => (

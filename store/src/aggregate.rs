@@ -122,8 +122,7 @@ pub trait Aggregate:
 
     /// Decides what a command means for the current state of the aggregate `id`. Pure:
     /// no I/O. The id is given so that a refusal can name what it is about.
-    fn handle(&self, id: &str, command: Self::Command)
-    -> Result<Vec<Self::Event>, Self::Error>;
+    fn handle(&self, id: &str, command: Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
 
     /// The stream of the aggregate with this id.
     fn stream_id(id: &str) -> Result<StreamId, StoreError> {

@@ -46,8 +46,12 @@ trait ErasedStore: Send + Sync + 'static {
         limit: usize,
         filter: &'a ReadFilter,
     ) -> BoxFuture<'a, Result<EventPage, StoreError>>;
-    fn stream_version<'a>(&'a self, stream: &'a StreamId) -> BoxFuture<'a, Result<u64, StoreError>>;
-    fn find_event(&self, event_id: Uuid) -> BoxFuture<'_, Result<Option<RecordedEvent>, StoreError>>;
+    fn stream_version<'a>(&'a self, stream: &'a StreamId)
+    -> BoxFuture<'a, Result<u64, StoreError>>;
+    fn find_event(
+        &self,
+        event_id: Uuid,
+    ) -> BoxFuture<'_, Result<Option<RecordedEvent>, StoreError>>;
     fn head(&self) -> Position;
     fn subscribe_head(&self) -> watch::Receiver<Position>;
     fn verify_chain(
@@ -100,10 +104,16 @@ impl<S: EventStore + SnapshotStore> ErasedStore for S {
     ) -> BoxFuture<'a, Result<EventPage, StoreError>> {
         Box::pin(EventStore::read_all(self, from, limit, filter))
     }
-    fn stream_version<'a>(&'a self, stream: &'a StreamId) -> BoxFuture<'a, Result<u64, StoreError>> {
+    fn stream_version<'a>(
+        &'a self,
+        stream: &'a StreamId,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(EventStore::stream_version(self, stream))
     }
-    fn find_event(&self, event_id: Uuid) -> BoxFuture<'_, Result<Option<RecordedEvent>, StoreError>> {
+    fn find_event(
+        &self,
+        event_id: Uuid,
+    ) -> BoxFuture<'_, Result<Option<RecordedEvent>, StoreError>> {
         Box::pin(EventStore::find_event(self, event_id))
     }
     fn head(&self) -> Position {
@@ -183,34 +193,29 @@ impl EventStore for SharedStore {
         self.inner.append_multi(appends)
     }
 
-    fn read_stream(
+    async fn read_stream(
         &self,
         stream: &StreamId,
         from_version: u64,
         direction: Direction,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send {
-        async move {
-            self.inner
-                .read_stream(stream, from_version, direction, limit)
-                .await
-        }
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner
+            .read_stream(stream, from_version, direction, limit)
+            .await
     }
 
-    fn read_all(
+    async fn read_all(
         &self,
         from: Position,
         limit: usize,
         filter: &ReadFilter,
-    ) -> impl Future<Output = Result<EventPage, StoreError>> + Send {
-        async move { self.inner.read_all(from, limit, filter).await }
+    ) -> Result<EventPage, StoreError> {
+        self.inner.read_all(from, limit, filter).await
     }
 
-    fn stream_version(
-        &self,
-        stream: &StreamId,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
-        async move { self.inner.stream_version(stream).await }
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
+        self.inner.stream_version(stream).await
     }
 
     fn find_event(
@@ -250,18 +255,11 @@ impl EventStore for SharedStore {
 }
 
 impl SnapshotStore for SharedStore {
-    fn load_snapshot(
-        &self,
-        stream: &StreamId,
-    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send {
-        async move { self.inner.load_snapshot(stream).await }
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        self.inner.load_snapshot(stream).await
     }
 
-    fn save_snapshot(
-        &self,
-        stream: &StreamId,
-        snapshot: Snapshot,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        async move { self.inner.save_snapshot(stream, snapshot).await }
+    async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError> {
+        self.inner.save_snapshot(stream, snapshot).await
     }
 }

@@ -155,9 +155,10 @@ pub fn one_of_each_store_error() -> Vec<crate::StoreError> {
     use crate::types::{ExpectedVersion, Position, StreamId};
     let stream = StreamId::new("order-secret-1").expect("a valid stream id");
     // A real RocksDB error: a database cannot be opened under a file.
-    let storage = rocksdb::DB::open_default("/dev/null/annals-log")
-        .err()
-        .expect("no database opens under /dev/null");
+    let storage = match rocksdb::DB::open_default("/dev/null/annals-log") {
+        Ok(_) => panic!("a database opened under /dev/null"),
+        Err(error) => error,
+    };
     vec![
         E::WrongExpectedVersion {
             stream: stream.clone(),

@@ -185,7 +185,10 @@ async fn full_disk_round(durability: Durability) {
     }
     // Every appender stopped on a clear storage error.
     for failure in &failures {
-        assert!(matches!(failure, StoreError::Storage(_) | StoreError::Io { .. }), "{failure}");
+        assert!(
+            matches!(failure, StoreError::Storage(_) | StoreError::Io { .. }),
+            "{failure}"
+        );
         assert!(matches!(failure, StoreError::Storage(_)), "{failure:?}");
     }
     assert!(!seen.acknowledged.is_empty());
@@ -210,7 +213,10 @@ async fn full_disk_round(durability: Durability) {
     while Instant::now() < until {
         top_up(&filler2);
         if let Err(error) = append_one(&store, &stream, &mut seen).await {
-            assert!(matches!(error, StoreError::Storage(_) | StoreError::Io { .. }), "{error}");
+            assert!(
+                matches!(error, StoreError::Storage(_) | StoreError::Io { .. }),
+                "{error}"
+            );
             failed_while_full += 1;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -226,7 +232,10 @@ async fn full_disk_round(durability: Durability) {
         match append_one(&store, &stream, &mut seen).await {
             Ok(result) => break result,
             Err(e) => {
-                assert!(matches!(e, StoreError::Storage(_) | StoreError::Io { .. }), "{e}");
+                assert!(
+                    matches!(e, StoreError::Storage(_) | StoreError::Io { .. }),
+                    "{e}"
+                );
                 assert!(Instant::now() < deadline, "appends never resumed: {e}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -88,7 +88,7 @@ fn decision(r: &Result<annals_store::MultiAppendResult, StoreError>) -> String {
                 .map(|s| (s.first_version, s.last_version))
                 .collect::<Vec<_>>()
         ),
-        Err(e) => format!("err {}", variant(&e)),
+        Err(e) => format!("err {}", variant(e)),
     }
 }
 

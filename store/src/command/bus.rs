@@ -166,19 +166,18 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
         use_cache: bool,
     ) -> Result<Loaded<A>, StoreError> {
         let stream = A::stream_id(id)?;
-        if use_cache {
-            if let Some(cached) = self.cache.get(&stream)
-                && let Some(state) = cached.state
-                && let Ok(state) = state.downcast::<A>()
-            {
-                return Ok(Loaded {
-                    id: id.to_string(),
-                    stream,
-                    state,
-                    version: cached.version,
-                    snapshot_version: cached.snapshot_version,
-                });
-            }
+        if use_cache
+            && let Some(cached) = self.cache.get(&stream)
+            && let Some(state) = cached.state
+            && let Ok(state) = state.downcast::<A>()
+        {
+            return Ok(Loaded {
+                id: id.to_string(),
+                stream,
+                state,
+                version: cached.version,
+                snapshot_version: cached.snapshot_version,
+            });
         }
         let loaded = self.load_uncached::<A>(id, true).await?;
         self.cache.remember(
@@ -368,8 +367,8 @@ mod tests {
     use serde::{Deserialize, Serialize};
 
     use super::*;
-    use crate::aggregate::DomainEvent;
     use crate::InMemoryEventStore;
+    use crate::aggregate::DomainEvent;
 
     #[derive(Clone, Default, Serialize, Deserialize)]
     struct Counter {

@@ -23,7 +23,9 @@ use crate::codec::{self, GENESIS_HASH};
 use crate::error::StoreError;
 use crate::keys::{self, CF_EVENTS, CF_META, CF_SNAPSHOTS, CF_STREAMS, EventIdEntry, StreamRun};
 use crate::snapshot::{Snapshot, SnapshotStore};
-use crate::store::{StoreStats, Durability, EventStore, MAX_SCAN_PER_READ, StoreOptions, validate_appends};
+use crate::store::{
+    Durability, EventStore, MAX_SCAN_PER_READ, StoreOptions, StoreStats, validate_appends,
+};
 use crate::types::{
     ChainFault, ChainReport, Direction, EventPage, Hash, MultiAppendResult, Position, ReadFilter,
     RecordedEvent, StreamAppend, StreamId,
@@ -53,7 +55,6 @@ pub struct WriterStats {
     /// WAL syncs made (one may cover several group commits).
     pub syncs: AtomicU64,
 }
-
 
 /// The RocksDB event store. Cheap to clone: clones share one database and one writer.
 #[derive(Clone)]
