@@ -232,7 +232,10 @@ pub fn app(state: AppState) -> Router {
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                .layer(TraceLayer::new_for_http().make_span_with(routes::request_span))
+                .layer(TraceLayer::new_for_http().make_span_with({
+                    let state = state.clone();
+                    move |request: &axum::extract::Request| routes::request_span(&state, request)
+                }))
                 .layer(from_fn(metrics::track))
                 .layer(cors)
                 .layer(CompressionLayer::new())

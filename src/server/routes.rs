@@ -23,19 +23,33 @@ use crate::graphql::RequestId;
 use crate::graphql::error::{self, ApiError};
 
 /// The span every log line of a request is emitted in: method, path and request id.
-pub(super) fn request_span(request: &Request) -> tracing::Span {
+pub(super) fn request_span(state: &AppState, request: &Request) -> tracing::Span {
     let request_id = request
         .headers()
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
-    tracing::info_span!(
+    // The principal is resolved here, before the first line of the request is logged, so
+    // that every line carries it; `authenticate` decides what the request may do.
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let principal = match state.api_keys().authenticate(header) {
+        Ok(Some(principal)) => principal.id,
+        _ => String::new(),
+    };
+    let span = tracing::info_span!(
         "request",
         method = %request.method(),
         path = %request.uri().path(),
         request_id = %request_id,
         principal = tracing::field::Empty,
-    )
+    );
+    if !principal.is_empty() {
+        span.record("principal", principal.as_str());
+    }
+    span
 }
 
 fn request_id(headers: &HeaderMap) -> RequestId {

@@ -153,7 +153,7 @@ impl<A: Aggregate> Debug for Then<A> {
 pub fn one_of_each_store_error() -> Vec<crate::StoreError> {
     use crate::StoreError as E;
     use crate::types::{ExpectedVersion, Position, StreamId};
-    let stream = StreamId::new("order-secret-1").expect("a valid stream id");
+    let stream = StreamId::new("order-7").expect("a valid stream id");
     // A real RocksDB error: a database cannot be opened under a file.
     let storage = match rocksdb::DB::open_default("/dev/null/annals-log") {
         Ok(_) => panic!("a database opened under /dev/null"),
@@ -261,6 +261,8 @@ mod tests {
                 .unwrap();
         }
         store.close();
+        // The lock on the directory goes with the last handle.
+        drop(store);
         overwrite_record(dir.path(), Position(1), b"\x01garbage").unwrap();
         let store = RocksEventStore::open(dir.path(), StoreOptions::default()).unwrap();
         let damaged = store.read_all(Position(1), 1, &ReadFilter::all()).await;
