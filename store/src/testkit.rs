@@ -246,7 +246,7 @@ mod tests {
     };
 
     #[tokio::test]
-    async fn an_overwritten_record_no_longer_decodes_and_its_neighbours_do() {
+    async fn an_overwritten_record_reads_as_corruption_and_its_neighbours_do_not() {
         let dir = tempfile::tempdir().unwrap();
         let store = RocksEventStore::open(dir.path(), StoreOptions::default()).unwrap();
         for _ in 0..2 {
@@ -267,7 +267,7 @@ mod tests {
         let store = RocksEventStore::open(dir.path(), StoreOptions::default()).unwrap();
         let damaged = store.read_all(Position(1), 1, &ReadFilter::all()).await;
         assert!(
-            matches!(damaged, Err(StoreError::Decode { .. })),
+            matches!(damaged, Err(StoreError::Corruption { position }) if position == Position(1)),
             "{damaged:?}"
         );
         let page = store
@@ -277,6 +277,7 @@ mod tests {
         assert_eq!(page.events.len(), 1);
         store.close();
     }
+
     #[test]
     fn one_of_each_store_error_covers_every_variant() {
         let errors = one_of_each_store_error();
