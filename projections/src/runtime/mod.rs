@@ -45,14 +45,20 @@ pub use status::{ProjectionState, ProjectionStatus, RebuildProgress};
 /// Tuning of the workers.
 #[derive(Clone, Debug)]
 pub struct RuntimeOptions {
-    /// Most matching events applied in one batch (one `WriteBatch`).
+    /// Most matching events applied in one batch (one `WriteBatch`). Default 16,384: a
+    /// catch-up coalesces more repeated rows per write the larger the batch, and the
+    /// batch's changes (held in memory until the write) stay in the tens of megabytes.
     pub batch_size: usize,
-    /// How many times a failing handler is tried before its event is parked.
+    /// How many times a failing handler is tried before its event is parked. Default 3:
+    /// enough to ride out a transient failure, few enough that a poison event does not
+    /// hold its projection back for long.
     pub max_attempts: u32,
     /// Wait before the first retry of a failing handler; doubles with every retry.
+    /// Default 20 ms, so the three attempts take well under a second.
     pub retry_backoff: Duration,
     /// How long an old generation stays readable after a take-over, so readers that
-    /// started on it finish their query before its rows go.
+    /// started on it finish their query before its rows go. Default 5 s, the longest a
+    /// read with `atLeast` waits by default.
     pub drop_delay: Duration,
 }
 
