@@ -158,7 +158,6 @@ pub struct Node {
     store: SharedStore,
     projections: ProjectionRuntime,
     state: AppState,
-    data_dir: Option<DataDir>,
     /// The read models of an in-memory node, removed when the node is dropped.
     _scratch: Option<tempfile::TempDir>,
 }
@@ -175,7 +174,7 @@ impl Node {
             projections: runtime_options,
             mut server,
         } = config;
-        let (store, read_dir, scratch, data_dir) = match storage {
+        let (store, read_dir, scratch) = match storage {
             Storage::Dir(dir) => {
                 let path = dir.log();
                 let store = RocksEventStore::open(&path, store_options)
@@ -183,13 +182,13 @@ impl Node {
                 server
                     .data_dir
                     .get_or_insert_with(|| dir.root().to_path_buf());
-                (SharedStore::new(store), dir.read(), None, Some(dir))
+                (SharedStore::new(store), dir.read(), None)
             }
             Storage::InMemory => {
                 let scratch = tempfile::tempdir().map_err(NodeError::TempDir)?;
                 let read = scratch.path().join("read");
                 let store = SharedStore::new(InMemoryEventStore::new(store_options));
-                (store, read, Some(scratch), None)
+                (store, read, Some(scratch))
             }
         };
         let opened = ReadModelStore::open(&read_dir).and_then(|read| {
@@ -216,7 +215,6 @@ impl Node {
             store,
             projections,
             state,
-            data_dir,
             _scratch: scratch,
         })
     }
@@ -234,11 +232,6 @@ impl Node {
     /// The API state (`server::app(state)` is the router).
     pub fn state(&self) -> &AppState {
         &self.state
-    }
-
-    /// The data directory, for a node on disk.
-    pub fn data_dir(&self) -> Option<&DataDir> {
-        self.data_dir.as_ref()
     }
 
     /// Serves the API on `listener` until `shutdown` completes and the in-flight requests

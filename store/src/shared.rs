@@ -169,11 +169,6 @@ impl SharedStore {
             inner: Arc::new(store),
         }
     }
-
-    /// Wraps a store that is already shared.
-    pub fn from_arc<S: EventStore + SnapshotStore>(store: Arc<S>) -> Self {
-        Self { inner: store }
-    }
 }
 
 impl fmt::Debug for SharedStore {

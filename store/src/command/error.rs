@@ -33,25 +33,3 @@ pub enum CommandError<E> {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
-
-impl<E> CommandError<E> {
-    /// The business refusal, if that is what this is.
-    pub fn rejection(&self) -> Option<&E> {
-        match self {
-            CommandError::Rejected(e) => Some(e),
-            _ => None,
-        }
-    }
-
-    /// The same error with the refusal turned into another type (a single aggregate's
-    /// error into the domain's error, for instance).
-    pub fn map_rejection<F>(self, f: impl FnOnce(E) -> F) -> CommandError<F> {
-        match self {
-            CommandError::Rejected(e) => CommandError::Rejected(f(e)),
-            CommandError::Conflict { stream, attempts } => {
-                CommandError::Conflict { stream, attempts }
-            }
-            CommandError::Store(e) => CommandError::Store(e),
-        }
-    }
-}
