@@ -5,8 +5,8 @@
 //! gets an `X-Request-ID` (the client's or a fresh UUID), echoed in the response and
 //! recorded on the tracing span that every log line of the request is emitted in.
 //!
-//! Layers, outermost first: request id → trace span → metrics → CORS → compression →
-//! timeout → body-limit errors as GraphQL errors → body limit (refuses a body whose
+//! Layers, outermost first: request id → the caller's principal (resolved once) → trace
+//! span → metrics → CORS → compression → timeout → body-limit errors as GraphQL errors → body limit (refuses a body whose
 //! `Content-Length` is over the limit before reading it, and stops reading a streamed
 //! one at the limit). The GraphQL routes add authentication and the per-key rate limit.
 
@@ -232,10 +232,8 @@ pub fn app(state: AppState) -> Router {
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                .layer(TraceLayer::new_for_http().make_span_with({
-                    let state = state.clone();
-                    move |request: &axum::extract::Request| routes::request_span(&state, request)
-                }))
+                .layer(from_fn_with_state(state.clone(), routes::identify))
+                .layer(TraceLayer::new_for_http().make_span_with(routes::request_span))
                 .layer(from_fn(metrics::track))
                 .layer(cors)
                 .layer(CompressionLayer::new())

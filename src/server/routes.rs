@@ -22,23 +22,33 @@ use super::{AppState, REQUEST_ID};
 use crate::graphql::RequestId;
 use crate::graphql::error::{self, ApiError};
 
-/// The span every log line of a request is emitted in: method, path and request id.
-pub(super) fn request_span(state: &AppState, request: &Request) -> tracing::Span {
+/// Resolves the caller's API key once per request, before the request's span is made, and
+/// leaves the principal in the request's extensions: the span records it (so every log
+/// line of the request carries it) and [`authenticate`] uses it. A refused key is left to
+/// `authenticate`, which answers it on the routes that need a key.
+pub(super) async fn identify(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Ok(Some(principal)) = state.api_keys().authenticate(header) {
+        request.extensions_mut().insert(principal);
+    }
+    next.run(request).await
+}
+
+/// The span every log line of a request is emitted in: method, path, request id and the
+/// principal [`identify`] found.
+pub(super) fn request_span(request: &Request) -> tracing::Span {
     let request_id = request
         .headers()
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
-    // The principal is resolved here, before the first line of the request is logged, so
-    // that every line carries it; `authenticate` decides what the request may do.
-    let header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let principal = match state.api_keys().authenticate(header) {
-        Ok(Some(principal)) => principal.id,
-        _ => String::new(),
-    };
     let span = tracing::info_span!(
         "request",
         method = %request.method(),
@@ -46,8 +56,8 @@ pub(super) fn request_span(state: &AppState, request: &Request) -> tracing::Span
         request_id = %request_id,
         principal = tracing::field::Empty,
     );
-    if !principal.is_empty() {
-        span.record("principal", principal.as_str());
+    if let Some(principal) = request.extensions().get::<Principal>() {
+        span.record("principal", principal.id.as_str());
     }
     span
 }
@@ -70,17 +80,23 @@ pub(super) async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or("<not UTF-8>"));
-    match state.api_keys().authenticate(header) {
+    let identified = request.extensions().get::<Principal>().cloned();
+    let resolved = match identified {
+        Some(principal) => Ok(Some(principal)),
+        None => {
+            let header = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| v.to_str().unwrap_or("<not UTF-8>"));
+            state.api_keys().authenticate(header)
+        }
+    };
+    match resolved {
         Err(error) => return error.into_response(),
         Ok(Some(principal)) => {
             if let Err(error) = state.limiter().check(&principal) {
                 return error.into_response();
             }
-            tracing::Span::current().record("principal", principal.id.as_str());
             request.extensions_mut().insert(principal);
         }
         Ok(None) => {}
