@@ -222,13 +222,17 @@ impl HasCode for StoreError {
             | StoreError::EmptyAppend
             | StoreError::DuplicateStream { .. } => ErrorCode::BadUserInput,
             StoreError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
-            StoreError::Corruption { .. } => ErrorCode::Corruption,
+            StoreError::Corruption { .. } | StoreError::ReplicaDiverged { .. } => {
+                ErrorCode::Corruption
+            }
             StoreError::Decode { .. } => ErrorCode::Decode,
             StoreError::UnsupportedFormat { .. } => ErrorCode::UnsupportedFormat,
             StoreError::Locked { .. } => ErrorCode::Locked,
             StoreError::Storage(_)
             | StoreError::Io { .. }
             | StoreError::Closed
+            | StoreError::NotWriter
+            | StoreError::Unavailable { .. }
             | StoreError::ReadOnly { .. } => ErrorCode::Unavailable,
             // A variant added to the store later is an internal failure until it is
             // given its own line here.

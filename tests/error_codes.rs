@@ -39,13 +39,15 @@ fn store_code(error: &StoreError) -> ErrorCode {
         | StoreError::EmptyAppend
         | StoreError::DuplicateStream { .. } => ErrorCode::BadUserInput,
         StoreError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
-        StoreError::Corruption { .. } => ErrorCode::Corruption,
+        StoreError::Corruption { .. } | StoreError::ReplicaDiverged { .. } => ErrorCode::Corruption,
         StoreError::Decode { .. } => ErrorCode::Decode,
         StoreError::UnsupportedFormat { .. } => ErrorCode::UnsupportedFormat,
         StoreError::Locked { .. } => ErrorCode::Locked,
         StoreError::Storage(_)
         | StoreError::Io { .. }
         | StoreError::Closed
+        | StoreError::NotWriter
+        | StoreError::Unavailable { .. }
         | StoreError::ReadOnly { .. } => ErrorCode::Unavailable,
         other => panic!("a store error this test does not know: {other:?}"),
     }

@@ -403,3 +403,144 @@ mod tests {
         assert_eq!(decode_record(&buf), Err(DecodeError::Malformed));
     }
 }
+
+/// The format byte of a commit group as a replicated log carries it.
+pub const GROUP_FORMAT_V1: u8 = 1;
+
+/// Most appends one commit group carries; bounds what a damaged group can make a replica
+/// allocate.
+pub const MAX_GROUP_APPENDS: usize = 1 << 20;
+
+/// Builds the wire form of one commit group, the unit a replicated log stores:
+/// `[GROUP_FORMAT_V1] ‖ (events (u32 BE) ‖ (length (u32 BE) ‖ record)*)*`, one run per
+/// append. The records are the exact bytes the writer stores, so every replica holds the
+/// same records, positions and hash chain; the runs keep each append's shape, which the
+/// stream index and the event-id index record.
+#[derive(Debug, Default)]
+pub struct GroupWriter {
+    bytes: Vec<u8>,
+    events: usize,
+}
+
+impl GroupWriter {
+    /// Starts an empty group, reusing `buffer`'s allocation.
+    pub fn new(mut buffer: Vec<u8>) -> Self {
+        buffer.clear();
+        buffer.push(GROUP_FORMAT_V1);
+        Self {
+            bytes: buffer,
+            events: 0,
+        }
+    }
+
+    /// Starts the run of one append of `count` events.
+    pub fn begin_append(&mut self, count: u32) {
+        self.bytes.extend_from_slice(&count.to_be_bytes());
+    }
+
+    /// Adds the next record of the current append.
+    pub fn push_record(&mut self, record: &[u8]) {
+        // A record is at most MAX_RECORD_BYTES, far below u32::MAX.
+        self.bytes
+            .extend_from_slice(&(record.len() as u32).to_be_bytes());
+        self.bytes.extend_from_slice(record);
+        self.events += 1;
+    }
+
+    /// How many records the group holds.
+    pub fn events(&self) -> usize {
+        self.events
+    }
+
+    /// The encoded group.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The encoded group, by value.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
+/// Splits an encoded commit group into its appends' records, borrowed. Arbitrary bytes
+/// give an error, never a panic; the records themselves are not decoded here.
+pub fn decode_group(bytes: &[u8]) -> Result<Vec<Vec<&[u8]>>, DecodeError> {
+    let (&format, mut rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if format != GROUP_FORMAT_V1 {
+        return Err(DecodeError::UnknownFormat(format));
+    }
+    fn take_u32(rest: &mut &[u8]) -> Result<u32, DecodeError> {
+        let (head, tail) = rest.split_at_checked(4).ok_or(DecodeError::Malformed)?;
+        *rest = tail;
+        Ok(u32::from_be_bytes(
+            head.try_into().map_err(|_| DecodeError::Malformed)?,
+        ))
+    }
+    let mut appends = Vec::new();
+    while !rest.is_empty() {
+        if appends.len() >= MAX_GROUP_APPENDS {
+            return Err(DecodeError::Malformed);
+        }
+        let count = take_u32(&mut rest)? as usize;
+        if count == 0 {
+            return Err(DecodeError::Malformed);
+        }
+        // Every record takes at least its four length bytes: a count larger than what is
+        // left cannot be true, and is refused before anything is allocated for it.
+        if count > rest.len() / 4 {
+            return Err(DecodeError::Malformed);
+        }
+        let mut records = Vec::with_capacity(count);
+        for _ in 0..count {
+            let len = take_u32(&mut rest)? as usize;
+            if len > MAX_RECORD_BYTES {
+                return Err(DecodeError::Malformed);
+            }
+            let (record, tail) = rest.split_at_checked(len).ok_or(DecodeError::Malformed)?;
+            rest = tail;
+            records.push(record);
+        }
+        appends.push(records);
+    }
+    if appends.is_empty() {
+        return Err(DecodeError::Malformed);
+    }
+    Ok(appends)
+}
+
+/// The format byte of messages encoded with [`encode_message`].
+pub const MESSAGE_FORMAT_V1: u8 = 1;
+
+/// The largest message [`decode_message`] accepts.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+type MessageConfig = Configuration<LittleEndian, Varint, config::Limit<MAX_MESSAGE_BYTES>>;
+
+const fn message_config() -> MessageConfig {
+    config::standard().with_limit::<MAX_MESSAGE_BYTES>()
+}
+
+/// Encodes a value that travels between the nodes of a cluster (a forwarded append and its
+/// answer): `[MESSAGE_FORMAT_V1] ‖ bincode(value)`.
+pub fn encode_message<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![MESSAGE_FORMAT_V1];
+    bincode::serde::encode_into_std_write(value, &mut out, message_config())
+        .expect("writing into a Vec cannot fail");
+    out
+}
+
+/// Decodes a value written by [`encode_message`]. Arbitrary bytes give an error, never a
+/// panic, and never an allocation larger than [`MAX_MESSAGE_BYTES`].
+pub fn decode_message<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (&format, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if format != MESSAGE_FORMAT_V1 {
+        return Err(DecodeError::UnknownFormat(format));
+    }
+    let (value, used): (T, usize) = bincode::serde::decode_from_slice(rest, message_config())
+        .map_err(|_| DecodeError::Malformed)?;
+    if used != rest.len() {
+        return Err(DecodeError::TrailingBytes(rest.len() - used));
+    }
+    Ok(value)
+}

@@ -142,6 +142,37 @@ pub enum StoreError {
     #[error("the event store is closed")]
     Closed,
 
+    /// This replica of a replicated log does not write (another node holds the write
+    /// lease); nothing was written.
+    ///
+    /// Handling: send the append to the writer (a cluster's store does this itself).
+    #[error("this node is not the log's writer")]
+    NotWriter,
+
+    /// The replicated log did not take the commit in time (no writer, no quorum, a
+    /// failover under way); nothing of it is acknowledged, though it may still appear.
+    ///
+    /// Handling: retry with the same event ids (idempotency keys): the retry commits at
+    /// most once.
+    #[error("the log is unavailable: {reason}")]
+    Unavailable {
+        /// Why, for the operator.
+        reason: String,
+    },
+
+    /// A commit group of the replicated log does not continue this replica (a gap in its
+    /// sequence, a position or hash that does not follow): the replica stops applying.
+    ///
+    /// Handling: rebuild the replica from the replicated log (an empty data directory
+    /// catches up by itself).
+    #[error("replicated group {sequence} does not continue this replica: {reason}")]
+    ReplicaDiverged {
+        /// The group's sequence in the replicated log.
+        sequence: u64,
+        /// What does not follow.
+        reason: String,
+    },
+
     /// A stored event or snapshot could not be turned into its typed form (unknown type,
     /// payload that does not match its schema, failing upcaster).
     #[error("cannot decode event {event_type} v{schema_version} at position {position}: {reason}")]

@@ -27,6 +27,9 @@ pub const ALL_CFS: [&str; 5] = [CF_EVENTS, CF_STREAMS, CF_EVENT_IDS, CF_META, CF
 
 /// Meta key holding the data directory's format version (u32 BE).
 pub const META_FORMAT_VERSION: &[u8] = b"format_version";
+/// Meta key of a replica: the sequence (u64 BE) of the replicated log's last group that the
+/// replica holds, written in the same batch as the group's records.
+pub const META_LOG_SEQUENCE: &[u8] = b"log_sequence";
 /// The on-disk format version this build writes and the highest it reads.
 pub const FORMAT_VERSION: u32 = 1;
 

@@ -83,6 +83,7 @@ mod command;
 mod error;
 pub mod keys;
 mod memory;
+pub mod replica;
 mod rocks;
 mod shared;
 mod snapshot;
@@ -99,6 +100,7 @@ pub use command::{
 };
 pub use error::StoreError;
 pub use memory::InMemoryEventStore;
+pub use replica::{ReplicaGroup, ReplicationError, Replicator};
 pub use rocks::RocksEventStore;
 pub use shared::SharedStore;
 pub use snapshot::{Snapshot, SnapshotStore};

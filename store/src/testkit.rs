@@ -11,6 +11,8 @@
 //! [`overwrite_record`] damages a closed log on disk, for the tests of what a reader and
 //! the API edge do with a record that no longer decodes.
 
+pub mod conformance;
+
 use std::fmt::Debug;
 use std::path::Path;
 
@@ -211,6 +213,14 @@ pub fn one_of_each_store_error() -> Vec<crate::StoreError> {
             position: Position(987_654),
             reason: "missing field `secret_internal_field`".into(),
         },
+        E::NotWriter,
+        E::Unavailable {
+            reason: "no responders on annals.secret.append".into(),
+        },
+        E::ReplicaDiverged {
+            sequence: 77,
+            reason: "position 12 follows head 9 at /srv/annals/secret-dir".into(),
+        },
     ]
 }
 
@@ -234,8 +244,72 @@ pub fn store_error_variant(error: &crate::StoreError) -> (usize, usize) {
         E::ReadOnly { .. } => 13,
         E::Closed => 14,
         E::Decode { .. } => 15,
+        E::NotWriter => 16,
+        E::Unavailable { .. } => 17,
+        E::ReplicaDiverged { .. } => 18,
     };
-    (index, 16)
+    (index, 19)
+}
+
+/// A replicated log in memory, for replicas in tests: groups in order, with the fencing of
+/// a real one (a group must name the log's last group as the one it follows).
+#[derive(Clone, Debug, Default)]
+pub struct MemoryLog {
+    groups: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl MemoryLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A replicator that appends to this log.
+    pub fn replicator(&self) -> Box<dyn crate::Replicator> {
+        Box::new(self.clone())
+    }
+
+    /// The groups from `after + 1` on, with their sequences.
+    pub fn groups_after(&self, after: u64) -> Vec<(u64, Vec<u8>)> {
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups
+            .iter()
+            .enumerate()
+            .skip(after as usize)
+            .map(|(i, g)| (i as u64 + 1, g.clone()))
+            .collect()
+    }
+
+    /// Appends a group as another writer would, without a replica.
+    pub fn push(&self, group: Vec<u8>) -> u64 {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups.push(group);
+        groups.len() as u64
+    }
+
+    /// How many groups the log holds.
+    pub fn len(&self) -> u64 {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner()).len() as u64
+    }
+
+    /// Whether the log holds no group.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl crate::Replicator for MemoryLog {
+    fn replicate(
+        &mut self,
+        group: crate::ReplicaGroup<'_>,
+    ) -> Result<u64, crate::ReplicationError> {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if groups.len() as u64 != group.after {
+            return Err(crate::ReplicationError::Fenced);
+        }
+        groups.push(group.bytes.to_vec());
+        Ok(groups.len() as u64)
+    }
 }
 
 #[cfg(test)]

@@ -220,7 +220,7 @@ pub struct Metadata {
 }
 
 /// An event to append.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct NewEvent {
     /// The caller's id for idempotent retries; a UUID v7 is generated when `None`.
     pub event_id: Option<Uuid>,
@@ -231,6 +231,7 @@ pub struct NewEvent {
     /// Who, why and free key/values.
     pub metadata: Metadata,
     /// The payload bytes: JSON by convention.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -343,7 +344,7 @@ pub struct AppendResult {
 }
 
 /// One stream's part of a multi-stream append.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct StreamAppend {
     /// The stream to append to.
     pub stream_id: StreamId,

@@ -31,7 +31,10 @@ use crate::types::{
     RecordedEvent, StreamAppend, StreamId,
 };
 
-use writer::{Failure, WriteRequest, Writer, WriterSetup, spawn_syncer};
+use crate::replica::Replicator;
+use writer::{
+    Failure, Replication, WriteRequest, Writer, WriterSetup, read_log_sequence, spawn_syncer,
+};
 
 /// Counters of the write path, for benchmarks and metrics.
 #[derive(Debug, Default)]
@@ -107,6 +110,14 @@ struct Inner {
     read_only: bool,
     /// The storage failure appends are refused for, until the writer has recovered.
     failure: Failure,
+    /// Opened with [`RocksEventStore::open_replica`]: where this replica is in the
+    /// replicated log, and whether it writes.
+    replica: Option<ReplicaState>,
+}
+
+struct ReplicaState {
+    sequence: watch::Receiver<u64>,
+    leading: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RocksEventStore {
@@ -160,13 +171,62 @@ fn cf_options(name: &str) -> Options {
 impl RocksEventStore {
     /// Opens (or creates) the event log in `path` and starts its writer thread.
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, StoreError> {
-        let path = path.as_ref().to_path_buf();
+        Self::open_with(path.as_ref(), options, None)
+    }
+
+    /// Opens (or creates) `path` as one replica of a replicated log (see
+    /// [`crate::replica`]): the writer hands every commit group to `replicator` before it
+    /// writes it, and writes only what the replicated log took. The replica starts as a
+    /// follower: it takes groups with [`RocksEventStore::apply_groups`] and refuses appends
+    /// with [`StoreError::NotWriter`] until [`RocksEventStore::lead`].
+    ///
+    /// The local write is not synced (`options.durability` is ignored): the replicated log
+    /// is the durable copy, and a replica that lost its tail in a power loss applies it
+    /// again from there.
+    pub fn open_replica(
+        path: impl AsRef<Path>,
+        options: StoreOptions,
+        replicator: Box<dyn Replicator>,
+    ) -> Result<Self, StoreError> {
+        let options = StoreOptions {
+            durability: Durability::Buffered,
+            ..options
+        };
+        Self::open_with(path.as_ref(), options, Some(replicator))
+    }
+
+    fn open_with(
+        path: &Path,
+        options: StoreOptions,
+        replicator: Option<Box<dyn Replicator>>,
+    ) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
         std::fs::create_dir_all(&path).map_err(|source| StoreError::Io {
             what: format!("cannot create {}", path.display()),
             source,
         })?;
         let db = open_writable(&path, options.durability)?;
         let (head, tip) = recover_tip(&db)?;
+        let mut replica = None;
+        let replication = match replicator {
+            None => None,
+            Some(replicator) => {
+                let sequence = read_log_sequence(&db)?;
+                let (sequence_tx, sequence_rx) = watch::channel(sequence);
+                let leading = Arc::new(AtomicBool::new(false));
+                replica = Some(ReplicaState {
+                    sequence: sequence_rx,
+                    leading: leading.clone(),
+                });
+                Some(Replication {
+                    replicator,
+                    sequence,
+                    sequence_tx,
+                    leading,
+                    spare: Vec::new(),
+                })
+            }
+        };
         let db = Arc::new(db);
         let slot = Arc::new(DbSlot::new(db.clone()));
 
@@ -195,6 +255,7 @@ impl RocksEventStore {
             stats: stats.clone(),
             syncer,
             failure: failure.clone(),
+            replication,
         });
         let handle = std::thread::Builder::new()
             .name("annals-writer".into())
@@ -218,6 +279,7 @@ impl RocksEventStore {
                 snapshot_lock: AsyncMutex::new(()),
                 read_only: false,
                 failure,
+                replica,
             }),
         })
     }
@@ -270,8 +332,100 @@ impl RocksEventStore {
                 snapshot_lock: AsyncMutex::new(()),
                 read_only: true,
                 failure: Failure::default(),
+                replica: None,
             }),
         })
+    }
+
+    /// Whether this handle was opened with [`RocksEventStore::open_replica`].
+    pub fn is_replica(&self) -> bool {
+        self.inner.replica.is_some()
+    }
+
+    /// Whether this replica writes: it leads and no failure or foreign group has stopped
+    /// it since. Always false for a store that is not a replica.
+    pub fn is_leading(&self) -> bool {
+        self.inner
+            .replica
+            .as_ref()
+            .is_some_and(|r| r.leading.load(Ordering::Acquire))
+    }
+
+    /// The sequence of the replicated log's last group this replica holds (0 for a store
+    /// that is not a replica).
+    pub fn log_sequence(&self) -> u64 {
+        self.inner
+            .replica
+            .as_ref()
+            .map_or(0, |r| *r.sequence.borrow())
+    }
+
+    /// A receiver of [`RocksEventStore::log_sequence`] as it moves.
+    pub fn subscribe_log_sequence(&self) -> watch::Receiver<u64> {
+        match &self.inner.replica {
+            Some(replica) => replica.sequence.clone(),
+            None => watch::channel(0).1,
+        }
+    }
+
+    /// Applies groups of the replicated log, `(sequence, encoded group)` in sequence order,
+    /// to this replica in one write; returns the last sequence it holds. Groups it already
+    /// holds are skipped; a group that does not continue it is refused with
+    /// [`StoreError::ReplicaDiverged`], and nothing of the call is written. A group that
+    /// another writer wrote stops this replica writing.
+    pub async fn apply_groups(&self, groups: Vec<(u64, Vec<u8>)>) -> Result<u64, StoreError> {
+        let permit = self.control_permit().await?;
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .requests
+            .send(WriteRequest::Apply {
+                groups,
+                reply,
+                _permit: permit,
+            })
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Starts writing, as the holder of the write lease, once this replica holds the
+    /// replicated log up to group `after` (its last): refused with
+    /// [`StoreError::NotWriter`] while the replica is elsewhere.
+    pub async fn lead(&self, after: u64) -> Result<(), StoreError> {
+        let permit = self.control_permit().await?;
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .requests
+            .send(WriteRequest::Lead {
+                after,
+                reply,
+                _permit: permit,
+            })
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stops writing (the lease is lost); appends after it get [`StoreError::NotWriter`].
+    pub async fn follow(&self) -> Result<(), StoreError> {
+        let permit = self.control_permit().await?;
+        self.inner
+            .requests
+            .send(WriteRequest::Follow { _permit: permit })
+            .map_err(|_| StoreError::Closed)
+    }
+
+    async fn control_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, StoreError> {
+        if self.inner.replica.is_none() {
+            return Err(StoreError::NotWriter);
+        }
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        self.inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)
     }
 
     /// Whether this handle was opened with [`RocksEventStore::open_read_only`].

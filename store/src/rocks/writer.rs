@@ -42,7 +42,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -57,9 +57,10 @@ use super::{
     recover_tip, truncate_above,
 };
 use crate::cache::GenerationalCache;
-use crate::codec::{self, RecordFields};
+use crate::codec::{self, GroupWriter, RecordFields};
 use crate::error::StoreError;
-use crate::keys::{self, CF_EVENT_IDS, CF_EVENTS, CF_STREAMS, EventIdEntry, StreamRun};
+use crate::keys::{self, CF_EVENT_IDS, CF_EVENTS, CF_META, CF_STREAMS, EventIdEntry, StreamRun};
+use crate::replica::{ReplicaGroup, ReplicationError, Replicator};
 use crate::store::{Durability, StoreOptions};
 use crate::types::{
     AppendResult, Hash, MultiAppendResult, Position, StreamAppend, StreamId, Timestamp,
@@ -72,6 +73,23 @@ pub(crate) enum WriteRequest {
         bytes: usize,
         reply: oneshot::Sender<Result<MultiAppendResult, StoreError>>,
         /// Released when the request is answered, making room for the next caller.
+        _permit: OwnedSemaphorePermit,
+    },
+    /// Groups of the replicated log, in sequence order, to apply to this replica.
+    Apply {
+        groups: Vec<(u64, Vec<u8>)>,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+        _permit: OwnedSemaphorePermit,
+    },
+    /// Start writing: this replica holds the write lease and the replicated log's last
+    /// group is `after`.
+    Lead {
+        after: u64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+        _permit: OwnedSemaphorePermit,
+    },
+    /// Stop writing (the lease is gone).
+    Follow {
         _permit: OwnedSemaphorePermit,
     },
     Shutdown,
@@ -94,6 +112,8 @@ struct Group {
     ids: HashMap<Uuid, PendingId>,
     recorded_at: Timestamp,
     events: u64,
+    /// The group's records as the replicated log carries them (replicas only).
+    wire: Option<GroupWriter>,
 }
 
 /// The first wait before reopening the database after a storage failure.
@@ -127,6 +147,19 @@ pub(crate) struct WriterSetup {
     pub(crate) stats: Arc<WriterStats>,
     pub(crate) syncer: Option<(Sender<Written>, JoinHandle<()>)>,
     pub(crate) failure: Failure,
+    pub(crate) replication: Option<Replication>,
+}
+
+/// A replica's writer state: where its groups go and where it is in the replicated log.
+pub(crate) struct Replication {
+    pub(crate) replicator: Box<dyn Replicator>,
+    /// The sequence of the last group in this replica.
+    pub(crate) sequence: u64,
+    pub(crate) sequence_tx: watch::Sender<u64>,
+    /// Whether this replica writes (holds the lease and has caught up).
+    pub(crate) leading: Arc<AtomicBool>,
+    /// The last group's buffer, reused for the next.
+    pub(crate) spare: Vec<u8>,
 }
 
 pub(crate) struct Writer {
@@ -150,6 +183,8 @@ pub(crate) struct Writer {
     failure: Failure,
     /// `Some` while appends are refused after a storage failure.
     recovery: Option<Recovery>,
+    /// `Some` for a replica of a replicated log.
+    replication: Option<Replication>,
 }
 
 type Reply = oneshot::Sender<Result<MultiAppendResult, StoreError>>;
@@ -323,6 +358,7 @@ impl Writer {
             stats: setup.stats,
             buffer: Vec::with_capacity(1024),
             recovery: None,
+            replication: setup.replication,
         }
     }
 
@@ -368,6 +404,15 @@ impl Writer {
                         bytes += b;
                         group.push((appends, reply, _permit));
                     }
+                    control => {
+                        // Control requests take effect in order: the appends before one
+                        // commit first.
+                        if !group.is_empty() {
+                            self.commit(&mut group);
+                            (events, bytes) = (0, 0);
+                        }
+                        self.control(control);
+                    }
                 }
                 if events >= self.options.max_commit_events
                     || bytes >= self.options.max_commit_bytes
@@ -382,8 +427,17 @@ impl Writer {
             if shutdown {
                 // Whatever was queued behind the shutdown is refused, not dropped silently.
                 while let Ok(request) = requests.try_recv() {
-                    if let WriteRequest::Append { reply, .. } = request {
-                        let _ = reply.send(Err(StoreError::Closed));
+                    match request {
+                        WriteRequest::Append { reply, .. } => {
+                            let _ = reply.send(Err(StoreError::Closed));
+                        }
+                        WriteRequest::Apply { reply, .. } => {
+                            let _ = reply.send(Err(StoreError::Closed));
+                        }
+                        WriteRequest::Lead { reply, .. } => {
+                            let _ = reply.send(Err(StoreError::Closed));
+                        }
+                        WriteRequest::Follow { .. } | WriteRequest::Shutdown => {}
                     }
                 }
                 self.stop_syncer();
@@ -425,6 +479,16 @@ impl Writer {
             answer(outcomes, &self.stats);
             return;
         }
+        if let Some(replication) = &self.replication
+            && !replication.leading.load(Ordering::Acquire)
+        {
+            let outcomes: Vec<Outcome> = requests
+                .drain(..)
+                .map(|(_, reply, permit)| (reply, Err(StoreError::NotWriter), permit))
+                .collect();
+            answer(outcomes, &self.stats);
+            return;
+        }
         let mut group = Group {
             batch: WriteBatch::default(),
             next_position: self.head.next(),
@@ -433,6 +497,10 @@ impl Writer {
             ids: HashMap::new(),
             recorded_at: Timestamp::now(),
             events: 0,
+            wire: self
+                .replication
+                .as_mut()
+                .map(|r| GroupWriter::new(std::mem::take(&mut r.spare))),
         };
         // Each permit travels with its reply and is released when the caller is answered.
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(requests.len());
@@ -443,6 +511,31 @@ impl Writer {
         }
         add_elapsed(&self.stats.stage_nanos, staging);
 
+        // A replica writes only what the replicated log took, under the log's sequence.
+        let mut sequence = None;
+        if group.events > 0
+            && let Some(wire) = group.wire.take()
+        {
+            match self.replicate(&wire, &mut group) {
+                Ok(next) => sequence = Some(next),
+                Err(error) => {
+                    for (_, outcome, _) in &mut outcomes {
+                        if outcome.is_ok() {
+                            *outcome = Err(match &error {
+                                ReplicationError::Fenced => StoreError::NotWriter,
+                                ReplicationError::Unavailable(reason) => StoreError::Unavailable {
+                                    reason: reason.clone(),
+                                },
+                            });
+                        }
+                    }
+                    group.events = 0;
+                }
+            }
+            if let Some(replication) = &mut self.replication {
+                replication.spare = wire.into_bytes();
+            }
+        }
         if group.events > 0 {
             let last = Position(group.next_position.0 - 1);
             let batch = std::mem::take(&mut group.batch);
@@ -458,6 +551,10 @@ impl Writer {
                     }
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
                     self.stats.events.fetch_add(group.events, Ordering::Relaxed);
+                    if let (Some(replication), Some(sequence)) = (&mut self.replication, sequence) {
+                        replication.sequence = sequence;
+                        replication.sequence_tx.send_replace(sequence);
+                    }
                 }
                 Err(error) => {
                     tracing::error!(%error, "group commit failed; no append of it is acknowledged");
@@ -604,6 +701,12 @@ impl Writer {
         self.head = head;
         self.tip = tip;
         self.versions.clear();
+        if let Some(replication) = &mut self.replication {
+            // The log may hold the failed group: the replica catches up before it leads.
+            replication.sequence = read_log_sequence(&db)?;
+            replication.sequence_tx.send_replace(replication.sequence);
+            replication.leading.store(false, Ordering::Release);
+        }
         // Readers get the new instance before the head can move past the old one.
         self.slot.set(db.clone());
         self.db = db;
@@ -642,7 +745,7 @@ impl Writer {
 
         let mut current = Vec::with_capacity(appends.len());
         for append in &appends {
-            let actual = self.current_version(&append.stream_id, group)?;
+            let actual = self.current_version(&append.stream_id, &group.versions)?;
             if !append.expected.accepts(actual) {
                 return Err(StoreError::WrongExpectedVersion {
                     stream: append.stream_id.clone(),
@@ -662,6 +765,9 @@ impl Writer {
             let first_position = group.next_position;
             let first_version = actual + 1;
             let stream_key = keys::stream_key(append.stream_id.as_str());
+            if let Some(wire) = &mut group.wire {
+                wire.begin_append(count);
+            }
             group.batch.put_cf(
                 streams_cf,
                 keys::stream_index_key(&stream_key, first_version),
@@ -692,6 +798,9 @@ impl Writer {
                 group
                     .batch
                     .put_cf(events_cf, keys::position_key(position), &self.buffer);
+                if let Some(wire) = &mut group.wire {
+                    wire.push_record(&self.buffer);
+                }
                 let entry = EventIdEntry {
                     position,
                     index: index as u32,
@@ -730,8 +839,12 @@ impl Writer {
 
     /// The stream's version as of the group built so far: the group's own writes, then the
     /// cache, then the index (no read-before-write on a cache hit).
-    fn current_version(&mut self, stream: &StreamId, group: &Group) -> Result<u64, StoreError> {
-        if let Some(version) = group.versions.get(stream) {
+    fn current_version(
+        &mut self,
+        stream: &StreamId,
+        pending: &HashMap<StreamId, u64>,
+    ) -> Result<u64, StoreError> {
+        if let Some(version) = pending.get(stream) {
             return Ok(*version);
         }
         if let Some(version) = self.versions.get(stream) {
@@ -835,4 +948,262 @@ impl Writer {
 
 fn add_elapsed(counter: &AtomicU64, since: Instant) {
     counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+}
+
+/// The sequence of the replicated log's last group in this database (0 when it holds none).
+pub(crate) fn read_log_sequence(db: &DB) -> Result<u64, StoreError> {
+    match db.get_cf(cf(db, CF_META), keys::META_LOG_SEQUENCE)? {
+        None => Ok(0),
+        Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::Corruption {
+                position: Position::ZERO,
+            }),
+    }
+}
+
+fn diverged(sequence: u64, reason: impl Into<String>) -> StoreError {
+    StoreError::ReplicaDiverged {
+        sequence,
+        reason: reason.into(),
+    }
+}
+
+impl Writer {
+    /// Hands a staged group to the replicated log; on success the group's batch also
+    /// records the sequence the log gave it. Any failure stops this replica writing: its
+    /// view of the log may be behind, and it leads again only once it has caught up.
+    fn replicate(
+        &mut self,
+        wire: &GroupWriter,
+        group: &mut Group,
+    ) -> Result<u64, ReplicationError> {
+        let Some(replication) = self.replication.as_mut() else {
+            return Err(ReplicationError::Unavailable("not a replica".into()));
+        };
+        let after = replication.sequence;
+        let result = replication.replicator.replicate(ReplicaGroup {
+            bytes: wire.as_bytes(),
+            after,
+            first_position: self.head.next(),
+            last_position: Position(group.next_position.0 - 1),
+            tip: group.tip,
+        });
+        let result = match result {
+            Ok(sequence) if sequence == after + 1 => Ok(sequence),
+            Ok(sequence) => Err(ReplicationError::Unavailable(format!(
+                "the log gave sequence {sequence} to the group after {after}"
+            ))),
+            Err(error) => Err(error),
+        };
+        match &result {
+            Ok(sequence) => group.batch.put_cf(
+                cf(&self.db, CF_META),
+                keys::META_LOG_SEQUENCE,
+                sequence.to_be_bytes(),
+            ),
+            Err(error) => {
+                tracing::warn!(
+                    ?error,
+                    after,
+                    "the replicated log did not take a group; this node stops writing"
+                );
+                replication.leading.store(false, Ordering::Release);
+            }
+        }
+        result
+    }
+
+    /// Handles a request that is not an append.
+    fn control(&mut self, request: WriteRequest) {
+        match request {
+            WriteRequest::Apply { groups, reply, .. } => {
+                let _ = reply.send(self.apply(groups));
+            }
+            WriteRequest::Lead { after, reply, .. } => {
+                let result = match (&self.recovery, &self.replication) {
+                    (Some(recovery), _) => Err(StoreError::Storage(recovery.error.clone())),
+                    (None, None) => Err(StoreError::NotWriter),
+                    (None, Some(replication)) if replication.sequence != after => {
+                        Err(StoreError::NotWriter)
+                    }
+                    (None, Some(replication)) => {
+                        replication.leading.store(true, Ordering::Release);
+                        tracing::info!(after, head = self.head.0, "this node writes the log");
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            WriteRequest::Follow { .. } => {
+                if let Some(replication) = &self.replication
+                    && replication.leading.swap(false, Ordering::AcqRel)
+                {
+                    tracing::info!(head = self.head.0, "this node stops writing the log");
+                }
+            }
+            WriteRequest::Append { .. } | WriteRequest::Shutdown => {}
+        }
+    }
+
+    /// Applies groups of the replicated log that continue this replica, in one batch;
+    /// returns the sequence of the last group the replica now holds. Groups it already
+    /// holds are skipped. A group that does not continue it (a gap in the sequence, a
+    /// position, stream version or hash that does not follow) is refused with everything
+    /// after it, and nothing of the call is written.
+    fn apply(&mut self, groups: Vec<(u64, Vec<u8>)>) -> Result<u64, StoreError> {
+        if let Some(recovery) = &self.recovery {
+            return Err(StoreError::Storage(recovery.error.clone()));
+        }
+        let Some(start) = self.replication.as_ref().map(|r| r.sequence) else {
+            return Err(StoreError::NotWriter);
+        };
+        let mut batch = WriteBatch::default();
+        let mut next = self.head.next();
+        let mut tip = self.tip;
+        let mut versions: HashMap<StreamId, u64> = HashMap::new();
+        let mut sequence = start;
+        let mut events = 0u64;
+        // A handle of its own, so the column families stay borrowed while the version
+        // lookups borrow the writer.
+        let db = self.db.clone();
+        let (events_cf, streams_cf, ids_cf) = (
+            cf(&db, CF_EVENTS),
+            cf(&db, CF_STREAMS),
+            cf(&db, CF_EVENT_IDS),
+        );
+        for (at, bytes) in &groups {
+            let at = *at;
+            if at <= sequence {
+                continue;
+            }
+            if at != sequence + 1 {
+                return Err(diverged(
+                    at,
+                    format!("the replica expects group {}", sequence + 1),
+                ));
+            }
+            let appends = codec::decode_group(bytes)
+                .map_err(|e| diverged(at, format!("the group does not decode: {e}")))?;
+            for records in appends {
+                let count = records.len() as u32;
+                let mut run: Option<(StreamId, u64)> = None;
+                for (index, raw) in records.iter().enumerate() {
+                    let event = codec::decode_record(raw).map_err(|e| {
+                        diverged(at, format!("the record at {} does not decode: {e}", next.0))
+                    })?;
+                    if event.position != next {
+                        return Err(diverged(
+                            at,
+                            format!("position {} where {} comes next", event.position.0, next.0),
+                        ));
+                    }
+                    if event.prev_hash != tip || codec::recompute_hash(&event) != event.hash {
+                        return Err(diverged(
+                            at,
+                            format!("the chain breaks at position {}", next.0),
+                        ));
+                    }
+                    match &run {
+                        None => {
+                            let current = self.current_version(&event.stream_id, &versions)?;
+                            if event.stream_version != current + 1 {
+                                return Err(diverged(
+                                    at,
+                                    format!(
+                                        "stream {} at version {current} gets version {}",
+                                        event.stream_id, event.stream_version
+                                    ),
+                                ));
+                            }
+                            let stream_key = keys::stream_key(event.stream_id.as_str());
+                            batch.put_cf(
+                                streams_cf,
+                                keys::stream_index_key(&stream_key, event.stream_version),
+                                StreamRun {
+                                    first_position: next,
+                                    count,
+                                }
+                                .encode(),
+                            );
+                            run = Some((event.stream_id.clone(), event.stream_version));
+                        }
+                        Some((stream, first_version)) => {
+                            if &event.stream_id != stream
+                                || event.stream_version != first_version + index as u64
+                            {
+                                return Err(diverged(
+                                    at,
+                                    format!(
+                                        "the append at position {} is not one stream's run",
+                                        next.0
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                    batch.put_cf(events_cf, keys::position_key(next), raw);
+                    batch.put_cf(
+                        ids_cf,
+                        keys::event_id_key(&event.event_id),
+                        EventIdEntry {
+                            position: next,
+                            index: index as u32,
+                            append_len: count,
+                        }
+                        .encode(),
+                    );
+                    tip = event.hash;
+                    next = next.next();
+                    events += 1;
+                }
+                if let Some((stream, first_version)) = run {
+                    versions.insert(stream, first_version + u64::from(count) - 1);
+                }
+            }
+            sequence = at;
+        }
+        if sequence == start {
+            return Ok(sequence);
+        }
+        batch.put_cf(
+            cf(&db, CF_META),
+            keys::META_LOG_SEQUENCE,
+            sequence.to_be_bytes(),
+        );
+        let writing = Instant::now();
+        let written = self.db.write_opt(batch, &self.write_options);
+        add_elapsed(&self.stats.write_nanos, writing);
+        if let Err(error) = written {
+            tracing::error!(%error, "applying replicated groups failed");
+            set_failure(&self.failure, &error);
+            self.notice_failure();
+            return Err(StoreError::Storage(error));
+        }
+        self.head = Position(next.0 - 1);
+        self.tip = tip;
+        for (stream, version) in versions {
+            self.versions.insert(stream, version);
+        }
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats.events.fetch_add(events, Ordering::Relaxed);
+        let head = self.head;
+        self.head_tx.send_if_modified(|announced| {
+            let moved = *announced != head;
+            *announced = head;
+            moved
+        });
+        if let Some(replication) = &mut self.replication {
+            replication.sequence = sequence;
+            replication.sequence_tx.send_replace(sequence);
+            // Another writer wrote: this replica's lead is over until it leads again.
+            if replication.leading.swap(false, Ordering::AcqRel) {
+                tracing::warn!(
+                    sequence,
+                    "another node wrote the log; this node stops writing"
+                );
+            }
+        }
+        Ok(sequence)
+    }
 }
