@@ -1,14 +1,16 @@
-# Annals: `make run` serves on ./data, `make test` runs the whole suite.
+# Annals: `make run` serves on ./data, `make cluster` runs a local cluster (three NATS
+# servers and two Annals nodes) on ./data/cluster, `make test` runs the whole suite.
 # The first build compiles RocksDB from C++ source (about 15 minutes on 2 cores); the
 # target directory is reused afterwards, so never `cargo clean`.
 
 CARGO ?= cargo
 DATA_DIR ?= ./data
+CLUSTER_DIR ?= $(DATA_DIR)/cluster
 # Cases per fuzz target in `make fuzz` (the smoke run in `make test` uses 2,000, and 300
 # for the GraphQL request path, whose cases each run a request through the server).
 FUZZ_CASES ?= 200000
 
-.PHONY: run test deps fmt bench fuzz soak
+.PHONY: run cluster test deps fmt bench fuzz soak
 
 deps:
 	@scripts/install-deps
@@ -16,10 +18,16 @@ deps:
 run: deps
 	$(CARGO) run --release -- serve --data-dir $(DATA_DIR)
 
+# Ctrl-C stops all five processes. CLUSTER_NO_ANNALS=1 starts only NATS, ROLE_B sets node
+# b's --role; scripts/cluster says more. Only the annals binary is built, as `run` does.
+cluster: deps
+	$(CARGO) build --release --bin annals
+	CLUSTER_DIR=$(CLUSTER_DIR) scripts/cluster
+
 test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) test --workspace
+	ANNALS_NATS_SERVER="$$(scripts/nats-server-path)" $(CARGO) test --workspace
 
 fmt:
 	$(CARGO) fmt --all

@@ -104,7 +104,9 @@ pub use replica::{ReplicaGroup, ReplicationError, Replicator};
 pub use rocks::RocksEventStore;
 pub use shared::SharedStore;
 pub use snapshot::{Snapshot, SnapshotStore};
-pub use store::{Durability, EventStore, MAX_SCAN_PER_READ, StoreOptions, StoreStats};
+pub use store::{
+    Durability, EventStore, MAX_SCAN_PER_READ, StoreOptions, StoreStats, validate_appends,
+};
 pub use types::{
     AppendResult, ChainFault, ChainReport, Direction, EventPage, ExpectedVersion, Hash,
     MAX_EVENT_TYPE_BYTES, MAX_STREAM_ID_BYTES, Metadata, MultiAppendResult, NewEvent, Position,

@@ -227,7 +227,7 @@ pub const MAX_SCAN_PER_READ: usize = 65_536;
 
 /// The input checks every implementation makes before an append reaches its writer.
 /// Returns the number of events and their payload bytes.
-pub(crate) fn validate_appends(
+pub fn validate_appends(
     appends: &[StreamAppend],
     options: &StoreOptions,
 ) -> Result<(usize, usize), StoreError> {
