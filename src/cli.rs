@@ -102,9 +102,52 @@ pub struct ServeArgs {
     /// Most events a projection worker applies in one batch (default 16,384).
     #[arg(long, env = "ANNALS_PROJECTION_BATCH")]
     pub projection_batch: Option<usize>,
+    /// Run as a node of a cluster whose log is in NATS JetStream: the servers' URLs,
+    /// comma-separated (`nats://10.0.0.1:4222,nats://10.0.0.2:4222`). Without it the log
+    /// is embedded in the data directory.
+    #[arg(long, env = "ANNALS_CLUSTER", value_delimiter = ',')]
+    pub cluster: Vec<String>,
+    /// With --cluster: `all` takes the write lease when it is free; `query` never writes
+    /// and serves queries and subscriptions from its replica.
+    #[arg(long = "role", env = "ANNALS_ROLE", value_enum, default_value_t = NodeRole::All)]
+    pub node_role: NodeRole,
+    /// With --cluster: this node's id, shown in the lease while it writes (default: a
+    /// random id per start).
+    #[arg(long, env = "ANNALS_NODE_ID")]
+    pub node_id: Option<String>,
+    /// With --cluster: the cluster's name, part of its stream and subject names, so that
+    /// several clusters can share one NATS system.
+    #[arg(long, env = "ANNALS_CLUSTER_NAME", default_value = "annals")]
+    pub cluster_name: String,
+}
+
+/// A cluster node's role (`--role`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NodeRole {
+    /// Writes when it holds the lease; serves everything.
+    All,
+    /// Never writes; serves queries and subscriptions, forwards appends to the writer.
+    Query,
 }
 
 impl ServeArgs {
+    /// The cluster this node joins, if `--cluster` names one.
+    pub fn cluster_options(&self) -> Option<annals_cluster::ClusterOptions> {
+        if self.cluster.is_empty() {
+            return None;
+        }
+        let mut options = annals_cluster::ClusterOptions::new(self.cluster.iter().cloned());
+        options.name = self.cluster_name.clone();
+        if let Some(id) = &self.node_id {
+            options.node_id = id.clone();
+        }
+        options.role = match self.node_role {
+            NodeRole::All => annals_cluster::Role::All,
+            NodeRole::Query => annals_cluster::Role::Query,
+        };
+        Some(options)
+    }
+
     /// The node these options describe (keys, rate limit and listen address apart, which
     /// `annals serve` checks and sets itself).
     pub fn node_config(&self) -> NodeConfig {

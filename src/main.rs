@@ -7,9 +7,10 @@ use clap::Parser;
 
 use annals::audit::cli as audit;
 use annals::cli::{BenchCommand, Cli, Command, KeysCommand, LogFormat, SchemaArgs, ServeArgs};
-use annals::node::Node;
+use annals::node::{DataDir, Node, Storage};
 use annals::server::AppState;
 use annals::server::auth::{RateLimit, check_exposure, generate_key};
+use annals_cluster::ClusterEventStore;
 use annals_store::EventStore;
 
 mod bench;
@@ -170,6 +171,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
+    if let Some(mut cluster) = args.cluster_options() {
+        cluster.store = config.store.clone();
+        let dir = DataDir::new(&args.data_dir);
+        let store = ClusterEventStore::start(dir.log(), cluster)
+            .await
+            .context("joining the cluster")?;
+        config.storage = Storage::Cluster(dir, store);
+    }
     let node = Node::start(config).map_err(|e| coded(&e))?;
     tracing::info!(
         addr = %listener.local_addr()?,

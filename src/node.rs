@@ -18,6 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use annals_cluster::ClusterEventStore;
 use annals_projections::{ProjectionError, ProjectionRuntime, ReadModelStore, RuntimeOptions};
 use annals_store::{
     BusOptions, CommandBus, EventStore, InMemoryEventStore, RocksEventStore, SharedStore,
@@ -66,6 +67,10 @@ pub enum Storage {
     /// In memory, gone with the process (the read models go to a temporary directory):
     /// for tests and demonstrations.
     InMemory,
+    /// A node of a cluster: the log is the cluster's, through this node's replica (which
+    /// [`annals_cluster::ClusterEventStore::start`] opened in the data directory's `log/`);
+    /// the read models are in the data directory's `read/`.
+    Cluster(DataDir, ClusterEventStore),
 }
 
 /// Everything a node is made of. Each part's defaults are the product's defaults and say
@@ -160,6 +165,8 @@ pub struct Node {
     state: AppState,
     /// The read models of an in-memory node, removed when the node is dropped.
     _scratch: Option<tempfile::TempDir>,
+    /// The cluster this node belongs to, left in order on shutdown.
+    cluster: Option<ClusterEventStore>,
 }
 
 impl Node {
@@ -174,6 +181,7 @@ impl Node {
             projections: runtime_options,
             mut server,
         } = config;
+        let mut cluster = None;
         let (store, read_dir, scratch) = match storage {
             Storage::Dir(dir) => {
                 let path = dir.log();
@@ -189,6 +197,13 @@ impl Node {
                 let read = scratch.path().join("read");
                 let store = SharedStore::new(InMemoryEventStore::new(store_options));
                 (store, read, Some(scratch))
+            }
+            Storage::Cluster(dir, store) => {
+                server
+                    .data_dir
+                    .get_or_insert_with(|| dir.root().to_path_buf());
+                cluster = Some(store.clone());
+                (SharedStore::new(store), dir.read(), None)
             }
         };
         let opened = ReadModelStore::open(&read_dir).and_then(|read| {
@@ -210,12 +225,14 @@ impl Node {
             Arc::new(Commerce::new(bus)),
             projections.clone(),
             server,
+            cluster.clone(),
         );
         Ok(Node {
             store,
             projections,
             state,
             _scratch: scratch,
+            cluster,
         })
     }
 
@@ -246,10 +263,14 @@ impl Node {
         served
     }
 
-    /// Stops the projection workers at a checkpoint (every batch is atomic), then closes
-    /// the log.
+    /// Stops the projection workers at a checkpoint (every batch is atomic), then leaves
+    /// the cluster (if any) and closes the log.
     pub async fn shutdown(self) {
         self.projections.shutdown().await;
+        if let Some(cluster) = &self.cluster {
+            // Hands the lease over at once instead of after its expiry.
+            cluster.shutdown().await;
+        }
         self.store.close();
     }
 }

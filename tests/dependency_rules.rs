@@ -93,6 +93,21 @@ fn the_projections_depend_on_the_store_only_among_annals_crates() {
 }
 
 #[test]
+fn the_cluster_crate_depends_on_the_store_only_among_annals_crates() {
+    let metadata = metadata();
+    for (name, kind) in dependencies(&metadata, "annals-cluster") {
+        assert!(
+            !name.starts_with("annals") || name == "annals-store",
+            "annals-cluster depends on {name} ({kind})"
+        );
+        assert!(
+            !EDGE.contains(&name.as_str()) && !matches!(name.as_str(), "rocksdb" | "bincode"),
+            "annals-cluster depends on {name} ({kind})"
+        );
+    }
+}
+
+#[test]
 fn the_annals_package_does_not_depend_on_rocksdb_or_bincode() {
     let metadata = metadata();
     for (name, kind) in dependencies(&metadata, "annals") {
@@ -167,14 +182,18 @@ fn rocksdb_is_named_only_by_the_rocks_module_and_the_modules_that_wrap_its_error
 
 #[test]
 fn the_engine_crates_never_name_the_edge_or_the_domain() {
-    for dir in ["store/src", "projections/src"] {
+    for dir in ["store/src", "projections/src", "cluster/src"] {
         let dir = root().join(dir);
         for needle in [
             "axum::",
             "async_graphql",
             "annals::",
             "annals_projections::",
+            "rocksdb::",
         ] {
+            if needle == "rocksdb::" && !dir.ends_with("cluster/src") {
+                continue;
+            }
             if needle == "annals_projections::" && dir.ends_with("projections/src") {
                 continue;
             }

@@ -107,6 +107,8 @@ const FIRST_RETRY: Duration = Duration::from_millis(25);
 const MAX_RETRY: Duration = Duration::from_millis(500);
 /// Room left in a NATS message for its headers and the group's framing.
 const MESSAGE_HEADROOM: usize = 64 * 1024;
+/// How long joining a cluster waits for JetStream to answer its set-up requests.
+const SETUP_PATIENCE: Duration = Duration::from_secs(30);
 /// Bytes a record takes beyond its payload, stream id, type and metadata, at most.
 const RECORD_OVERHEAD: usize = 160;
 
@@ -151,8 +153,27 @@ impl ClusterEventStore {
             .max_group_bytes
             .min(max_payload.saturating_sub(MESSAGE_HEADROOM))
             .max(64 * 1024);
-        let stream = open_log_stream(&jetstream, &options, max_group_bytes).await?;
-        let bucket = open_lease_bucket(&jetstream, &options).await?;
+        // Right after the servers start, or when several nodes create the stream at once,
+        // JetStream may not answer the first requests: they are retried for a while.
+        let setup_deadline = Instant::now() + SETUP_PATIENCE;
+        let stream = loop {
+            match open_log_stream(&jetstream, &options, max_group_bytes).await {
+                Err(ClusterError::JetStream { reason, .. }) if Instant::now() < setup_deadline => {
+                    tracing::debug!(%reason, "the log's stream is not ready yet");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                other => break other?,
+            }
+        };
+        let bucket = loop {
+            match open_lease_bucket(&jetstream, &options).await {
+                Err(ClusterError::JetStream { reason, .. }) if Instant::now() < setup_deadline => {
+                    tracing::debug!(%reason, "the lease bucket is not ready yet");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                other => break other?,
+            }
+        };
 
         let mut store_options = options.store.clone();
         store_options.max_commit_bytes = store_options.max_commit_bytes.min(max_group_bytes / 2);
@@ -164,6 +185,12 @@ impl ClusterEventStore {
             deadline: options.request_timeout * 2,
         };
         let replica = RocksEventStore::open_replica(path, store_options, Box::new(replicator))?;
+        if replica.log_sequence() == 0 && replica.head() > Position::ZERO {
+            return Err(ClusterError::InvalidOptions(format!(
+                "{} holds an embedded log (events but no place in a cluster's log): give the cluster node its own data directory",
+                replica.path().display()
+            )));
+        }
         let health = Arc::new(Health::default());
         let (stop, stopped) = watch::channel(false);
 

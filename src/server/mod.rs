@@ -104,6 +104,8 @@ struct Inner {
     draining: AtomicBool,
     /// The keys in force: `config.api_keys` until a reload replaces them.
     keys: KeyRing,
+    /// The cluster of a cluster node, for `/ready`'s report.
+    cluster: Option<annals_cluster::ClusterEventStore>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -124,6 +126,7 @@ impl AppState {
         commerce: Arc<Commerce<SharedStore>>,
         projections: ProjectionRuntime,
         config: ServerConfig,
+        cluster: Option<annals_cluster::ClusterEventStore>,
     ) -> Self {
         // The recorder must exist before the first request so that no sample is lost.
         let _ = metrics::handle();
@@ -153,8 +156,14 @@ impl AppState {
                 config,
                 shutdown,
                 draining: AtomicBool::new(false),
+                cluster,
             }),
         }
+    }
+
+    /// The cluster this node belongs to, if it is a cluster node.
+    pub fn cluster(&self) -> Option<&annals_cluster::ClusterEventStore> {
+        self.inner.cluster.as_ref()
     }
 
     /// The event log.

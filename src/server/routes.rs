@@ -323,8 +323,30 @@ pub fn readiness(state: &AppState) -> (bool, Map<String, Value>) {
         report["reason"] = Value::String(reason);
     }
     checks.insert("store".into(), report);
-    // A projection is up unless it has failed; its lag says how fresh its read model is.
     let mut all_up = up;
+    if let Some(cluster) = state.cluster() {
+        // The node's place in its cluster: a replica that stopped applying the log is down.
+        let status = cluster.status();
+        let healthy = status.diverged.is_none();
+        all_up &= healthy;
+        let mut report = json!({
+            "status": if healthy { "up" } else { "down" },
+            "node": status.node_id,
+            "role": match status.role {
+                annals_cluster::Role::All => "all",
+                annals_cluster::Role::Query => "query",
+            },
+            "leading": status.leading,
+            "writer": status.writer,
+            "logSequence": status.log_sequence.to_string(),
+            "head": status.head.get().to_string(),
+        });
+        if let Some(reason) = status.diverged {
+            report["reason"] = Value::String(reason);
+        }
+        checks.insert("cluster".into(), report);
+    }
+    // A projection is up unless it has failed; its lag says how fresh its read model is.
     for status in state.projections().status() {
         let failed = status.state == annals_projections::ProjectionState::Failed;
         all_up &= !failed;

@@ -1,0 +1,594 @@
+//! The cluster mode end to end: `annals serve --cluster` processes over a real 3-node NATS
+//! cluster (the pinned nats-server), under load from 16 GraphQL clients.
+//!
+//! - `kill -9` of a NATS server, five times, a different one each time: nothing
+//!   acknowledged is lost, every node holds the same gapless, chained log, no event id
+//!   appears twice, and appends go on.
+//! - `kill -9` of the writing Annals node, five times: another node writes within the
+//!   lease expiry plus a few seconds, retried requests commit at most once, nothing
+//!   acknowledged is lost.
+//! - A query node started empty catches up, and its read models equal the writer's.
+//! - 64 buyers for 10 units, spread over both nodes: exactly 10 orders win.
+//!
+//! The tests run one at a time (each starts its own servers) and take about a minute
+//! together.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use annals_cluster::local::LocalNats;
+use annals_store::{EventStore, Position, ReadFilter, RocksEventStore};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// One test at a time: each runs three NATS servers and two or three nodes on 2 cores.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The lease of `annals serve` (ClusterOptions' default).
+const LEASE: Duration = Duration::from_secs(3);
+/// How long after a writer's death another node must write.
+const FAILOVER_WITHIN: Duration = Duration::from_secs(3 + 7);
+
+const APPEND: &str = r#"mutation($stream: String!, $events: [EventInput!]!) {
+  appendToStream(streamId: $stream, expectedVersion: { state: ANY }, events: $events) {
+    position duplicate
+  }
+}"#;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One `annals serve --cluster` process.
+struct Node {
+    name: String,
+    role: &'static str,
+    data: PathBuf,
+    log: PathBuf,
+    port: u16,
+    urls: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn new(root: &Path, name: &str, role: &'static str, urls: Vec<String>) -> Self {
+        Self {
+            name: name.into(),
+            role,
+            data: root.join(name),
+            log: root.join(format!("{name}.log")),
+            port: free_port(),
+            urls,
+            child: None,
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_annals"))
+            .arg("serve")
+            .args(["--cluster", &self.urls.join(",")])
+            .args(["--node-id", &self.name, "--role", self.role])
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--rate-limit", "1000000", "--rate-burst", "1000000"])
+            .env_remove("ANNALS_API_KEYS")
+            .env_remove("ANNALS_API_KEYS_FILE")
+            .env("RUST_LOG", "warn,annals_cluster=info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `/ready`'s cluster report, or `None` while the node does not answer.
+    async fn cluster(&self, http: &reqwest::Client) -> Option<Value> {
+        let response = http
+            .get(format!("{}/ready", self.base()))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        let ready = response.status().as_u16() == 200;
+        let body: Value = response.json().await.ok()?;
+        ready.then(|| body["checks"]["cluster"].clone())
+    }
+
+    async fn wait_ready(&mut self, http: &reqwest::Client) {
+        let started = Instant::now();
+        while self.cluster(http).await.is_none() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("{} exited with {status}:\n{}", self.name, self.log_text());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{} not ready in a minute:\n{}",
+                self.name,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn head(&self, http: &reqwest::Client) -> Option<u64> {
+        self.cluster(http).await?["head"].as_str()?.parse().ok()
+    }
+
+    async fn leading(&self, http: &reqwest::Client) -> bool {
+        self.cluster(http)
+            .await
+            .is_some_and(|c| c["leading"] == json!(true))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+/// A GraphQL request: `Ok(data)`, or `Err(code or transport error)`.
+async fn graphql(
+    http: &reqwest::Client,
+    base: &str,
+    query: &str,
+    variables: Value,
+) -> Result<Value, String> {
+    let response = http
+        .post(format!("{base}/graphql"))
+        .json(&json!({ "query": query, "variables": variables }))
+        .timeout(Duration::from_secs(40))
+        .send()
+        .await
+        .map_err(|e| format!("transport: {e}"))?;
+    let body: Value = response.json().await.map_err(|e| format!("body: {e}"))?;
+    match body.get("errors") {
+        Some(errors) => Err(errors[0]["extensions"]["code"]
+            .as_str()
+            .unwrap_or("NO_CODE")
+            .to_string()),
+        None => Ok(body["data"].clone()),
+    }
+}
+
+/// What the clients were told: each acknowledged event id with its position.
+#[derive(Default)]
+struct Journal {
+    acked: Mutex<Vec<(Uuid, u64)>>,
+    retries: AtomicU64,
+}
+
+/// 16 clients appending one event each, alternating between the nodes; an event that is
+/// not acknowledged is retried with its id (on the other node first) until it is.
+fn start_clients(
+    bases: Vec<String>,
+    journal: Arc<Journal>,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..16)
+        .map(|client| {
+            let (bases, journal, stop) = (bases.clone(), journal.clone(), stop.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = Uuid::new_v4();
+                    let variables = json!({
+                        "stream": format!("client-{client}"),
+                        "events": [{ "eventId": id, "type": "Tick", "payload": { "client": client, "n": n } }],
+                    });
+                    let mut attempt = 0usize;
+                    loop {
+                        let base = &bases[(client + n as usize + attempt) % bases.len()];
+                        match graphql(&http, base, APPEND, variables.clone()).await {
+                            Ok(data) => {
+                                let position = data["appendToStream"]["position"]
+                                    .as_str()
+                                    .unwrap()
+                                    .parse()
+                                    .unwrap();
+                                journal.acked.lock().unwrap().push((id, position));
+                                break;
+                            }
+                            Err(_) => {
+                                // Unanswered or refused for now: the same event again.
+                                attempt += 1;
+                                journal.retries.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect()
+}
+
+fn acked(journal: &Journal) -> usize {
+    journal.acked.lock().unwrap().len()
+}
+
+/// Waits until the journal grows by some acknowledgements.
+async fn wait_acks(journal: &Journal, more: usize, within: Duration) {
+    let from = acked(journal);
+    let started = Instant::now();
+    while acked(journal) < from + more {
+        assert!(
+            started.elapsed() < within,
+            "appends stopped: {} acknowledged, none more in {within:?}",
+            acked(journal)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until every node's replica has the same head, and returns it.
+async fn settle(nodes: &[&Node], http: &reqwest::Client) -> u64 {
+    let started = Instant::now();
+    loop {
+        let mut heads = Vec::new();
+        for node in nodes {
+            heads.push(node.head(http).await);
+        }
+        if let Some(Some(first)) = heads.first()
+            && heads.iter().all(|h| *h == Some(*first))
+        {
+            return *first;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the nodes do not agree on a head: {heads:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every node's log: the same events, positions 1..=head without a gap, an intact
+/// chain, every event id once, and every acknowledged event at its position.
+async fn check_logs(nodes: &mut [&mut Node], head: u64, journal: &Journal) {
+    let mut logs = Vec::new();
+    for node in nodes.iter_mut() {
+        node.kill_9();
+        let store = RocksEventStore::open_read_only(node.data.join("log")).unwrap();
+        assert_eq!(store.head(), Position(head), "{}'s head", node.name);
+        let mut events = Vec::new();
+        let mut from = Position::FIRST;
+        loop {
+            let page = store
+                .read_all(from, 10_000, &ReadFilter::all())
+                .await
+                .unwrap();
+            events.extend(page.events);
+            if page.next > page.head {
+                break;
+            }
+            from = page.next;
+        }
+        for (i, event) in events.iter().enumerate() {
+            assert_eq!(
+                event.position,
+                Position(i as u64 + 1),
+                "a gap in {}",
+                node.name
+            );
+        }
+        let report = store
+            .verify_chain(Position::FIRST, Position(head))
+            .await
+            .unwrap();
+        assert!(report.is_ok(), "{}'s chain: {report:?}", node.name);
+        logs.push(events);
+    }
+    for log in &logs[1..] {
+        assert!(log == &logs[0], "the nodes hold different logs");
+    }
+    let log = &logs[0];
+    let mut ids = HashSet::new();
+    for event in log {
+        assert!(
+            ids.insert(event.event_id),
+            "event id {} twice",
+            event.event_id
+        );
+    }
+    let by_position: HashMap<u64, Uuid> = log.iter().map(|e| (e.position.0, e.event_id)).collect();
+    let acked = journal.acked.lock().unwrap();
+    for (id, position) in acked.iter() {
+        assert_eq!(
+            by_position.get(position),
+            Some(id),
+            "acknowledged event {id} is not at position {position}"
+        );
+    }
+    eprintln!(
+        "{} events, {} acknowledged, {} retried requests",
+        log.len(),
+        acked.len(),
+        journal.retries.load(Ordering::Relaxed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_nats_servers_loses_no_acknowledged_event() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut nats = LocalNats::start(3).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let mut a = Node::new(root.path(), "a", "all", nats.urls());
+    let mut b = Node::new(root.path(), "b", "all", nats.urls());
+    a.spawn();
+    b.spawn();
+    a.wait_ready(&http).await;
+    b.wait_ready(&http).await;
+    let journal = Arc::new(Journal::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = start_clients(vec![a.base(), b.base()], journal.clone(), stop.clone());
+    wait_acks(&journal, 50, Duration::from_secs(30)).await;
+    for round in 0..5 {
+        let victim = round % nats.size();
+        nats.kill(victim);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        nats.restart(victim).unwrap();
+        // Appends go on after every kill.
+        wait_acks(&journal, 50, Duration::from_secs(30)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let head = settle(&[&a, &b], &http).await;
+    check_logs(&mut [&mut a, &mut b], head, &journal).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_writing_node_hands_over_and_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let nats = LocalNats::start(3).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let mut nodes = [
+        Node::new(root.path(), "a", "all", nats.urls()),
+        Node::new(root.path(), "b", "all", nats.urls()),
+    ];
+    for node in nodes.iter_mut() {
+        node.spawn();
+        node.wait_ready(&http).await;
+    }
+    let journal = Arc::new(Journal::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let bases = nodes.iter().map(Node::base).collect();
+    let clients = start_clients(bases, journal.clone(), stop.clone());
+    wait_acks(&journal, 50, Duration::from_secs(30)).await;
+    let mut handovers = Vec::new();
+    for _ in 0..5 {
+        // Whoever writes now.
+        let started = Instant::now();
+        let writer = loop {
+            if nodes[0].leading(&http).await {
+                break 0;
+            }
+            if nodes[1].leading(&http).await {
+                break 1;
+            }
+            assert!(started.elapsed() < FAILOVER_WITHIN, "no node writes");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        nodes[writer].kill_9();
+        let killed = Instant::now();
+        let other = 1 - writer;
+        while !nodes[other].leading(&http).await {
+            assert!(
+                killed.elapsed() < FAILOVER_WITHIN,
+                "{} did not take over within {FAILOVER_WITHIN:?}:\n{}",
+                nodes[other].name,
+                nodes[other].log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        handovers.push(killed.elapsed());
+        wait_acks(&journal, 20, FAILOVER_WITHIN).await;
+        nodes[writer].spawn();
+        nodes[writer].wait_ready(&http).await;
+    }
+    eprintln!("handovers after kill -9 of the writer (lease {LEASE:?}): {handovers:?}");
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let head = settle(&[&nodes[0], &nodes[1]], &http).await;
+    let [a, b] = &mut nodes;
+    check_logs(&mut [a, b], head, &journal).await;
+}
+
+const REGISTER: &str = r#"mutation($id: String!) {
+  registerProduct(productId: $id, sku: $id, name: $id, priceCents: 250) { position }
+}"#;
+const RECEIVE: &str = r#"mutation($id: String!, $n: Int!) {
+  receiveStock(productId: $id, quantity: $n) { position }
+}"#;
+const PLACE: &str = r#"mutation($order: String!, $customer: String!, $product: String!, $key: String) {
+  placeOrder(orderId: $order, customerId: $customer, lines: [{ productId: $product, quantity: 1 }], idempotencyKey: $key) { position }
+}"#;
+const READ_MODELS: &str = r#"query($at: Position!) {
+  products(first: 100, atLeast: $at) { nodes { id sku name priceCents onHand reserved available version } }
+  orders(first: 100, atLeast: $at) { nodes { id customerId status totalCents placedAt updatedAt version lines { productId quantity } } }
+  customerStats(id: "c-1", atLeast: $at) { totalOrders cancelledOrders revenueCents }
+}"#;
+
+fn position(data: &Value, field: &str) -> u64 {
+    data[field]["position"].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_node_started_empty_catches_up_to_the_writers_read_models() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let nats = LocalNats::start(3).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let mut a = Node::new(root.path(), "a", "all", nats.urls());
+    a.spawn();
+    a.wait_ready(&http).await;
+    let mut last = 0;
+    for p in 0..5 {
+        let id = format!("p{p}");
+        graphql(&http, &a.base(), REGISTER, json!({ "id": id }))
+            .await
+            .unwrap();
+        let data = graphql(&http, &a.base(), RECEIVE, json!({ "id": id, "n": 100 }))
+            .await
+            .unwrap();
+        last = position(&data, "receiveStock");
+    }
+    for o in 0..30 {
+        let data = graphql(
+            &http,
+            &a.base(),
+            PLACE,
+            json!({ "order": format!("o{o}"), "customer": format!("c-{}", o % 3), "product": format!("p{}", o % 5), "key": null }),
+        )
+        .await
+        .unwrap();
+        last = position(&data, "placeOrder");
+    }
+    let mut q = Node::new(root.path(), "q", "query", nats.urls());
+    q.spawn();
+    q.wait_ready(&http).await;
+    let on_a = graphql(
+        &http,
+        &a.base(),
+        READ_MODELS,
+        json!({ "at": last.to_string() }),
+    )
+    .await
+    .unwrap();
+    let on_q = graphql(
+        &http,
+        &q.base(),
+        READ_MODELS,
+        json!({ "at": last.to_string() }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(on_a["products"]["nodes"].as_array().unwrap().len(), 5);
+    assert_eq!(on_a["orders"]["nodes"].as_array().unwrap().len(), 30);
+    assert_eq!(
+        on_q, on_a,
+        "the query node's read models differ from the writer's"
+    );
+    let status = q.cluster(&http).await.unwrap();
+    assert_eq!(status["role"], "query");
+    assert_eq!(status["leading"], false);
+    // A mutation sent to the query node is forwarded to the writer, and the query node
+    // reads its own write.
+    let data = graphql(
+        &http,
+        &q.base(),
+        PLACE,
+        json!({ "order": "o-from-q", "customer": "c-1", "product": "p0", "key": null }),
+    )
+    .await
+    .unwrap();
+    let at = position(&data, "placeOrder");
+    let order = graphql(
+        &http,
+        &q.base(),
+        r#"query($at: Position!) { order(id: "o-from-q", atLeast: $at) { id status } }"#,
+        json!({ "at": at.to_string() }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(order["order"]["id"], "o-from-q");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_buyers_for_ten_units_over_two_nodes() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let nats = LocalNats::start(3).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let mut a = Node::new(root.path(), "a", "all", nats.urls());
+    let mut b = Node::new(root.path(), "b", "all", nats.urls());
+    a.spawn();
+    b.spawn();
+    a.wait_ready(&http).await;
+    b.wait_ready(&http).await;
+    graphql(&http, &a.base(), REGISTER, json!({ "id": "last" }))
+        .await
+        .unwrap();
+    graphql(&http, &b.base(), RECEIVE, json!({ "id": "last", "n": 10 }))
+        .await
+        .unwrap();
+    let bases = [a.base(), b.base()];
+    let buyers = (0..64).map(|i| {
+        let base = bases[i % 2].clone();
+        let http = http.clone();
+        async move {
+            let variables = json!({ "order": format!("o-{i}"), "customer": format!("c-{i}"), "product": "last", "key": format!("buy-{i}") });
+            // A lost race (CONFLICT) or a moment without a writer is retried with the same
+            // idempotency key, as a client of a real shop would.
+            loop {
+                match graphql(&http, &base, PLACE, variables.clone()).await {
+                    Ok(data) => return Ok(position(&data, "placeOrder")),
+                    Err(code) if code == "CONFLICT" || code == "UNAVAILABLE" => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(code) => return Err(code),
+                }
+            }
+        }
+    });
+    let outcomes = futures::future::join_all(buyers).await;
+    let won: Vec<u64> = outcomes
+        .iter()
+        .filter_map(|o| o.as_ref().ok().copied())
+        .collect();
+    for outcome in &outcomes {
+        if let Err(code) = outcome {
+            assert_eq!(code, "INSUFFICIENT_STOCK", "a loser got {code}");
+        }
+    }
+    assert_eq!(won.len(), 10, "exactly the units in stock are sold");
+    let at = won.iter().max().copied().unwrap().to_string();
+    for node in [&a, &b] {
+        let data = graphql(
+            &http,
+            &node.base(),
+            r#"query($at: Position!) { product(id: "last", atLeast: $at) { onHand reserved available } }"#,
+            json!({ "at": at }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(data["product"]["available"], json!("0"), "{}", node.name);
+        assert_eq!(data["product"]["reserved"], json!("10"), "{}", node.name);
+    }
+}
