@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// One test at a time: each runs three NATS servers and two or three nodes on 2 cores.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The lease of `annals serve` (ClusterOptions' default).
 const LEASE: Duration = Duration::from_secs(3);
@@ -340,7 +340,7 @@ async fn check_logs(nodes: &mut [&mut Node], head: u64, journal: &Journal) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_nats_servers_loses_no_acknowledged_event() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut nats = LocalNats::start(3).unwrap();
     let root = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
@@ -372,7 +372,7 @@ async fn kill_9_of_nats_servers_loses_no_acknowledged_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_writing_node_hands_over_and_loses_nothing() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let nats = LocalNats::start(3).unwrap();
     let root = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
@@ -451,7 +451,7 @@ fn position(data: &Value, field: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_node_started_empty_catches_up_to_the_writers_read_models() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let nats = LocalNats::start(3).unwrap();
     let root = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
@@ -532,7 +532,7 @@ async fn a_query_node_started_empty_catches_up_to_the_writers_read_models() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_buyers_for_ten_units_over_two_nodes() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let nats = LocalNats::start(3).unwrap();
     let root = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
