@@ -281,8 +281,13 @@ pub struct BenchAppendArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Also run the same workload on raw RocksDB, alternating, and print the ratio.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cluster")]
     pub baseline: bool,
+    /// Append through a cluster on these NATS servers (comma-separated URLs) instead,
+    /// alternating with the embedded store, and print the ratio and the events per
+    /// JetStream message. The run's stream and lease bucket are removed afterwards.
+    #[arg(long, value_delimiter = ',')]
+    pub cluster: Vec<String>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -355,8 +360,9 @@ impl Mix {
 #[derive(Debug, clap::Args)]
 pub struct BenchGraphqlArgs {
     /// The GraphQL endpoint of a running server (`http://HOST:PORT/graphql`; a bare
-    /// `http://HOST:PORT` gets `/graphql`). Without it a server is started in-process on
-    /// 127.0.0.1 over a fresh temporary data directory, removed afterwards.
+    /// `http://HOST:PORT` gets `/graphql`), or several, comma-separated (the nodes of a
+    /// cluster: the connections take turns over them). Without it a server is started
+    /// in-process on 127.0.0.1 over a fresh temporary data directory, removed afterwards.
     #[arg(long)]
     pub url: Option<String>,
     /// Concurrent keep-alive connections, each with one request in flight.

@@ -60,6 +60,7 @@ fn main() -> anyhow::Result<()> {
                 limit: (&args.limit).into(),
                 data_dir: args.data_dir,
                 baseline: args.baseline,
+                cluster: args.cluster,
             })?;
             print_report(&report, args.json, || report.table())
         }

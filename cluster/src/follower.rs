@@ -17,6 +17,8 @@ const MAX_BATCH_GROUPS: usize = 256;
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// The wait before the tail is restarted after an error (a server lost, a leader change).
 const RESTART_WAIT: Duration = Duration::from_millis(200);
+/// How often the tail looks whether this node started or stopped writing.
+const LEADING_POLL: Duration = Duration::from_millis(100);
 
 /// Applies the stream to the replica from the group after the replica's last, for ever:
 /// an ordered consumer delivers the stream in sequence order and is recreated from the
@@ -32,11 +34,22 @@ pub(crate) async fn run(
         if *stop.borrow() {
             return;
         }
+        if replica.is_leading() {
+            // The writer's replica holds every group it published: its tail would only
+            // receive its own groups back, at the cost of the servers' and this node's
+            // CPU. It resumes from the replica's place when the node stops writing.
+            tokio::select! {
+                _ = tokio::time::sleep(LEADING_POLL) => continue,
+                _ = stop.changed() => return,
+            }
+        }
         let outcome = tokio::select! {
             outcome = tail(&stream, &replica) => outcome,
             _ = stop.changed() => return,
         };
         match outcome {
+            // The node leads now: the loop pauses the tail.
+            Ok(()) => continue,
             Err(StoreError::ReplicaDiverged { sequence, reason }) => {
                 tracing::error!(sequence, %reason, "the replica does not continue the log; it stops applying");
                 health.set_diverged(format!("group {sequence}: {reason}"));
@@ -46,7 +59,6 @@ pub(crate) async fn run(
             Err(error) => {
                 tracing::warn!(%error, "tailing the log failed; restarting from the replica's place");
             }
-            Ok(()) => {}
         }
         tokio::select! {
             _ = tokio::time::sleep(RESTART_WAIT) => {}
@@ -75,8 +87,18 @@ async fn tail(stream: &Stream, replica: &RocksEventStore) -> Result<(), StoreErr
         .await
         .map_err(|e| unavailable("cannot read the log", &e))?;
     tracing::debug!(start, "tailing the log");
+    let mut poll = tokio::time::interval(LEADING_POLL);
     loop {
-        let Some(first) = messages.next().await else {
+        let first = tokio::select! {
+            first = messages.next() => first,
+            _ = poll.tick() => {
+                if replica.is_leading() {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        let Some(first) = first else {
             return Err(unavailable("the log's consumer ended", &"no more messages"));
         };
         let mut batch = Vec::new();

@@ -67,4 +67,4 @@ mod store;
 
 pub use error::ClusterError;
 pub use options::{ClusterOptions, Role};
-pub use store::{ClusterEventStore, ClusterStatus};
+pub use store::{ClusterEventStore, ClusterStatus, remove_cluster};

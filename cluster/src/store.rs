@@ -607,3 +607,39 @@ impl SnapshotStore for ClusterEventStore {
         self.inner.replica.save_snapshot(stream, snapshot).await
     }
 }
+
+/// Removes a cluster's log stream and lease bucket from NATS: every event of that
+/// cluster is gone. For benchmarks and tests that make throwaway clusters; no node of
+/// the cluster may be running.
+pub async fn remove_cluster(servers: &[String], name: &str) -> Result<(), ClusterError> {
+    let addresses = servers
+        .iter()
+        .map(|s| s.parse::<ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ClusterError::Connect {
+            servers: servers.join(","),
+            reason: e.to_string(),
+        })?;
+    let client = async_nats::connect(addresses)
+        .await
+        .map_err(|e| ClusterError::Connect {
+            servers: servers.join(","),
+            reason: e.to_string(),
+        })?;
+    let jetstream = jetstream::new(client);
+    jetstream
+        .delete_stream(names::log_stream(name))
+        .await
+        .map_err(|e| ClusterError::JetStream {
+            what: "delete the log's stream",
+            reason: e.to_string(),
+        })?;
+    jetstream
+        .delete_key_value(names::lease_bucket(name))
+        .await
+        .map_err(|e| ClusterError::JetStream {
+            what: "delete the lease bucket",
+            reason: e.to_string(),
+        })?;
+    Ok(())
+}

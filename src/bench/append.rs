@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use annals_cluster::{ClusterEventStore, ClusterOptions};
 use annals_store::baseline::RawDb;
 use annals_store::{
     Durability, EventStore, ExpectedVersion, NewEvent, RocksEventStore, StoreError, StoreOptions,
@@ -36,6 +37,9 @@ pub struct AppendBench {
     pub data_dir: Option<PathBuf>,
     /// Also run the same workload on raw RocksDB, alternating with Annals.
     pub baseline: bool,
+    /// NATS servers of a cluster to append through (a fresh cluster name per run); the
+    /// embedded store runs the same workload in the same invocation, alternating.
+    pub cluster: Vec<String>,
 }
 
 /// The conditions of a run.
@@ -80,6 +84,13 @@ pub struct AppendReport {
     pub baseline: Option<RunFigures>,
     /// Annals events/s ÷ raw RocksDB records/s.
     pub ratio: Option<f64>,
+    /// `embedded`, or `cluster` when `annals` are the figures of appends through a
+    /// cluster.
+    pub target: &'static str,
+    /// With a cluster: the embedded store's figures for the same workload.
+    pub embedded: Option<RunFigures>,
+    /// With a cluster: cluster events/s ÷ embedded events/s.
+    pub embedded_ratio: Option<f64>,
 }
 
 /// The writer's time over the Annals rounds, from the store's own counters.
@@ -197,6 +208,9 @@ pub fn run_append(bench: &AppendBench) -> Result<AppendReport, BenchError> {
         ));
     }
     let dir = BenchDir::new(bench.data_dir.as_deref())?;
+    if !bench.cluster.is_empty() {
+        return run_cluster(bench, &dir);
+    }
     let rounds = if bench.baseline { 2 } else { 1 };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -263,6 +277,102 @@ pub fn run_append(bench: &AppendBench) -> Result<AppendReport, BenchError> {
         annals,
         baseline,
         ratio,
+        target: "embedded",
+        embedded: None,
+        embedded_ratio: None,
+    })
+}
+
+fn store_options(bench: &AppendBench, durability: Durability) -> StoreOptions {
+    StoreOptions {
+        max_events_per_append: bench.events_per_append.max(1000),
+        ..StoreOptions::with_durability(durability)
+    }
+}
+
+/// Appends through a cluster (this process is its only node, so it writes), alternating
+/// with the embedded store on the same workload; the cluster's stream and lease bucket
+/// are removed afterwards.
+fn run_cluster(bench: &AppendBench, dir: &BenchDir) -> Result<AppendReport, BenchError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let name = format!("bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut options = ClusterOptions::new(bench.cluster.iter().cloned());
+    options.name = name.clone();
+    options.node_id = "bench".into();
+    options.store = store_options(bench, Durability::Fsync);
+    let cluster_error = |e: &dyn std::fmt::Display| BenchError::Invalid(format!("cluster: {e}"));
+    let cluster = rt
+        .block_on(ClusterEventStore::start(
+            dir.path().join("cluster-log"),
+            options,
+        ))
+        .map_err(|e| cluster_error(&e))?;
+    rt.block_on(async {
+        let started = Instant::now();
+        while !cluster.is_leading() {
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(cluster_error(
+                    &"this node did not get the write lease in 30 s",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    })?;
+    let embedded = match RocksEventStore::open(
+        dir.path().join("log"),
+        store_options(bench, bench.durability),
+    ) {
+        Ok(store) => store,
+        Err(StoreError::Locked { path }) => {
+            return Err(BenchError::InUse(path.display().to_string()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let rounds = 2;
+    let before = EventStore::stats(&cluster);
+    let (mut cluster_rounds, mut embedded_rounds) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let limit = per_round(bench.limit, rounds);
+        cluster_rounds.push(rt.block_on(annals_round(&cluster, bench, limit, round))?);
+        embedded_rounds.push(rt.block_on(annals_round(&embedded, bench, limit, round))?);
+    }
+    super::progress_done();
+    let after = EventStore::stats(&cluster);
+    let store_head = cluster.head().0;
+    embedded.close();
+    rt.block_on(cluster.shutdown());
+    if let Err(error) = rt.block_on(annals_cluster::remove_cluster(&bench.cluster, &name)) {
+        tracing::warn!(%error, cluster = %name, "cannot remove the benchmark's stream and bucket");
+    }
+    let delta = after.since(&before);
+    let annals = merge(&cluster_rounds);
+    let embedded = merge(&embedded_rounds);
+    let embedded_ratio = annals.events_per_second / embedded.events_per_second.max(1e-9);
+    Ok(AppendReport {
+        benchmark: "append",
+        conditions: AppendConditions {
+            writers: bench.writers,
+            events_per_append: bench.events_per_append,
+            payload_bytes: bench.payload_bytes,
+            shared_streams: bench.streams,
+            durability: durability_name(bench.durability),
+            limit: bench.limit,
+            rounds,
+            machine: Machine::current(),
+        },
+        mean_group_commit_events: delta.mean_commit_events(),
+        writer: WriterBreakdown::from_stats(&delta),
+        conflicts: cluster_rounds.iter().map(|r| r.conflicts).sum(),
+        store_head,
+        annals,
+        baseline: None,
+        ratio: None,
+        target: "cluster",
+        embedded: Some(embedded),
+        embedded_ratio: Some(embedded_ratio),
     })
 }
 
@@ -288,8 +398,8 @@ fn merge(rounds: &[Round]) -> RunFigures {
     stats::figures(&totals, elapsed, &latency, &[first, last])
 }
 
-async fn annals_round(
-    store: &RocksEventStore,
+async fn annals_round<S: EventStore + Clone>(
+    store: &S,
     bench: &AppendBench,
     limit: Limit,
     round: usize,

@@ -344,7 +344,13 @@ pub fn run_graphql(bench: &GraphqlBench) -> Result<GraphqlReport, BenchError> {
         ));
     }
     let (server, url) = match &bench.url {
-        Some(url) => (None, endpoint(url)?),
+        Some(urls) => (
+            None,
+            urls.split(',')
+                .map(endpoint)
+                .collect::<Result<Vec<_>, _>>()?
+                .join(","),
+        ),
         None => {
             let dir = BenchDir::new(bench.data_dir.as_deref())?;
             let (server, url) = InProcess::start(dir)?;
@@ -368,10 +374,11 @@ pub fn run_graphql(bench: &GraphqlBench) -> Result<GraphqlReport, BenchError> {
 
 /// Setup, measured part and figures, on the client runtime.
 async fn drive(bench: &GraphqlBench, url: &str) -> Result<GraphqlReport, BenchError> {
-    let url: Arc<str> = url.into();
+    // Several endpoints (the nodes of a cluster): the connections take turns over them.
+    let urls: Vec<Arc<str>> = url.split(',').map(Arc::<str>::from).collect();
     let key = bench.api_key.as_deref().map(Arc::<str>::from);
     let connections = (0..bench.connections)
-        .map(|_| Connection::new(&url, key.as_ref()))
+        .map(|i| Connection::new(&urls[i % urls.len()], key.as_ref()))
         .collect::<Result<Vec<_>, _>>()?;
 
     // Setup: products, stock and the orders the point queries read.

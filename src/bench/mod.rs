@@ -224,7 +224,12 @@ impl append::AppendReport {
             machine_line(&c.machine)
         );
         table_header(&mut out);
-        figures_rows(&mut out, "annals", &self.annals);
+        if let Some(embedded) = &self.embedded {
+            figures_rows(&mut out, "cluster", &self.annals);
+            figures_rows(&mut out, "embedded", embedded);
+        } else {
+            figures_rows(&mut out, "annals", &self.annals);
+        }
         if let Some(b) = &self.baseline {
             figures_rows(&mut out, "raw rocksdb", b);
         }
@@ -247,6 +252,12 @@ impl append::AppendReport {
         ));
         if let Some(r) = self.ratio {
             out.push_str(&format!("ratio annals / raw RocksDB: {r:.2}\n"));
+        }
+        if let Some(r) = self.embedded_ratio {
+            out.push_str(&format!(
+                "events per JetStream message: {:.1}; ratio cluster / embedded: {r:.2}\n",
+                self.mean_group_commit_events
+            ));
         }
         out
     }

@@ -25,6 +25,13 @@
 //! - [`CommandError`]: a refusal typed by the aggregate's (or decision's) own error, a
 //!   conflict, or a [`StoreError`].
 //!
+//! Replicas (module [`replica`]): a [`RocksEventStore`] opened with
+//! [`RocksEventStore::open_replica`] is one copy of a log whose order a replicated log
+//! decides (a cluster's, in `annals-cluster`). Its writer hands each commit group to a
+//! [`Replicator`] and writes only what it acknowledged; other replicas apply the groups
+//! in order with [`RocksEventStore::apply_groups`], checking positions, versions and the
+//! chain.
+//!
 //! Also: [`codec`] (the record encoding and the hash chain's canonical bytes), [`keys`]
 //! (column families and key layouts), [`Upcasters`], and `testkit` (feature
 //! `test-utils`: given/when/then for aggregates, one error of every variant).
@@ -44,6 +51,9 @@
 //!   removed what the failed groups may have written; reads keep working meanwhile.
 //! - **Hash chain.** `hash = blake3(prev_hash ‖ canonical body)` with an all-zero genesis;
 //!   the encoding is pinned in [`codec`] and by committed fixtures.
+//! - **Replicas are prefixes.** A replica writes a group only after the replicated log
+//!   took it (under the log's sequence, stored in the same batch) and applies others' only
+//!   when they continue it exactly; a writer whose view is behind is fenced.
 //! - **Idempotency.** Re-sending the same event ids to the same stream in the same order
 //!   returns the original result and writes nothing; any other reuse of an id is an
 //!   [`StoreError::IdempotencyConflict`].
