@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use annals_store::{ReplicaGroup, ReplicationError, Replicator};
+use annals_store::{Acknowledger, ReplicaGroup, ReplicationError, Replicator};
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::{Context, PublishErrorKind};
 use bytes::Bytes;
@@ -10,8 +10,8 @@ use tokio::runtime::Handle;
 
 use crate::names;
 
-/// Publishes commit groups to the log's stream, fenced by the last sequence the replica
-/// holds, and waits for JetStream's acknowledgement.
+/// Publishes commit groups to the log's stream, each fenced by the sequence of the group
+/// before it, and reports JetStream's acknowledgements as they come.
 pub(crate) struct NatsReplicator {
     pub(crate) jetstream: Context,
     pub(crate) subject: String,
@@ -29,7 +29,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 impl Replicator for NatsReplicator {
-    fn replicate(&mut self, group: ReplicaGroup<'_>) -> Result<u64, ReplicationError> {
+    fn publish(&mut self, group: ReplicaGroup<'_>, ack: Acknowledger) {
         let mut headers = HeaderMap::new();
         headers.insert(
             names::EXPECTED_LAST_SEQUENCE,
@@ -40,34 +40,44 @@ impl Replicator for NatsReplicator {
         let id: String = group.tip[..16].iter().map(|b| format!("{b:02x}")).collect();
         headers.insert(names::MESSAGE_ID, id.as_str());
         let payload = Bytes::copy_from_slice(group.bytes);
-        let started = Instant::now();
-        let mut backoff = FIRST_BACKOFF;
-        self.runtime.block_on(async {
+        let jetstream = self.jetstream.clone();
+        let subject = self.subject.clone();
+        // Sent here, in the order of the calls (JetStream checks each group's expectation
+        // against the one before); only the wait for the acknowledgement runs apart.
+        let sent = self.runtime.block_on(jetstream.publish_with_headers(
+            subject.clone(),
+            headers.clone(),
+            payload.clone(),
+        ));
+        let (attempt_timeout, deadline, after) = (self.attempt_timeout, self.deadline, group.after);
+        self.runtime.spawn(async move {
+            let started = Instant::now();
+            let mut backoff = FIRST_BACKOFF;
+            let mut sent = sent;
             loop {
-                let attempt = async {
-                    let ack = self
-                        .jetstream
-                        .publish_with_headers(self.subject.clone(), headers.clone(), payload.clone())
-                        .await?;
-                    ack.await
-                };
-                let reason = match tokio::time::timeout(self.attempt_timeout, attempt).await {
-                    Ok(Ok(ack)) => return Ok(ack.sequence),
-                    Ok(Err(error)) if error.kind() == PublishErrorKind::WrongLastSequence => {
-                        return Err(ReplicationError::Fenced);
-                    }
-                    Ok(Err(error)) => error.to_string(),
-                    Err(_) => "no acknowledgement in time".to_string(),
+                let reason = match sent {
+                    Ok(pending) => match tokio::time::timeout(attempt_timeout, pending).await {
+                        Ok(Ok(published)) => return ack.acknowledge(Ok(published.sequence)),
+                        Ok(Err(error)) if error.kind() == PublishErrorKind::WrongLastSequence => {
+                            return ack.acknowledge(Err(ReplicationError::Fenced));
+                        }
+                        Ok(Err(error)) => error.to_string(),
+                        Err(_) => "no acknowledgement in time".to_string(),
+                    },
+                    Err(error) => error.to_string(),
                 };
                 // Safe to repeat: the same message id within JetStream's duplicate window
                 // is stored once, and the expectation refuses it after another writer.
-                if started.elapsed() + backoff >= self.deadline {
-                    return Err(ReplicationError::Unavailable(reason));
+                if started.elapsed() + backoff >= deadline {
+                    return ack.acknowledge(Err(ReplicationError::Unavailable(reason)));
                 }
-                tracing::debug!(%reason, after = group.after, "publish of a commit group failed; retrying");
+                tracing::debug!(%reason, after, "publish of a commit group failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
+                sent = jetstream
+                    .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                    .await;
             }
-        })
+        });
     }
 }

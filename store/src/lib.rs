@@ -110,7 +110,7 @@ pub use command::{
 };
 pub use error::StoreError;
 pub use memory::InMemoryEventStore;
-pub use replica::{ReplicaGroup, ReplicationError, Replicator};
+pub use replica::{Acknowledger, ReplicaGroup, ReplicationError, Replicator};
 pub use rocks::RocksEventStore;
 pub use shared::SharedStore;
 pub use snapshot::{Snapshot, SnapshotStore};

@@ -44,10 +44,46 @@ pub enum ReplicationError {
     Unavailable(String),
 }
 
-/// Makes commit groups durable in a replicated log, in order. Called from the writer
-/// thread, one group at a time: it may block.
+/// Where a [`Replicator`] reports the outcome of one group: once, from any thread.
+#[derive(Debug)]
+pub struct Acknowledger {
+    pub(crate) epoch: u64,
+    pub(crate) after: u64,
+    pub(crate) tx: crossbeam_channel::Sender<Ack>,
+}
+
+/// One group's outcome on its way back to the writer.
+#[derive(Debug)]
+pub(crate) struct Ack {
+    pub(crate) epoch: u64,
+    pub(crate) after: u64,
+    pub(crate) result: Result<u64, ReplicationError>,
+}
+
+impl Acknowledger {
+    /// Reports the group's sequence once the replicated log acknowledged it durably, or
+    /// why it did not take it.
+    pub fn acknowledge(self, result: Result<u64, ReplicationError>) {
+        // A writer that stopped (the store closed) no longer waits for anything.
+        let _ = self.tx.send(Ack {
+            epoch: self.epoch,
+            after: self.after,
+            result,
+        });
+    }
+}
+
+/// Makes commit groups durable in a replicated log, in order.
+///
+/// The writer hands over one group after the other, each expecting the one before, and
+/// goes on staging the next while the log replicates the earlier ones (a few groups are
+/// in flight at once). So `publish` sends and returns; the acknowledgement comes through
+/// the [`Acknowledger`]. Groups reach the log in the order of the calls. When one is not
+/// taken, the writer gives up every group after it as well, and leads again only once
+/// its replica has caught up with the log.
 pub trait Replicator: Send + 'static {
-    /// Appends `group` to the replicated log as the group right after `group.after`, and
-    /// returns its sequence (`group.after + 1`) once the log acknowledged it durably.
-    fn replicate(&mut self, group: ReplicaGroup<'_>) -> Result<u64, ReplicationError>;
+    /// Starts appending `group` to the replicated log as the group right after
+    /// `group.after`; reports through `ack` its sequence (`group.after + 1`) once the log
+    /// acknowledged it durably, or why it did not take it.
+    fn publish(&mut self, group: ReplicaGroup<'_>, ack: Acknowledger);
 }

@@ -299,16 +299,14 @@ impl MemoryLog {
 }
 
 impl crate::Replicator for MemoryLog {
-    fn replicate(
-        &mut self,
-        group: crate::ReplicaGroup<'_>,
-    ) -> Result<u64, crate::ReplicationError> {
+    fn publish(&mut self, group: crate::ReplicaGroup<'_>, ack: crate::replica::Acknowledger) {
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         if groups.len() as u64 != group.after {
-            return Err(crate::ReplicationError::Fenced);
+            ack.acknowledge(Err(crate::ReplicationError::Fenced));
+            return;
         }
         groups.push(group.bytes.to_vec());
-        Ok(groups.len() as u64)
+        ack.acknowledge(Ok(groups.len() as u64));
     }
 }
 

@@ -250,3 +250,46 @@ async fn a_reopened_replica_continues_from_its_sequence() {
     assert!(!c.is_replica());
     assert!(matches!(c.lead(0).await, Err(StoreError::NotWriter)));
 }
+
+/// Given a replica that applied another writer's groups and then leads, when its first
+/// group is refused (another writer again), then it falls back to what it applied, not
+/// to where it started, and leads on from there once caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_group_falls_back_to_what_the_replica_applied() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let log = MemoryLog::new();
+    let a = replica(a_dir.path(), &log);
+    let b = replica(b_dir.path(), &log);
+    a.lead(0).await.unwrap();
+    for i in 0..3 {
+        a.append(sid("order-1"), ExpectedVersion::Any, vec![ev(i)])
+            .await
+            .unwrap();
+    }
+    catch_up(&b, &log).await;
+    b.lead(3).await.unwrap();
+    // `a` still believes it leads and writes group 4 first.
+    a.append(sid("order-1"), ExpectedVersion::Any, vec![ev(3)])
+        .await
+        .unwrap();
+    let refused = b
+        .append(sid("order-2"), ExpectedVersion::Any, vec![ev(4)])
+        .await;
+    assert!(matches!(refused, Err(StoreError::NotWriter)), "{refused:?}");
+    assert_eq!(b.head(), Position(3));
+    catch_up(&b, &log).await;
+    b.lead(4).await.unwrap();
+    let written = b
+        .append(sid("order-2"), ExpectedVersion::Any, vec![ev(4)])
+        .await
+        .unwrap();
+    assert_eq!(written.last_position, Position(5));
+    catch_up(&a, &log).await;
+    assert_eq!(whole_log(&a).await, whole_log(&b).await);
+    assert!(
+        b.verify_chain(Position::FIRST, Position(5))
+            .await
+            .unwrap()
+            .is_ok()
+    );
+}

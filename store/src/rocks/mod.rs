@@ -218,13 +218,14 @@ impl RocksEventStore {
                     sequence: sequence_rx,
                     leading: leading.clone(),
                 });
-                Some(Replication {
+                Some(Replication::new(
                     replicator,
                     sequence,
                     sequence_tx,
                     leading,
-                    spare: Vec::new(),
-                })
+                    head,
+                    tip,
+                ))
             }
         };
         let db = Arc::new(db);
@@ -404,13 +405,19 @@ impl RocksEventStore {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Stops writing (the lease is lost); appends after it get [`StoreError::NotWriter`].
+    /// Stops writing (the lease is lost), once the groups in flight are settled; appends
+    /// after it get [`StoreError::NotWriter`].
     pub async fn follow(&self) -> Result<(), StoreError> {
         let permit = self.control_permit().await?;
+        let (reply, answer) = oneshot::channel();
         self.inner
             .requests
-            .send(WriteRequest::Follow { _permit: permit })
-            .map_err(|_| StoreError::Closed)
+            .send(WriteRequest::Follow {
+                reply,
+                _permit: permit,
+            })
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)
     }
 
     async fn control_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, StoreError> {

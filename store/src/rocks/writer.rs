@@ -40,7 +40,7 @@
 //! readers before the head can move past the old one, so a reader never looks for a
 //! position its handle does not have.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -60,7 +60,7 @@ use crate::cache::GenerationalCache;
 use crate::codec::{self, GroupWriter, RecordFields};
 use crate::error::StoreError;
 use crate::keys::{self, CF_EVENT_IDS, CF_EVENTS, CF_META, CF_STREAMS, EventIdEntry, StreamRun};
-use crate::replica::{ReplicaGroup, ReplicationError, Replicator};
+use crate::replica::{Ack, Acknowledger, ReplicaGroup, ReplicationError, Replicator};
 use crate::store::{Durability, StoreOptions};
 use crate::types::{
     AppendResult, Hash, MultiAppendResult, Position, StreamAppend, StreamId, Timestamp,
@@ -88,15 +88,16 @@ pub(crate) enum WriteRequest {
         reply: oneshot::Sender<Result<(), StoreError>>,
         _permit: OwnedSemaphorePermit,
     },
-    /// Stop writing (the lease is gone).
+    /// Stop writing (the lease is gone); answered once nothing is in flight.
     Follow {
+        reply: oneshot::Sender<()>,
         _permit: OwnedSemaphorePermit,
     },
     Shutdown,
 }
 
 /// What the writer knows of an event id it wrote in the group being built.
-struct PendingId {
+pub(crate) struct PendingId {
     entry: EventIdEntry,
     stream: StreamId,
     stream_version: u64,
@@ -151,6 +152,12 @@ pub(crate) struct WriterSetup {
 }
 
 /// A replica's writer state: where its groups go and where it is in the replicated log.
+///
+/// While it leads, the writer stages each group on top of the groups still in flight
+/// (published, not yet acknowledged): `Writer::head`, `tip` and the version cache then
+/// describe the staged log, and the fields below the written one. A group is written and
+/// answered when its acknowledgement arrives, in order; when one fails, every group in
+/// flight is given up and the writer falls back to the written state.
 pub(crate) struct Replication {
     pub(crate) replicator: Box<dyn Replicator>,
     /// The sequence of the last group in this replica.
@@ -160,6 +167,67 @@ pub(crate) struct Replication {
     pub(crate) leading: Arc<AtomicBool>,
     /// The last group's buffer, reused for the next.
     pub(crate) spare: Vec<u8>,
+    /// The sequence the next published group follows.
+    pub(crate) staged: u64,
+    /// The head and chain tip of what is written.
+    pub(crate) written_head: Position,
+    pub(crate) written_tip: Hash,
+    /// Groups published and not yet written, oldest first.
+    pub(crate) inflight: VecDeque<InFlight>,
+    /// Caller-supplied event ids of the groups in flight: a retry of one of them is a
+    /// duplicate, not a new append.
+    pub(crate) pending_ids: HashMap<Uuid, PendingId>,
+    pub(crate) acks_tx: Sender<Ack>,
+    pub(crate) acks_rx: Receiver<Ack>,
+    /// Bumped when the groups in flight are given up: their late acknowledgements are
+    /// ignored.
+    pub(crate) epoch: u64,
+}
+
+impl Replication {
+    pub(crate) fn new(
+        replicator: Box<dyn Replicator>,
+        sequence: u64,
+        sequence_tx: watch::Sender<u64>,
+        leading: Arc<AtomicBool>,
+        head: Position,
+        tip: Hash,
+    ) -> Self {
+        let (acks_tx, acks_rx) = crossbeam_channel::unbounded();
+        Self {
+            replicator,
+            sequence,
+            sequence_tx,
+            leading,
+            spare: Vec::new(),
+            staged: sequence,
+            written_head: head,
+            written_tip: tip,
+            inflight: VecDeque::new(),
+            pending_ids: HashMap::new(),
+            acks_tx,
+            acks_rx,
+            epoch: 0,
+        }
+    }
+}
+
+/// Most groups in flight at once: enough to keep the replicated log busy while the next
+/// group is staged, few enough that groups stay large (one message each).
+const MAX_INFLIGHT: usize = 2;
+
+/// A published group waiting for its acknowledgement (or a group with nothing to
+/// publish, whose answers wait for the groups before it).
+pub(crate) struct InFlight {
+    /// The sequence it follows; `None` when nothing was published.
+    after: Option<u64>,
+    result: Option<Result<u64, ReplicationError>>,
+    batch: WriteBatch,
+    outcomes: Vec<Outcome>,
+    last: Position,
+    tip: Hash,
+    ids: Vec<Uuid>,
+    events: u64,
 }
 
 pub(crate) struct Writer {
@@ -367,7 +435,26 @@ impl Writer {
         loop {
             self.notice_failure();
             let idle = Instant::now();
+            let inflight = self
+                .replication
+                .as_ref()
+                .filter(|r| !r.inflight.is_empty())
+                .map(|r| r.acks_rx.clone());
             let received = match self.recovery.as_ref().map(|r| r.next_attempt) {
+                // Groups in flight: an acknowledgement is as much a reason to wake.
+                None if inflight.is_some() => {
+                    let acks = inflight.expect("checked");
+                    crossbeam_channel::select! {
+                        recv(requests) -> request => request.map_err(|_| RecvTimeoutError::Disconnected),
+                        recv(acks) -> ack => {
+                            if let Ok(ack) = ack {
+                                self.take_ack(ack);
+                            }
+                            self.settle(usize::MAX);
+                            continue;
+                        }
+                    }
+                }
                 None => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 // While failed, retry the reopen on time even if no append comes.
                 Some(at) => requests.recv_deadline(at),
@@ -379,6 +466,7 @@ impl Writer {
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => {
+                    self.settle(0);
                     self.stop_syncer();
                     return;
                 }
@@ -425,6 +513,7 @@ impl Writer {
                 self.commit(&mut group);
             }
             if shutdown {
+                self.settle(0);
                 // Whatever was queued behind the shutdown is refused, not dropped silently.
                 while let Ok(request) = requests.try_recv() {
                     match request {
@@ -437,7 +526,10 @@ impl Writer {
                         WriteRequest::Lead { reply, .. } => {
                             let _ = reply.send(Err(StoreError::Closed));
                         }
-                        WriteRequest::Follow { .. } | WriteRequest::Shutdown => {}
+                        WriteRequest::Follow { reply, .. } => {
+                            let _ = reply.send(());
+                        }
+                        WriteRequest::Shutdown => {}
                     }
                 }
                 self.stop_syncer();
@@ -511,30 +603,9 @@ impl Writer {
         }
         add_elapsed(&self.stats.stage_nanos, staging);
 
-        // A replica writes only what the replicated log took, under the log's sequence.
-        let mut sequence = None;
-        if group.events > 0
-            && let Some(wire) = group.wire.take()
-        {
-            match self.replicate(&wire, &mut group) {
-                Ok(next) => sequence = Some(next),
-                Err(error) => {
-                    for (_, outcome, _) in &mut outcomes {
-                        if outcome.is_ok() {
-                            *outcome = Err(match &error {
-                                ReplicationError::Fenced => StoreError::NotWriter,
-                                ReplicationError::Unavailable(reason) => StoreError::Unavailable {
-                                    reason: reason.clone(),
-                                },
-                            });
-                        }
-                    }
-                    group.events = 0;
-                }
-            }
-            if let Some(replication) = &mut self.replication {
-                replication.spare = wire.into_bytes();
-            }
+        if self.replication.is_some() {
+            self.commit_replicated(group, outcomes);
+            return;
         }
         if group.events > 0 {
             let last = Position(group.next_position.0 - 1);
@@ -551,10 +622,6 @@ impl Writer {
                     }
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
                     self.stats.events.fetch_add(group.events, Ordering::Relaxed);
-                    if let (Some(replication), Some(sequence)) = (&mut self.replication, sequence) {
-                        replication.sequence = sequence;
-                        replication.sequence_tx.send_replace(sequence);
-                    }
                 }
                 Err(error) => {
                     tracing::error!(%error, "group commit failed; no append of it is acknowledged");
@@ -644,6 +711,9 @@ impl Writer {
     fn reopen(&mut self, recovery: &mut Recovery) -> Result<u64, StoreError> {
         // Everything the syncer holds is answered (as failed) before the head is read.
         self.stop_syncer();
+        self.give_up_inflight(&ReplicationError::Unavailable(
+            "the replica's storage failed".into(),
+        ));
         if !recovery.readers_moved {
             let read_only = Arc::new(open_read_only_db(&self.path)?);
             self.slot.set(read_only.clone());
@@ -704,6 +774,9 @@ impl Writer {
         if let Some(replication) = &mut self.replication {
             // The log may hold the failed group: the replica catches up before it leads.
             replication.sequence = read_log_sequence(&db)?;
+            replication.staged = replication.sequence;
+            replication.written_head = head;
+            replication.written_tip = tip;
             replication.sequence_tx.send_replace(replication.sequence);
             replication.leading.store(false, Ordering::Release);
         }
@@ -876,7 +949,12 @@ impl Writer {
                 found.push(None);
                 continue;
             };
-            let entry = if let Some(pending) = group.ids.get(&id) {
+            let pending = group.ids.get(&id).or_else(|| {
+                self.replication
+                    .as_ref()
+                    .and_then(|r| r.pending_ids.get(&id))
+            });
+            let entry = if let Some(pending) = pending {
                 if i == 0 {
                     stream_of_first = Some((pending.stream.clone(), pending.stream_version));
                 }
@@ -970,64 +1048,24 @@ fn diverged(sequence: u64, reason: impl Into<String>) -> StoreError {
 }
 
 impl Writer {
-    /// Hands a staged group to the replicated log; on success the group's batch also
-    /// records the sequence the log gave it. Any failure stops this replica writing: its
-    /// view of the log may be behind, and it leads again only once it has caught up.
-    fn replicate(
-        &mut self,
-        wire: &GroupWriter,
-        group: &mut Group,
-    ) -> Result<u64, ReplicationError> {
-        let Some(replication) = self.replication.as_mut() else {
-            return Err(ReplicationError::Unavailable("not a replica".into()));
-        };
-        let after = replication.sequence;
-        let result = replication.replicator.replicate(ReplicaGroup {
-            bytes: wire.as_bytes(),
-            after,
-            first_position: self.head.next(),
-            last_position: Position(group.next_position.0 - 1),
-            tip: group.tip,
-        });
-        let result = match result {
-            Ok(sequence) if sequence == after + 1 => Ok(sequence),
-            Ok(sequence) => Err(ReplicationError::Unavailable(format!(
-                "the log gave sequence {sequence} to the group after {after}"
-            ))),
-            Err(error) => Err(error),
-        };
-        match &result {
-            Ok(sequence) => group.batch.put_cf(
-                cf(&self.db, CF_META),
-                keys::META_LOG_SEQUENCE,
-                sequence.to_be_bytes(),
-            ),
-            Err(error) => {
-                tracing::warn!(
-                    ?error,
-                    after,
-                    "the replicated log did not take a group; this node stops writing"
-                );
-                replication.leading.store(false, Ordering::Release);
-            }
-        }
-        result
-    }
-
-    /// Handles a request that is not an append.
+    /// Handles a request that is not an append, once every group in flight is settled.
     fn control(&mut self, request: WriteRequest) {
+        self.settle(0);
         match request {
             WriteRequest::Apply { groups, reply, .. } => {
                 let _ = reply.send(self.apply(groups));
             }
             WriteRequest::Lead { after, reply, .. } => {
-                let result = match (&self.recovery, &self.replication) {
+                let result = match (&self.recovery, &mut self.replication) {
                     (Some(recovery), _) => Err(StoreError::Storage(recovery.error.clone())),
                     (None, None) => Err(StoreError::NotWriter),
                     (None, Some(replication)) if replication.sequence != after => {
                         Err(StoreError::NotWriter)
                     }
                     (None, Some(replication)) => {
+                        // Nothing is in flight (settled above): staging starts from what
+                        // is written.
+                        replication.staged = replication.sequence;
                         replication.leading.store(true, Ordering::Release);
                         tracing::info!(after, head = self.head.0, "this node writes the log");
                         Ok(())
@@ -1035,12 +1073,13 @@ impl Writer {
                 };
                 let _ = reply.send(result);
             }
-            WriteRequest::Follow { .. } => {
+            WriteRequest::Follow { reply, .. } => {
                 if let Some(replication) = &self.replication
                     && replication.leading.swap(false, Ordering::AcqRel)
                 {
                     tracing::info!(head = self.head.0, "this node stops writing the log");
                 }
+                let _ = reply.send(());
             }
             WriteRequest::Append { .. } | WriteRequest::Shutdown => {}
         }
@@ -1195,6 +1234,9 @@ impl Writer {
         });
         if let Some(replication) = &mut self.replication {
             replication.sequence = sequence;
+            replication.staged = sequence;
+            replication.written_head = self.head;
+            replication.written_tip = self.tip;
             replication.sequence_tx.send_replace(sequence);
             // Another writer wrote: this replica's lead is over until it leads again.
             if replication.leading.swap(false, Ordering::AcqRel) {
@@ -1205,5 +1247,214 @@ impl Writer {
             }
         }
         Ok(sequence)
+    }
+}
+
+impl Writer {
+    /// Publishes a staged group (if it has events) and queues its answers behind the
+    /// groups in flight; the next group builds on it at once.
+    fn commit_replicated(&mut self, mut group: Group, outcomes: Vec<Outcome>) {
+        let Some(replication) = self.replication.as_mut() else {
+            return;
+        };
+        let mut entry = InFlight {
+            after: None,
+            result: None,
+            batch: WriteBatch::default(),
+            outcomes,
+            last: self.head,
+            tip: self.tip,
+            ids: Vec::new(),
+            events: 0,
+        };
+        if group.events > 0
+            && let Some(wire) = group.wire.take()
+        {
+            let after = replication.staged;
+            let last = Position(group.next_position.0 - 1);
+            replication.replicator.publish(
+                ReplicaGroup {
+                    bytes: wire.as_bytes(),
+                    after,
+                    first_position: self.head.next(),
+                    last_position: last,
+                    tip: group.tip,
+                },
+                Acknowledger {
+                    epoch: replication.epoch,
+                    after,
+                    tx: replication.acks_tx.clone(),
+                },
+            );
+            replication.spare = wire.into_bytes();
+            replication.staged = after + 1;
+            group.batch.put_cf(
+                cf(&self.db, CF_META),
+                keys::META_LOG_SEQUENCE,
+                (after + 1).to_be_bytes(),
+            );
+            self.head = last;
+            self.tip = group.tip;
+            for (stream, version) in group.versions {
+                self.versions.insert(stream, version);
+            }
+            for (id, pending) in group.ids {
+                entry.ids.push(id);
+                replication.pending_ids.insert(id, pending);
+            }
+            entry.after = Some(after);
+            entry.batch = group.batch;
+            entry.last = last;
+            entry.tip = group.tip;
+            entry.events = group.events;
+        }
+        replication.inflight.push_back(entry);
+        self.settle(MAX_INFLIGHT - 1);
+    }
+
+    /// Records an acknowledgement on its group (one of an abandoned epoch is dropped).
+    fn take_ack(&mut self, ack: Ack) {
+        let Some(replication) = self.replication.as_mut() else {
+            return;
+        };
+        if ack.epoch != replication.epoch {
+            return;
+        }
+        if let Some(entry) = replication
+            .inflight
+            .iter_mut()
+            .find(|e| e.after == Some(ack.after))
+        {
+            entry.result = Some(ack.result);
+        }
+    }
+
+    /// Writes and answers the acknowledged groups at the front, in order, until at most
+    /// `keep` groups are in flight (waiting for acknowledgements as needed).
+    fn settle(&mut self, keep: usize) {
+        loop {
+            let Some(replication) = self.replication.as_mut() else {
+                return;
+            };
+            let acks = replication.acks_rx.clone();
+            while let Ok(ack) = acks.try_recv() {
+                self.take_ack(ack);
+            }
+            while self.write_front() {}
+            let waiting = self.replication.as_ref().map_or(0, |r| r.inflight.len());
+            if waiting <= keep || waiting == 0 {
+                return;
+            }
+            match acks.recv_timeout(Duration::from_secs(60)) {
+                Ok(ack) => self.take_ack(ack),
+                Err(_) => {
+                    // A replicator that never answers: nothing in flight can be trusted.
+                    self.give_up_inflight(&ReplicationError::Unavailable(
+                        "no acknowledgement from the replicated log".into(),
+                    ));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes and answers the oldest group in flight if it is settled; whether it was.
+    fn write_front(&mut self) -> bool {
+        let Some(replication) = self.replication.as_mut() else {
+            return false;
+        };
+        let Some(front) = replication.inflight.front() else {
+            return false;
+        };
+        match (front.after, &front.result) {
+            (None, _) => {
+                let entry = replication.inflight.pop_front().expect("a front");
+                answer(entry.outcomes, &self.stats);
+                true
+            }
+            (Some(_), None) => false,
+            (Some(after), Some(Ok(sequence))) if *sequence == after + 1 => {
+                let sequence = *sequence;
+                let entry = replication.inflight.pop_front().expect("a front");
+                let mut outcomes = entry.outcomes;
+                let writing = Instant::now();
+                let written = self.db.write_opt(entry.batch, &self.write_options);
+                add_elapsed(&self.stats.write_nanos, writing);
+                if let Err(error) = written {
+                    tracing::error!(%error, "writing an acknowledged group to the replica failed");
+                    fail_unanswered(&mut outcomes, &error);
+                    answer(outcomes, &self.stats);
+                    set_failure(&self.failure, &error);
+                    self.give_up_inflight(&ReplicationError::Unavailable(error.to_string()));
+                    self.notice_failure();
+                    return false;
+                }
+                replication.sequence = sequence;
+                replication.written_head = entry.last;
+                replication.written_tip = entry.tip;
+                for id in &entry.ids {
+                    replication.pending_ids.remove(id);
+                }
+                replication.sequence_tx.send_replace(sequence);
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats.events.fetch_add(entry.events, Ordering::Relaxed);
+                let head = entry.last;
+                // Announce before answering, so a caller that reads right after its append
+                // sees its own events.
+                self.head_tx.send_if_modified(|announced| {
+                    let moved = *announced != head;
+                    *announced = head;
+                    moved
+                });
+                answer(outcomes, &self.stats);
+                true
+            }
+            (Some(after), Some(result)) => {
+                let error = match result {
+                    Ok(sequence) => ReplicationError::Unavailable(format!(
+                        "the log gave sequence {sequence} to the group after {after}"
+                    )),
+                    Err(error) => error.clone(),
+                };
+                tracing::warn!(
+                    ?error,
+                    after,
+                    "the replicated log did not take a group; this node stops writing"
+                );
+                self.give_up_inflight(&error);
+                true
+            }
+        }
+    }
+
+    /// Answers every group in flight with `error` and falls back to the written state;
+    /// the replica stops writing until it leads again.
+    fn give_up_inflight(&mut self, error: &ReplicationError) {
+        let Some(replication) = self.replication.as_mut() else {
+            return;
+        };
+        replication.epoch += 1;
+        replication.staged = replication.sequence;
+        replication.pending_ids.clear();
+        // Before anyone is answered: a caller told `NotWriter` finds the replica following.
+        if !replication.inflight.is_empty() {
+            replication.leading.store(false, Ordering::Release);
+        }
+        for entry in replication.inflight.drain(..) {
+            let mut outcomes = entry.outcomes;
+            // Even refusals were decided against groups that are now given up.
+            for (_, outcome, _) in &mut outcomes {
+                *outcome = Err(match error {
+                    ReplicationError::Fenced => StoreError::NotWriter,
+                    ReplicationError::Unavailable(reason) => StoreError::Unavailable {
+                        reason: reason.clone(),
+                    },
+                });
+            }
+            answer(outcomes, &self.stats);
+        }
+        self.head = replication.written_head;
+        self.tip = replication.written_tip;
+        self.versions.clear();
     }
 }
