@@ -156,6 +156,30 @@ impl Drop for Node {
     }
 }
 
+/// Three NATS servers, a directory for the nodes, an HTTP client.
+fn cluster() -> (LocalNats, tempfile::TempDir, reqwest::Client) {
+    (
+        LocalNats::start(3).unwrap(),
+        tempfile::tempdir().unwrap(),
+        reqwest::Client::new(),
+    )
+}
+
+/// Nodes `a` and `b`, both of role `all`, started and ready.
+async fn two_nodes(nats: &LocalNats, root: &Path, http: &reqwest::Client) -> [Node; 2] {
+    let mut nodes = [
+        Node::new(root, "a", "all", nats.urls()),
+        Node::new(root, "b", "all", nats.urls()),
+    ];
+    for node in nodes.iter_mut() {
+        node.spawn();
+    }
+    for node in nodes.iter_mut() {
+        node.wait_ready(http).await;
+    }
+    nodes
+}
+
 /// A GraphQL request: `Ok(data)`, or `Err(code or transport error)`.
 async fn graphql(
     http: &reqwest::Client,
@@ -341,15 +365,8 @@ async fn check_logs(nodes: &mut [&mut Node], head: u64, journal: &Journal) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_nats_servers_loses_no_acknowledged_event() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut nats = LocalNats::start(3).unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::new();
-    let mut a = Node::new(root.path(), "a", "all", nats.urls());
-    let mut b = Node::new(root.path(), "b", "all", nats.urls());
-    a.spawn();
-    b.spawn();
-    a.wait_ready(&http).await;
-    b.wait_ready(&http).await;
+    let (mut nats, root, http) = cluster();
+    let [mut a, mut b] = two_nodes(&nats, root.path(), &http).await;
     let journal = Arc::new(Journal::default());
     let stop = Arc::new(AtomicBool::new(false));
     let clients = start_clients(vec![a.base(), b.base()], journal.clone(), stop.clone());
@@ -373,17 +390,8 @@ async fn kill_9_of_nats_servers_loses_no_acknowledged_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_writing_node_hands_over_and_loses_nothing() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let nats = LocalNats::start(3).unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::new();
-    let mut nodes = [
-        Node::new(root.path(), "a", "all", nats.urls()),
-        Node::new(root.path(), "b", "all", nats.urls()),
-    ];
-    for node in nodes.iter_mut() {
-        node.spawn();
-        node.wait_ready(&http).await;
-    }
+    let (nats, root, http) = cluster();
+    let mut nodes = two_nodes(&nats, root.path(), &http).await;
     let journal = Arc::new(Journal::default());
     let stop = Arc::new(AtomicBool::new(false));
     let bases = nodes.iter().map(Node::base).collect();
@@ -452,9 +460,7 @@ fn position(data: &Value, field: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_node_started_empty_catches_up_to_the_writers_read_models() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let nats = LocalNats::start(3).unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::new();
+    let (nats, root, http) = cluster();
     let mut a = Node::new(root.path(), "a", "all", nats.urls());
     a.spawn();
     a.wait_ready(&http).await;
@@ -533,15 +539,8 @@ async fn a_query_node_started_empty_catches_up_to_the_writers_read_models() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_buyers_for_ten_units_over_two_nodes() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let nats = LocalNats::start(3).unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::new();
-    let mut a = Node::new(root.path(), "a", "all", nats.urls());
-    let mut b = Node::new(root.path(), "b", "all", nats.urls());
-    a.spawn();
-    b.spawn();
-    a.wait_ready(&http).await;
-    b.wait_ready(&http).await;
+    let (nats, root, http) = cluster();
+    let [a, b] = two_nodes(&nats, root.path(), &http).await;
     graphql(&http, &a.base(), REGISTER, json!({ "id": "last" }))
         .await
         .unwrap();

@@ -132,7 +132,7 @@ fn check_client(error: ApiError, expected: ErrorCode) {
 #[test]
 fn every_store_error_has_its_code_and_shows_nothing_internal() {
     let errors = one_of_each_store_error();
-    assert_eq!(errors.len(), 16);
+    assert_eq!(errors.len(), 19);
     for error in errors {
         let expected = store_code(&error);
         assert_eq!(error.code(), expected, "{error:?}");

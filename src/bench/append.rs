@@ -63,6 +63,21 @@ pub struct AppendConditions {
     pub machine: Machine,
 }
 
+impl AppendConditions {
+    fn of(bench: &AppendBench, rounds: usize) -> Self {
+        Self {
+            writers: bench.writers,
+            events_per_append: bench.events_per_append,
+            payload_bytes: bench.payload_bytes,
+            shared_streams: bench.streams,
+            durability: durability_name(bench.durability),
+            limit: bench.limit,
+            rounds,
+            machine: Machine::current(),
+        }
+    }
+}
+
 /// What `annals bench append` reports.
 #[derive(Clone, Debug, Serialize)]
 pub struct AppendReport {
@@ -215,19 +230,7 @@ pub fn run_append(bench: &AppendBench) -> Result<AppendReport, BenchError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let store = match RocksEventStore::open(
-        dir.path().join("log"),
-        StoreOptions {
-            max_events_per_append: bench.events_per_append.max(1000),
-            ..StoreOptions::with_durability(bench.durability)
-        },
-    ) {
-        Ok(store) => store,
-        Err(StoreError::Locked { path }) => {
-            return Err(BenchError::InUse(path.display().to_string()));
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let store = open_embedded(&dir, bench)?;
     let raw = if bench.baseline {
         Some(RawDb::open(dir.path().join("raw-baseline")).map_err(BenchError::Baseline)?)
     } else {
@@ -256,16 +259,7 @@ pub fn run_append(bench: &AppendBench) -> Result<AppendReport, BenchError> {
         .map(|b| annals.events_per_second / b.events_per_second.max(1e-9));
     Ok(AppendReport {
         benchmark: "append",
-        conditions: AppendConditions {
-            writers: bench.writers,
-            events_per_append: bench.events_per_append,
-            payload_bytes: bench.payload_bytes,
-            shared_streams: bench.streams,
-            durability: durability_name(bench.durability),
-            limit: bench.limit,
-            rounds,
-            machine: Machine::current(),
-        },
+        conditions: AppendConditions::of(bench, rounds),
         mean_group_commit_events: if commits == 0 {
             0.0
         } else {
@@ -287,6 +281,18 @@ fn store_options(bench: &AppendBench, durability: Durability) -> StoreOptions {
     StoreOptions {
         max_events_per_append: bench.events_per_append.max(1000),
         ..StoreOptions::with_durability(durability)
+    }
+}
+
+/// The embedded store in the run's directory.
+fn open_embedded(dir: &BenchDir, bench: &AppendBench) -> Result<RocksEventStore, BenchError> {
+    match RocksEventStore::open(
+        dir.path().join("log"),
+        store_options(bench, bench.durability),
+    ) {
+        Ok(store) => Ok(store),
+        Err(StoreError::Locked { path }) => Err(BenchError::InUse(path.display().to_string())),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -321,16 +327,7 @@ fn run_cluster(bench: &AppendBench, dir: &BenchDir) -> Result<AppendReport, Benc
         }
         Ok(())
     })?;
-    let embedded = match RocksEventStore::open(
-        dir.path().join("log"),
-        store_options(bench, bench.durability),
-    ) {
-        Ok(store) => store,
-        Err(StoreError::Locked { path }) => {
-            return Err(BenchError::InUse(path.display().to_string()));
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let embedded = open_embedded(dir, bench)?;
     let rounds = 2;
     let before = EventStore::stats(&cluster);
     let (mut cluster_rounds, mut embedded_rounds) = (Vec::new(), Vec::new());
@@ -353,16 +350,7 @@ fn run_cluster(bench: &AppendBench, dir: &BenchDir) -> Result<AppendReport, Benc
     let embedded_ratio = annals.events_per_second / embedded.events_per_second.max(1e-9);
     Ok(AppendReport {
         benchmark: "append",
-        conditions: AppendConditions {
-            writers: bench.writers,
-            events_per_append: bench.events_per_append,
-            payload_bytes: bench.payload_bytes,
-            shared_streams: bench.streams,
-            durability: durability_name(bench.durability),
-            limit: bench.limit,
-            rounds,
-            machine: Machine::current(),
-        },
+        conditions: AppendConditions::of(bench, rounds),
         mean_group_commit_events: delta.mean_commit_events(),
         writer: WriterBreakdown::from_stats(&delta),
         conflicts: cluster_rounds.iter().map(|r| r.conflicts).sum(),
