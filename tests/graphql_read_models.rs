@@ -389,3 +389,122 @@ async fn export_over_http_streams_the_audit_trail_for_admins_only() {
     let bad = get(Some(&admin), "?since=yesterday").await.unwrap();
     assert_eq!(bad.status(), 400);
 }
+
+/// Given an event the orders projection cannot apply (a confirmation of an order it never
+/// saw), when an admin lists the parked events, retries one, skips it and rewinds the
+/// projection, then each answers as documented, and readers and writers may do none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_events_are_listed_retried_and_skipped_and_projections_rewound_by_admins() {
+    let (writer, w) = generate_key(Role::Writer).unwrap();
+    let (admin, a) = generate_key(Role::Admin).unwrap();
+    let server = TestServer::start(ServerConfig {
+        api_keys: ApiKeys::parse(&format!("{w}\n{a}\n")).unwrap(),
+        ..ServerConfig::default()
+    })
+    .await;
+    let appended = server
+        .ok_as(
+            Some(&admin),
+            r#"mutation { appendToStream(streamId: "order-ghost", expectedVersion: { state: ANY }, events: [{ type: "OrderConfirmed", payload: {} }]) { position } }"#,
+            json!({}),
+        )
+        .await;
+    let position = appended["appendToStream"]["position"].clone();
+    const PARKED: &str = r#"{ parkedEvents(projection: "orders") { projection position eventId streamId eventType error attempts parkedAt } }"#;
+    // The projection moves past the event: once it has, the event is parked.
+    server
+        .ok_as(
+            Some(&admin),
+            r#"query($at: Position) { orders(atLeast: $at) { nodes { id } } }"#,
+            json!({ "at": position }),
+        )
+        .await;
+    let parked = server.ok_as(Some(&admin), PARKED, json!({})).await;
+    let list = parked["parkedEvents"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{parked}");
+    assert_eq!(list[0]["position"], position);
+    assert_eq!(list[0]["streamId"], "order-ghost");
+    assert_eq!(list[0]["eventType"], "OrderConfirmed");
+    let attempts = list[0]["attempts"].as_i64().unwrap();
+    assert!(attempts >= 1);
+    assert!(list[0]["parkedAt"].as_str().unwrap().ends_with('Z'));
+
+    let (code, _) = server.error_as(Some(&writer), PARKED, json!({})).await;
+    assert_eq!(code, "FORBIDDEN");
+    for mutation in [
+        r#"mutation($p: Position!) { retryParkedEvent(projection: "orders", position: $p) }"#,
+        r#"mutation($p: Position!) { skipParkedEvent(projection: "orders", position: $p) }"#,
+        r#"mutation($p: Position!) { rewindProjection(name: "orders", from: $p) { name } }"#,
+    ] {
+        let (code, _) = server
+            .error_as(Some(&writer), mutation, json!({ "p": position }))
+            .await;
+        assert_eq!(code, "FORBIDDEN", "{mutation}");
+    }
+
+    // Retried, the handler fails again: still parked, one more attempt.
+    let retried = server
+        .ok_as(
+            Some(&admin),
+            r#"mutation($p: Position!) { retryParkedEvent(projection: "orders", position: $p) }"#,
+            json!({ "p": position }),
+        )
+        .await;
+    assert_eq!(retried["retryParkedEvent"], false);
+    let parked = server.ok_as(Some(&admin), PARKED, json!({})).await;
+    assert_eq!(
+        parked["parkedEvents"][0]["attempts"].as_i64().unwrap(),
+        attempts + 1
+    );
+
+    // Skipped: gone from the list; a second skip or a retry finds nothing there.
+    let skipped = server
+        .ok_as(
+            Some(&admin),
+            r#"mutation($p: Position!) { skipParkedEvent(projection: "orders", position: $p) }"#,
+            json!({ "p": position }),
+        )
+        .await;
+    assert_eq!(skipped["skipParkedEvent"], true);
+    let parked = server.ok_as(Some(&admin), PARKED, json!({})).await;
+    assert_eq!(parked["parkedEvents"], json!([]));
+    for mutation in [
+        r#"mutation($p: Position!) { retryParkedEvent(projection: "orders", position: $p) }"#,
+        r#"mutation($p: Position!) { skipParkedEvent(projection: "orders", position: $p) }"#,
+    ] {
+        let (code, _) = server
+            .error_as(Some(&admin), mutation, json!({ "p": position }))
+            .await;
+        assert_eq!(code, "NOT_FOUND", "{mutation}");
+    }
+    let (code, _) = server
+        .error_as(
+            Some(&admin),
+            r#"{ parkedEvents(projection: "nope") { position } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, "NOT_FOUND");
+
+    // Rewound to the event: the projection is handed it again and parks it again.
+    let rewound = server
+        .ok_as(
+            Some(&admin),
+            r#"mutation($p: Position!) { rewindProjection(name: "orders", from: $p) { name } }"#,
+            json!({ "p": position }),
+        )
+        .await;
+    assert_eq!(rewound["rewindProjection"]["name"], "orders");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let parked = server.ok_as(Some(&admin), PARKED, json!({})).await;
+        if parked["parkedEvents"].as_array().unwrap().len() == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rewound projection did not park the event again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

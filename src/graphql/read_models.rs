@@ -453,6 +453,22 @@ impl ReadModelQuery {
             .collect())
     }
 
+    /// The events a projection parked (its handler kept failing on them), in position
+    /// order, with the handler's last error.
+    #[graphql(guard = "RoleGuard(Role::Admin)")]
+    async fn parked_events(
+        &self,
+        ctx: &Context<'_>,
+        projection: String,
+    ) -> Result<Vec<ParkedEventObject>, ApiError> {
+        Ok(api(ctx)
+            .projections
+            .parked(&projection)?
+            .into_iter()
+            .map(ParkedEventObject::from)
+            .collect())
+    }
+
     /// The status of every projection.
     async fn projections(&self, ctx: &Context<'_>) -> Vec<ProjectionStatusObject> {
         api(ctx)
@@ -495,6 +511,52 @@ impl ProjectionMutation {
         Ok(runtime.status_of(&name)?.into())
     }
 
+    /// Hands the events from `from` (inclusive) to the projection again. For idempotent
+    /// projections and for skipping forward past a known-bad range; `rebuildProjection` is
+    /// the safe full reset.
+    #[graphql(guard = "RoleGuard(Role::Admin)")]
+    async fn rewind_projection(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        from: Position,
+    ) -> Result<ProjectionStatusObject, ApiError> {
+        let runtime = &api(ctx).projections;
+        runtime.rewind(&name, annals_store::Position(from.0))?;
+        Ok(runtime.status_of(&name)?.into())
+    }
+
+    /// Hands a parked event to its projection again: `true` when it applied (and is no
+    /// longer parked), `false` when the handler failed again (it stays parked, with the
+    /// new error). NOT_FOUND when no event is parked there.
+    #[graphql(guard = "RoleGuard(Role::Admin)")]
+    async fn retry_parked_event(
+        &self,
+        ctx: &Context<'_>,
+        projection: String,
+        position: Position,
+    ) -> Result<bool, ApiError> {
+        let runtime = &api(ctx).projections;
+        parked_at(runtime, &projection, position)?;
+        Ok(runtime
+            .replay_parked(&projection, annals_store::Position(position.0))
+            .await?)
+    }
+
+    /// Gives up a parked event: its record is dropped and the read model stays without it
+    /// until a rebuild. NOT_FOUND when no event is parked there.
+    #[graphql(guard = "RoleGuard(Role::Admin)")]
+    async fn skip_parked_event(
+        &self,
+        ctx: &Context<'_>,
+        projection: String,
+        position: Position,
+    ) -> Result<bool, ApiError> {
+        let runtime = &api(ctx).projections;
+        parked_at(runtime, &projection, position)?;
+        Ok(runtime.discard_parked(&projection, annals_store::Position(position.0))?)
+    }
+
     /// Continues a paused projection, or retries the event a failed one stopped on.
     #[graphql(guard = "RoleGuard(Role::Admin)")]
     async fn resume_projection(
@@ -505,5 +567,62 @@ impl ProjectionMutation {
         let runtime = &api(ctx).projections;
         runtime.resume(&name)?;
         Ok(runtime.status_of(&name)?.into())
+    }
+}
+
+/// An event a projection parked.
+#[derive(SimpleObject)]
+#[graphql(name = "ParkedEvent")]
+pub struct ParkedEventObject {
+    /// The projection that parked it.
+    pub projection: String,
+    /// The event's position.
+    pub position: Position,
+    /// The event's id.
+    pub event_id: String,
+    /// The event's stream.
+    pub stream_id: String,
+    /// The event's type.
+    pub event_type: String,
+    /// The handler's last error.
+    pub error: String,
+    /// How many times the handler was tried.
+    pub attempts: i32,
+    /// When it was parked (RFC 3339, UTC).
+    pub parked_at: String,
+}
+
+impl From<annals_projections::ParkedEvent> for ParkedEventObject {
+    fn from(p: annals_projections::ParkedEvent) -> Self {
+        Self {
+            projection: p.projection,
+            position: Position(p.position),
+            event_id: p.event_id,
+            stream_id: p.stream_id,
+            event_type: p.event_type,
+            error: p.error,
+            attempts: small(p.attempts),
+            parked_at: time::format(p.parked_at_micros).unwrap_or_default(),
+        }
+    }
+}
+
+/// NOT_FOUND unless an event of `projection` is parked at `position`.
+fn parked_at(
+    runtime: &annals_projections::ProjectionRuntime,
+    projection: &str,
+    position: Position,
+) -> Result<(), ApiError> {
+    if runtime
+        .parked(projection)?
+        .iter()
+        .any(|p| p.position == position.0)
+    {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
+            "no event of {projection} is parked at position {}",
+            position.0
+        )))
     }
 }

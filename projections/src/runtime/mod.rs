@@ -284,6 +284,14 @@ impl ProjectionRuntime {
         self.inner.read.parked(name)
     }
 
+    /// Gives up a parked event: its record is dropped and the read model stays without it
+    /// (until a rebuild, which hands it to the projection again). `true` when an event was
+    /// parked at `position`.
+    pub fn discard_parked(&self, name: &str, position: Position) -> Result<bool, ProjectionError> {
+        self.worker(name)?;
+        self.inner.read.discard_parked(name, position)
+    }
+
     /// Hands a parked event to the projection again: `true` when it applied (and is no
     /// longer parked), `false` when the handler failed again (it stays parked).
     pub async fn replay_parked(

@@ -252,6 +252,23 @@ impl ReadModelStore {
         self.write(batch)
     }
 
+    /// Drops the record of the event of `projection` parked at `position`, leaving the
+    /// read model without it for good; whether there was one.
+    pub(crate) fn discard_parked(
+        &self,
+        projection: &str,
+        position: Position,
+    ) -> Result<bool, ProjectionError> {
+        let key = keys::parked_key(projection, position);
+        if self.meta_json::<ParkedEvent>(&key)?.is_none() {
+            return Ok(false);
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(CF_META), key);
+        self.write(batch)?;
+        Ok(true)
+    }
+
     /// Rewrites the record of the event parked at `position` (after a replay failed
     /// again: its attempts and error).
     pub(crate) fn update_parked(
