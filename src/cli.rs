@@ -52,6 +52,89 @@ pub enum Command {
     Export(crate::audit::cli::ExportArgs),
     /// Verify an export: hashes, chain, order, manifest, signature; optionally the store.
     Verify(crate::audit::cli::VerifyArgs),
+    /// A running server's projections: status, parked events, retry, skip, rewind.
+    Projections(ProjectionsArgs),
+}
+
+/// Options of `annals projections`.
+#[derive(Debug, clap::Args)]
+pub struct ProjectionsArgs {
+    /// The server (`http://HOST:PORT`, or its `/graphql` endpoint).
+    #[arg(long, env = "ANNALS_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// An admin API key, sent as `Authorization: Bearer <key>` (`status` needs any key).
+    #[arg(long, env = "ANNALS_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Print the server's JSON answer instead of lines.
+    #[arg(long)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: ProjectionsAction,
+}
+
+/// `annals projections <action>`.
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsAction {
+    /// Every projection's state, checkpoint, lag and parked events.
+    Status,
+    /// The events a projection parked, with the handler's last error.
+    Parked {
+        /// The projection (`orders`, `products`).
+        projection: String,
+    },
+    /// Hands a parked event to its projection again.
+    Retry {
+        /// The projection.
+        projection: String,
+        /// The parked event's position.
+        position: u64,
+    },
+    /// Drops a parked event: the read model stays without it until a rebuild.
+    Skip {
+        /// The projection.
+        projection: String,
+        /// The parked event's position.
+        position: u64,
+    },
+    /// Hands the events from a position on to the projection again.
+    Rewind {
+        /// The projection.
+        projection: String,
+        /// The first position handed again.
+        from: u64,
+    },
+}
+
+impl ProjectionsAction {
+    /// The request this action sends.
+    pub fn request(&self) -> crate::admin::AdminRequest {
+        use crate::admin::AdminRequest as R;
+        match self {
+            Self::Status => R::Status,
+            Self::Parked { projection } => R::Parked {
+                projection: projection.clone(),
+            },
+            Self::Retry {
+                projection,
+                position,
+            } => R::Retry {
+                projection: projection.clone(),
+                position: *position,
+            },
+            Self::Skip {
+                projection,
+                position,
+            } => R::Skip {
+                projection: projection.clone(),
+                position: *position,
+            },
+            Self::Rewind { projection, from } => R::Rewind {
+                projection: projection.clone(),
+                from: *from,
+            },
+        }
+    }
 }
 
 /// Options of `annals serve`.

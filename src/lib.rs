@@ -32,6 +32,7 @@
 //! Depends on both engine crates, never on RocksDB or bincode directly (checked by
 //! `tests/dependency_rules.rs`); nothing depends on it.
 
+pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod contracts;

@@ -101,6 +101,26 @@ fn main() -> anyhow::Result<()> {
             audit::exit_on_error(audit::run_verify(args));
             Ok(())
         }
+        Command::Projections(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let request = args.action.request();
+            let data = runtime
+                .block_on(annals::admin::send(
+                    &args.url,
+                    args.api_key.as_deref(),
+                    &request,
+                ))
+                .map_err(anyhow::Error::from)?;
+            if args.json {
+                println!("{data}");
+            } else {
+                print!("{}", annals::admin::render(&request, &data));
+            }
+            Ok(())
+        }
         Command::Keys(KeysCommand::NewSigning(args)) => {
             audit::exit_on_error(audit::run_new_signing(args));
             Ok(())

@@ -1,0 +1,193 @@
+//! `annals projections ...`: a running server's projections, through its GraphQL API
+//! (an admin key for everything but `status`): their status, parked events, retry, skip
+//! and rewind. The same operations as the admin mutations, for scripts and terminals.
+
+use serde_json::{Value, json};
+
+/// Why a command against the server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The server could not be reached or did not answer with GraphQL.
+    #[error("cannot reach {url}: {reason}")]
+    Transport {
+        /// The endpoint tried.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The server refused the request: its error code and message.
+    #[error("{message} [{code}]")]
+    Refused {
+        /// The GraphQL `extensions.code`.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+}
+
+/// What to do.
+#[derive(Debug, Clone)]
+pub enum AdminRequest {
+    /// Every projection's status.
+    Status,
+    /// A projection's parked events.
+    Parked {
+        /// The projection.
+        projection: String,
+    },
+    /// Hands a parked event to its projection again.
+    Retry {
+        /// The projection.
+        projection: String,
+        /// The parked event's position.
+        position: u64,
+    },
+    /// Drops a parked event.
+    Skip {
+        /// The projection.
+        projection: String,
+        /// The parked event's position.
+        position: u64,
+    },
+    /// Hands the events from `from` on to the projection again.
+    Rewind {
+        /// The projection.
+        projection: String,
+        /// The first position handed again.
+        from: u64,
+    },
+}
+
+const STATUS: &str =
+    "{ projections { name state checkpoint head lag parked lastError failedPosition } }";
+const PARKED: &str = "query($p: String!) { parkedEvents(projection: $p) { position streamId eventType attempts parkedAt error } }";
+const RETRY: &str =
+    "mutation($p: String!, $at: Position!) { retryParkedEvent(projection: $p, position: $at) }";
+const SKIP: &str =
+    "mutation($p: String!, $at: Position!) { skipParkedEvent(projection: $p, position: $at) }";
+const REWIND: &str = "mutation($p: String!, $at: Position!) { rewindProjection(name: $p, from: $at) { name state checkpoint } }";
+
+/// Sends `request` to the GraphQL endpoint at `url` (a bare `http://host:port` gets
+/// `/graphql`) with `api_key`, and returns the `data` of the answer.
+pub async fn send(
+    url: &str,
+    api_key: Option<&str>,
+    request: &AdminRequest,
+) -> Result<Value, AdminError> {
+    let (query, variables) = match request {
+        AdminRequest::Status => (STATUS, json!({})),
+        AdminRequest::Parked { projection } => (PARKED, json!({ "p": projection })),
+        AdminRequest::Retry {
+            projection,
+            position,
+        } => (
+            RETRY,
+            json!({ "p": projection, "at": position.to_string() }),
+        ),
+        AdminRequest::Skip {
+            projection,
+            position,
+        } => (SKIP, json!({ "p": projection, "at": position.to_string() })),
+        AdminRequest::Rewind { projection, from } => {
+            (REWIND, json!({ "p": projection, "at": from.to_string() }))
+        }
+    };
+    let endpoint = if url.trim_end_matches('/').ends_with("/graphql") {
+        url.to_string()
+    } else {
+        format!("{}/graphql", url.trim_end_matches('/'))
+    };
+    let transport = |reason: String| AdminError::Transport {
+        url: endpoint.clone(),
+        reason,
+    };
+    let mut post = reqwest::Client::new()
+        .post(&endpoint)
+        .json(&json!({ "query": query, "variables": variables }));
+    if let Some(key) = api_key {
+        post = post.bearer_auth(key);
+    }
+    let response = post.send().await.map_err(|e| transport(e.to_string()))?;
+    let body: Value = response
+        .json()
+        .await
+        .map_err(|e| transport(format!("the answer is not GraphQL JSON: {e}")))?;
+    if let Some(error) = body["errors"].get(0) {
+        return Err(AdminError::Refused {
+            code: error["extensions"]["code"]
+                .as_str()
+                .unwrap_or("INTERNAL")
+                .to_string(),
+            message: error["message"].as_str().unwrap_or("").to_string(),
+        });
+    }
+    Ok(body["data"].clone())
+}
+
+/// The answer as lines for a terminal.
+pub fn render(request: &AdminRequest, data: &Value) -> String {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    match request {
+        AdminRequest::Status => {
+            let mut out = format!(
+                "{:<16} {:<12} {:>12} {:>12} {:>8} {:>7}\n",
+                "projection", "state", "checkpoint", "head", "lag", "parked"
+            );
+            for p in data["projections"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "{:<16} {:<12} {:>12} {:>12} {:>8} {:>7}\n",
+                    text(&p["name"]),
+                    text(&p["state"]),
+                    text(&p["checkpoint"]),
+                    text(&p["head"]),
+                    text(&p["lag"]),
+                    text(&p["parked"]),
+                ));
+                if !p["lastError"].is_null() {
+                    out.push_str(&format!("  last error: {}\n", text(&p["lastError"])));
+                }
+            }
+            out
+        }
+        AdminRequest::Parked { projection } => {
+            let parked = data["parkedEvents"].as_array().cloned().unwrap_or_default();
+            if parked.is_empty() {
+                return format!("{projection}: no parked events\n");
+            }
+            let mut out = String::new();
+            for p in parked {
+                out.push_str(&format!(
+                    "{} {} {} attempts={} parked={} error: {}\n",
+                    text(&p["position"]),
+                    text(&p["streamId"]),
+                    text(&p["eventType"]),
+                    text(&p["attempts"]),
+                    text(&p["parkedAt"]),
+                    text(&p["error"]),
+                ));
+            }
+            out
+        }
+        AdminRequest::Retry {
+            projection,
+            position,
+        } => {
+            if data["retryParkedEvent"] == json!(true) {
+                format!("{projection}: the event at {position} applied and is no longer parked\n")
+            } else {
+                format!("{projection}: the event at {position} failed again and stays parked\n")
+            }
+        }
+        AdminRequest::Skip {
+            projection,
+            position,
+        } => format!("{projection}: the event at {position} is skipped\n"),
+        AdminRequest::Rewind { projection, from } => {
+            format!("{projection}: rewound to position {from}\n")
+        }
+    }
+}
