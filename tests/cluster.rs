@@ -208,6 +208,8 @@ async fn graphql(
 #[derive(Default)]
 struct Journal {
     acked: Mutex<Vec<(Uuid, u64)>>,
+    /// When each acknowledgement arrived, in the order of `acked`.
+    times: Mutex<Vec<Instant>>,
     retries: AtomicU64,
 }
 
@@ -240,7 +242,9 @@ fn start_clients(
                                     .unwrap()
                                     .parse()
                                     .unwrap();
-                                journal.acked.lock().unwrap().push((id, position));
+                                let mut acked = journal.acked.lock().unwrap();
+                                acked.push((id, position));
+                                journal.times.lock().unwrap().push(Instant::now());
                                 break;
                             }
                             Err(_) => {
@@ -262,16 +266,24 @@ fn acked(journal: &Journal) -> usize {
     journal.acked.lock().unwrap().len()
 }
 
-/// Waits until the journal grows by some acknowledgements.
-async fn wait_acks(journal: &Journal, more: usize, within: Duration) {
+/// Waits until the journal grows by some acknowledgements; on a stall, fails with the
+/// nodes' logs.
+async fn wait_acks(journal: &Journal, more: usize, within: Duration, nodes: &[&Node]) {
     let from = acked(journal);
     let started = Instant::now();
     while acked(journal) < from + more {
-        assert!(
-            started.elapsed() < within,
-            "appends stopped: {} acknowledged, none more in {within:?}",
-            acked(journal)
-        );
+        if started.elapsed() >= within {
+            let logs: Vec<String> = nodes
+                .iter()
+                .map(|n| format!("--- {} ---\n{}", n.name, n.log_text()))
+                .collect();
+            panic!(
+                "appends stopped: {} acknowledged, {} more in {within:?}\n{}",
+                acked(journal),
+                acked(journal) - from,
+                logs.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -370,15 +382,21 @@ async fn kill_9_of_nats_servers_loses_no_acknowledged_event() {
     let journal = Arc::new(Journal::default());
     let stop = Arc::new(AtomicBool::new(false));
     let clients = start_clients(vec![a.base(), b.base()], journal.clone(), stop.clone());
-    wait_acks(&journal, 50, Duration::from_secs(30)).await;
+    wait_acks(&journal, 50, Duration::from_secs(30), &[&a, &b]).await;
+    let mut resumed = Vec::new();
     for round in 0..5 {
         let victim = round % nats.size();
+        let before = acked(&journal);
         nats.kill(victim);
+        let killed = Instant::now();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         nats.restart(victim).unwrap();
         // Appends go on after every kill.
-        wait_acks(&journal, 50, Duration::from_secs(30)).await;
+        wait_acks(&journal, 50, Duration::from_secs(60), &[&a, &b]).await;
+        let fiftieth = journal.times.lock().unwrap()[before + 49];
+        resumed.push(fiftieth.duration_since(killed));
     }
+    eprintln!("the 50th acknowledgement after each kill came after: {resumed:?}");
     stop.store(true, Ordering::Relaxed);
     for client in clients {
         client.await.unwrap();
@@ -396,7 +414,13 @@ async fn kill_9_of_the_writing_node_hands_over_and_loses_nothing() {
     let stop = Arc::new(AtomicBool::new(false));
     let bases = nodes.iter().map(Node::base).collect();
     let clients = start_clients(bases, journal.clone(), stop.clone());
-    wait_acks(&journal, 50, Duration::from_secs(30)).await;
+    wait_acks(
+        &journal,
+        50,
+        Duration::from_secs(30),
+        &[&nodes[0], &nodes[1]],
+    )
+    .await;
     let mut handovers = Vec::new();
     for _ in 0..5 {
         // Whoever writes now.
@@ -424,7 +448,7 @@ async fn kill_9_of_the_writing_node_hands_over_and_loses_nothing() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         handovers.push(killed.elapsed());
-        wait_acks(&journal, 20, FAILOVER_WITHIN).await;
+        wait_acks(&journal, 20, FAILOVER_WITHIN, &[&nodes[other]]).await;
         nodes[writer].spawn();
         nodes[writer].wait_ready(&http).await;
     }

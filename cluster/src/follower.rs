@@ -1,7 +1,7 @@
 //! Every node's tail of the log: the stream's groups, in order, applied to the replica.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use annals_store::{RocksEventStore, StoreError};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
@@ -9,7 +9,7 @@ use async_nats::jetstream::stream::Stream;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
-use crate::store::Health;
+use crate::health::Health;
 
 /// Most groups applied in one write (more wait for the next).
 const MAX_BATCH_GROUPS: usize = 256;
@@ -19,6 +19,9 @@ const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 const RESTART_WAIT: Duration = Duration::from_millis(200);
 /// How often the tail looks whether this node started or stopped writing.
 const LEADING_POLL: Duration = Duration::from_millis(100);
+/// How long the tail waits for a delivery before it checks that the stream has not moved
+/// on without it.
+const QUIET_CHECK: Duration = Duration::from_secs(2);
 
 /// Applies the stream to the replica from the group after the replica's last, for ever:
 /// an ordered consumer delivers the stream in sequence order and is recreated from the
@@ -88,6 +91,7 @@ async fn tail(stream: &Stream, replica: &RocksEventStore) -> Result<(), StoreErr
         .map_err(|e| unavailable("cannot read the log", &e))?;
     tracing::debug!(start, "tailing the log");
     let mut poll = tokio::time::interval(LEADING_POLL);
+    let mut last_delivery = Instant::now();
     loop {
         let first = tokio::select! {
             first = messages.next() => first,
@@ -95,9 +99,28 @@ async fn tail(stream: &Stream, replica: &RocksEventStore) -> Result<(), StoreErr
                 if replica.is_leading() {
                     return Ok(());
                 }
+                // A consumer made while the stream's leader changes can stay silent
+                // although the stream has grown: after a quiet spell the tail asks the
+                // stream where it ends, and starts over if it is behind.
+                if last_delivery.elapsed() >= QUIET_CHECK {
+                    last_delivery = Instant::now();
+                    if let Ok(info) = stream.get_info().await
+                        && info.state.last_sequence > replica.log_sequence()
+                    {
+                        return Err(unavailable(
+                            "the log's consumer is silent",
+                            &format!(
+                                "the stream ends at {}, the replica at {}",
+                                info.state.last_sequence,
+                                replica.log_sequence()
+                            ),
+                        ));
+                    }
+                }
                 continue;
             }
         };
+        last_delivery = Instant::now();
         let Some(first) = first else {
             return Err(unavailable("the log's consumer ended", &"no more messages"));
         };

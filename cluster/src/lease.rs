@@ -20,8 +20,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::forward;
+use crate::health::Health;
 use crate::names::LEASE_KEY;
-use crate::store::Health;
 
 /// What the lease task works with.
 pub(crate) struct Lease {
@@ -72,8 +72,6 @@ impl Lease {
                     stop_serving(&mut serving).await;
                 }
             }
-            self.health
-                .set_leading(held.is_some() && self.replica.is_leading());
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
                 _ = stop.changed() => break,
@@ -82,7 +80,6 @@ impl Lease {
         // Hand over at once instead of after the expiry.
         let _ = self.replica.follow().await;
         stop_serving(&mut serving).await;
-        self.health.set_leading(false);
         if let Some((revision, _)) = held {
             match self
                 .bucket

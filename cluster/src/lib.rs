@@ -58,6 +58,7 @@
 mod error;
 mod follower;
 mod forward;
+mod health;
 mod lease;
 pub mod local;
 pub mod names;

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use annals_store::{Acknowledger, ReplicaGroup, ReplicationError, Replicator};
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::{Context, PublishErrorKind};
+use async_nats::jetstream::stream::Stream;
 use bytes::Bytes;
 use tokio::runtime::Handle;
 
@@ -14,6 +15,8 @@ use crate::names;
 /// before it, and reports JetStream's acknowledgements as they come.
 pub(crate) struct NatsReplicator {
     pub(crate) jetstream: Context,
+    /// The log's stream, to tell one's own group from another writer's.
+    pub(crate) stream: Stream,
     pub(crate) subject: String,
     pub(crate) runtime: Handle,
     /// How long one attempt waits for its acknowledgement.
@@ -50,6 +53,7 @@ impl Replicator for NatsReplicator {
             payload.clone(),
         ));
         let (attempt_timeout, deadline, after) = (self.attempt_timeout, self.deadline, group.after);
+        let stream = self.stream.clone();
         self.runtime.spawn(async move {
             let started = Instant::now();
             let mut backoff = FIRST_BACKOFF;
@@ -59,7 +63,15 @@ impl Replicator for NatsReplicator {
                     Ok(pending) => match tokio::time::timeout(attempt_timeout, pending).await {
                         Ok(Ok(published)) => return ack.acknowledge(Ok(published.sequence)),
                         Ok(Err(error)) if error.kind() == PublishErrorKind::WrongLastSequence => {
-                            return ack.acknowledge(Err(ReplicationError::Fenced));
+                            // A retry can reach the server after the group it expects was
+                            // itself stored by an earlier attempt of ours (the groups of a
+                            // pipeline retry independently): the group after `after` may
+                            // be this one.
+                            return ack.acknowledge(if is_ours(&stream, after + 1, &id).await {
+                                Ok(after + 1)
+                            } else {
+                                Err(ReplicationError::Fenced)
+                            });
                         }
                         Ok(Err(error)) => error.to_string(),
                         Err(_) => "no acknowledgement in time".to_string(),
@@ -79,5 +91,16 @@ impl Replicator for NatsReplicator {
                     .await;
             }
         });
+    }
+}
+
+/// Whether the stream's message at `sequence` is the group named `id` (its message id).
+async fn is_ours(stream: &Stream, sequence: u64, id: &str) -> bool {
+    match stream.get_raw_message(sequence).await {
+        Ok(message) => message
+            .headers
+            .get(names::MESSAGE_ID)
+            .is_some_and(|value| value.as_str() == id),
+        Err(_) => false,
     }
 }

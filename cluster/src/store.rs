@@ -1,7 +1,6 @@
 //! `ClusterEventStore`: the event store of a cluster's node.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,7 @@ use uuid::Uuid;
 
 use crate::error::ClusterError;
 use crate::forward::Reply;
+use crate::health::Health;
 use crate::lease::Lease;
 use crate::names;
 use crate::options::{ClusterOptions, Role};
@@ -41,35 +41,6 @@ pub struct ClusterStatus {
     pub head: Position,
     /// Why the replica stopped applying the log, if it did.
     pub diverged: Option<String>,
-}
-
-/// What the background tasks report.
-#[derive(Debug, Default)]
-pub(crate) struct Health {
-    diverged: Mutex<Option<String>>,
-    writer: Mutex<Option<String>>,
-    leading: AtomicBool,
-}
-
-impl Health {
-    pub(crate) fn set_diverged(&self, why: String) {
-        *self.diverged.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-    }
-
-    pub(crate) fn set_writer(&self, node: Option<String>) {
-        *self.writer.lock().unwrap_or_else(|e| e.into_inner()) = node;
-    }
-
-    pub(crate) fn set_leading(&self, leading: bool) {
-        self.leading.store(leading, Ordering::Release);
-    }
-
-    fn diverged(&self) -> Option<String> {
-        self.diverged
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
 }
 
 /// The event store of one node of a cluster: appends go through the cluster's writer
@@ -179,6 +150,7 @@ impl ClusterEventStore {
         store_options.max_commit_bytes = store_options.max_commit_bytes.min(max_group_bytes / 2);
         let replicator = NatsReplicator {
             jetstream: jetstream.clone(),
+            stream: stream.clone(),
             subject: names::log_subject(&options.name),
             runtime: tokio::runtime::Handle::current(),
             attempt_timeout: options.request_timeout,
@@ -194,15 +166,21 @@ impl ClusterEventStore {
         let health = Arc::new(Health::default());
         let (stop, stopped) = watch::channel(false);
 
-        let last = stream
-            .get_info()
-            .await
-            .map_err(|e| ClusterError::JetStream {
-                what: "read the log's stream",
-                reason: e.to_string(),
-            })?
-            .state
-            .last_sequence;
+        let last = loop {
+            match stream.get_info().await {
+                Ok(info) => break info.state.last_sequence,
+                Err(error) if Instant::now() < setup_deadline => {
+                    tracing::debug!(%error, "the log's stream does not answer yet");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(error) => {
+                    return Err(ClusterError::JetStream {
+                        what: "read the log's stream",
+                        reason: error.to_string(),
+                    });
+                }
+            }
+        };
         let mut tasks = vec![tokio::spawn(crate::follower::run(
             stream.clone(),
             replica.clone(),
@@ -276,12 +254,7 @@ impl ClusterEventStore {
             node_id: inner.options.node_id.clone(),
             role: inner.options.role,
             leading: inner.replica.is_leading(),
-            writer: inner
-                .health
-                .writer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            writer: inner.health.writer(),
             log_sequence: inner.replica.log_sequence(),
             head: inner.replica.head(),
             diverged: inner.health.diverged(),
