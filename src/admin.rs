@@ -25,14 +25,14 @@ pub enum AdminError {
     },
 }
 
-/// What to do.
-#[derive(Debug, Clone)]
+/// What to do (the subcommands of `annals projections`).
+#[derive(Debug, Clone, clap::Subcommand)]
 pub enum AdminRequest {
-    /// Every projection's status.
+    /// Every projection's state, checkpoint, lag and parked events.
     Status,
-    /// A projection's parked events.
+    /// The events a projection parked, with the handler's last error.
     Parked {
-        /// The projection.
+        /// The projection (`orders`, `products`).
         projection: String,
     },
     /// Hands a parked event to its projection again.
@@ -42,14 +42,14 @@ pub enum AdminRequest {
         /// The parked event's position.
         position: u64,
     },
-    /// Drops a parked event.
+    /// Drops a parked event: the read model stays without it until a rebuild.
     Skip {
         /// The projection.
         projection: String,
         /// The parked event's position.
         position: u64,
     },
-    /// Hands the events from `from` on to the projection again.
+    /// Hands the events from a position on to the projection again.
     Rewind {
         /// The projection.
         projection: String,

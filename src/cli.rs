@@ -70,71 +70,7 @@ pub struct ProjectionsArgs {
     pub json: bool,
     /// What to do.
     #[command(subcommand)]
-    pub action: ProjectionsAction,
-}
-
-/// `annals projections <action>`.
-#[derive(Debug, Subcommand)]
-pub enum ProjectionsAction {
-    /// Every projection's state, checkpoint, lag and parked events.
-    Status,
-    /// The events a projection parked, with the handler's last error.
-    Parked {
-        /// The projection (`orders`, `products`).
-        projection: String,
-    },
-    /// Hands a parked event to its projection again.
-    Retry {
-        /// The projection.
-        projection: String,
-        /// The parked event's position.
-        position: u64,
-    },
-    /// Drops a parked event: the read model stays without it until a rebuild.
-    Skip {
-        /// The projection.
-        projection: String,
-        /// The parked event's position.
-        position: u64,
-    },
-    /// Hands the events from a position on to the projection again.
-    Rewind {
-        /// The projection.
-        projection: String,
-        /// The first position handed again.
-        from: u64,
-    },
-}
-
-impl ProjectionsAction {
-    /// The request this action sends.
-    pub fn request(&self) -> crate::admin::AdminRequest {
-        use crate::admin::AdminRequest as R;
-        match self {
-            Self::Status => R::Status,
-            Self::Parked { projection } => R::Parked {
-                projection: projection.clone(),
-            },
-            Self::Retry {
-                projection,
-                position,
-            } => R::Retry {
-                projection: projection.clone(),
-                position: *position,
-            },
-            Self::Skip {
-                projection,
-                position,
-            } => R::Skip {
-                projection: projection.clone(),
-                position: *position,
-            },
-            Self::Rewind { projection, from } => R::Rewind {
-                projection: projection.clone(),
-                from: *from,
-            },
-        }
-    }
+    pub action: crate::admin::AdminRequest,
 }
 
 /// Options of `annals serve`.

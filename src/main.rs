@@ -106,7 +106,7 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            let request = args.action.request();
+            let request = args.action;
             let data = runtime
                 .block_on(annals::admin::send(
                     &args.url,
