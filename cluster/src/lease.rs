@@ -5,8 +5,9 @@
 //! absent: free, or expired because its holder stopped renewing) and renews it with
 //! `update` at the revision it last wrote (compare-and-set). The lease says who *should*
 //! write; what makes two writers harmless is the stream's fencing
-//! (`Nats-Expected-Last-Sequence`), so a lease held a moment too long costs availability,
-//! never correctness.
+//! (`Nats-Expected-Last-Sequence`). So a holder that cannot reach the bucket writes on
+//! (a bucket's leader election is then no pause for writes), and gives up only when the
+//! bucket says another node holds the lease or the stream refuses its group.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,7 +52,12 @@ impl Lease {
         loop {
             held = match held {
                 None => self.try_take().await,
-                Some((revision, renewed)) => self.renew(revision, renewed).await,
+                // A lease that expired while the bucket was away is taken back at once if
+                // no other node took it.
+                Some((revision, renewed)) => match self.renew(revision, renewed).await {
+                    None => self.try_take().await,
+                    renewed => renewed,
+                },
             };
             match held {
                 Some(_) if !self.replica.is_leading() => {
@@ -129,14 +135,18 @@ impl Lease {
                 tracing::warn!(node = %self.node_id, "lost the write lease (another node holds it)");
                 None
             }
-            // Unsure whether the lease still stands: keep it until it would have expired.
-            Err(error) if renewed.elapsed() < self.ttl => {
-                tracing::debug!(%error, "cannot renew the write lease yet");
-                Some((revision, renewed))
-            }
+            // The bucket does not answer (its leader is being elected, or it is out of
+            // reach). This node keeps writing meanwhile: were another node to take the
+            // expired lease and write, the stream's fencing would refuse this node's next
+            // group and stop it, so staying costs nothing but makes a bucket election no
+            // pause for writes.
             Err(error) => {
-                tracing::warn!(%error, node = %self.node_id, "lost the write lease (not renewed in time)");
-                None
+                if renewed.elapsed() >= self.ttl {
+                    tracing::warn!(%error, node = %self.node_id, "the write lease cannot be renewed; writing on until another node writes");
+                } else {
+                    tracing::debug!(%error, "cannot renew the write lease yet");
+                }
+                Some((revision, renewed))
             }
         }
     }

@@ -36,9 +36,14 @@ pub struct ClusterOptions {
     /// that died is replaced after this plus a catch-up; the holder renews three times
     /// per period, so one slow renewal does not cost the lease.
     pub lease_ttl: Duration,
-    /// How long one publish or one forwarded append waits for its answer before it is
-    /// retried. Default 5 s, JetStream's own acknowledgement timeout.
+    /// How long one forwarded append or one JetStream request waits for its answer
+    /// before it is retried. Default 5 s, JetStream's own acknowledgement timeout.
     pub request_timeout: Duration,
+    /// How long one publish of a commit group waits for its acknowledgement before the
+    /// same publish is sent again (same message id, same expectation: stored once).
+    /// Default 2 s: an acknowledgement takes milliseconds, and one lost with a server is
+    /// not worth waiting for longer.
+    pub publish_timeout: Duration,
     /// How long an append keeps retrying (through failovers) before it fails with
     /// `Unavailable`. Default 20 s: a lease expiry, an election of the stream's leader
     /// and a catch-up, with room to spare.
@@ -62,6 +67,7 @@ impl ClusterOptions {
             replicas: 3,
             lease_ttl: Duration::from_secs(3),
             request_timeout: Duration::from_secs(5),
+            publish_timeout: Duration::from_secs(2),
             append_timeout: Duration::from_secs(20),
             max_group_bytes,
             store: StoreOptions {

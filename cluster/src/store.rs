@@ -153,7 +153,7 @@ impl ClusterEventStore {
             stream: stream.clone(),
             subject: names::log_subject(&options.name),
             runtime: tokio::runtime::Handle::current(),
-            attempt_timeout: options.request_timeout,
+            attempt_timeout: options.publish_timeout,
             deadline: options.request_timeout * 2,
         };
         let replica = RocksEventStore::open_replica(path, store_options, Box::new(replicator))?;
