@@ -95,26 +95,14 @@ impl ClusterEventStore {
         options: ClusterOptions,
     ) -> Result<Self, ClusterError> {
         options.validate()?;
-        let servers_text = options.servers.join(",");
-        let connect_error = |reason: String| ClusterError::Connect {
-            servers: servers_text.clone(),
-            reason,
-        };
-        let addresses = options
-            .servers
-            .iter()
-            .map(|s| {
-                s.parse::<ServerAddr>()
-                    .map_err(|e| connect_error(e.to_string()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let client = ConnectOptions::new()
-            .name(format!("annals-{}", options.node_id))
-            .connection_timeout(options.request_timeout)
-            .request_timeout(Some(options.request_timeout))
-            .connect(addresses)
-            .await
-            .map_err(|e| connect_error(e.to_string()))?;
+        let client = connect(
+            &options.servers,
+            ConnectOptions::new()
+                .name(format!("annals-{}", options.node_id))
+                .connection_timeout(options.request_timeout)
+                .request_timeout(Some(options.request_timeout)),
+        )
+        .await?;
         let jetstream = jetstream::ContextBuilder::new()
             .timeout(options.request_timeout)
             .build(client.clone());
@@ -127,24 +115,11 @@ impl ClusterEventStore {
         // Right after the servers start, or when several nodes create the stream at once,
         // JetStream may not answer the first requests: they are retried for a while.
         let setup_deadline = Instant::now() + SETUP_PATIENCE;
-        let stream = loop {
-            match open_log_stream(&jetstream, &options, max_group_bytes).await {
-                Err(ClusterError::JetStream { reason, .. }) if Instant::now() < setup_deadline => {
-                    tracing::debug!(%reason, "the log's stream is not ready yet");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                other => break other?,
-            }
-        };
-        let bucket = loop {
-            match open_lease_bucket(&jetstream, &options).await {
-                Err(ClusterError::JetStream { reason, .. }) if Instant::now() < setup_deadline => {
-                    tracing::debug!(%reason, "the lease bucket is not ready yet");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                other => break other?,
-            }
-        };
+        let stream = until(setup_deadline, || {
+            open_log_stream(&jetstream, &options, max_group_bytes)
+        })
+        .await?;
+        let bucket = until(setup_deadline, || open_lease_bucket(&jetstream, &options)).await?;
 
         let mut store_options = options.store.clone();
         store_options.max_commit_bytes = store_options.max_commit_bytes.min(max_group_bytes / 2);
@@ -166,21 +141,17 @@ impl ClusterEventStore {
         let health = Arc::new(Health::default());
         let (stop, stopped) = watch::channel(false);
 
-        let last = loop {
-            match stream.get_info().await {
-                Ok(info) => break info.state.last_sequence,
-                Err(error) if Instant::now() < setup_deadline => {
-                    tracing::debug!(%error, "the log's stream does not answer yet");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(error) => {
-                    return Err(ClusterError::JetStream {
-                        what: "read the log's stream",
-                        reason: error.to_string(),
-                    });
-                }
-            }
-        };
+        let last = until(setup_deadline, || async {
+            stream
+                .get_info()
+                .await
+                .map(|info| info.state.last_sequence)
+                .map_err(|e| ClusterError::JetStream {
+                    what: "read the log's stream",
+                    reason: e.to_string(),
+                })
+        })
+        .await?;
         let mut tasks = vec![tokio::spawn(crate::follower::run(
             stream.clone(),
             replica.clone(),
@@ -331,6 +302,40 @@ impl ClusterEventStore {
 impl Drop for Inner {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+    }
+}
+
+/// Connects to the first of `servers` that answers.
+async fn connect(servers: &[String], options: ConnectOptions) -> Result<Client, ClusterError> {
+    let error = |reason: String| ClusterError::Connect {
+        servers: servers.join(","),
+        reason,
+    };
+    let addresses = servers
+        .iter()
+        .map(|s| s.parse::<ServerAddr>().map_err(|e| error(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    options
+        .connect(addresses)
+        .await
+        .map_err(|e| error(e.to_string()))
+}
+
+/// Runs a set-up request until it succeeds, is refused for a reason other than JetStream
+/// not answering, or `deadline` passes.
+async fn until<T, F, Fut>(deadline: Instant, mut request: F) -> Result<T, ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClusterError>>,
+{
+    loop {
+        match request().await {
+            Err(ClusterError::JetStream { what, reason }) if Instant::now() < deadline => {
+                tracing::debug!(what, %reason, "JetStream is not ready yet");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            other => return other,
+        }
     }
 }
 
@@ -585,21 +590,7 @@ impl SnapshotStore for ClusterEventStore {
 /// cluster is gone. For benchmarks and tests that make throwaway clusters; no node of
 /// the cluster may be running.
 pub async fn remove_cluster(servers: &[String], name: &str) -> Result<(), ClusterError> {
-    let addresses = servers
-        .iter()
-        .map(|s| s.parse::<ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ClusterError::Connect {
-            servers: servers.join(","),
-            reason: e.to_string(),
-        })?;
-    let client = async_nats::connect(addresses)
-        .await
-        .map_err(|e| ClusterError::Connect {
-            servers: servers.join(","),
-            reason: e.to_string(),
-        })?;
-    let jetstream = jetstream::new(client);
+    let jetstream = jetstream::new(connect(servers, ConnectOptions::new()).await?);
     jetstream
         .delete_stream(names::log_stream(name))
         .await

@@ -654,12 +654,7 @@ impl Writer {
             None => {
                 // Buffered: written is as durable as it gets. Announce before answering, so
                 // a caller that reads right after its append sees its own events.
-                let head = self.head;
-                self.head_tx.send_if_modified(|announced| {
-                    let moved = *announced != head;
-                    *announced = head;
-                    moved
-                });
+                announce(&self.head_tx, self.head);
                 answer(outcomes, &self.stats);
             }
         }
@@ -1024,6 +1019,15 @@ impl Writer {
     }
 }
 
+/// Moves the durable head readers see to `head` (waking its subscribers only if it moved).
+fn announce(head_tx: &watch::Sender<Position>, head: Position) {
+    head_tx.send_if_modified(|announced| {
+        let moved = *announced != head;
+        *announced = head;
+        moved
+    });
+}
+
 fn add_elapsed(counter: &AtomicU64, since: Instant) {
     counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
 }
@@ -1226,12 +1230,7 @@ impl Writer {
         }
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats.events.fetch_add(events, Ordering::Relaxed);
-        let head = self.head;
-        self.head_tx.send_if_modified(|announced| {
-            let moved = *announced != head;
-            *announced = head;
-            moved
-        });
+        announce(&self.head_tx, self.head);
         if let Some(replication) = &mut self.replication {
             replication.sequence = sequence;
             replication.staged = sequence;
@@ -1398,14 +1397,9 @@ impl Writer {
                 replication.sequence_tx.send_replace(sequence);
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 self.stats.events.fetch_add(entry.events, Ordering::Relaxed);
-                let head = entry.last;
                 // Announce before answering, so a caller that reads right after its append
                 // sees its own events.
-                self.head_tx.send_if_modified(|announced| {
-                    let moved = *announced != head;
-                    *announced = head;
-                    moved
-                });
+                announce(&self.head_tx, entry.last);
                 answer(outcomes, &self.stats);
                 true
             }
