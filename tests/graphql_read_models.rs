@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use annals::server::ServerConfig;
 use annals::server::auth::{ApiKeys, Role, generate_key};
-use common::{PLACE, TestServer, product};
+use common::{PLACE, TestServer, park_a_ghost_confirmation, product};
 use serde_json::{Value, json};
 
 const ORDER: &str = r#"query($id: String!, $at: Position) {
@@ -402,23 +402,8 @@ async fn parked_events_are_listed_retried_and_skipped_and_projections_rewound_by
         ..ServerConfig::default()
     })
     .await;
-    let appended = server
-        .ok_as(
-            Some(&admin),
-            r#"mutation { appendToStream(streamId: "order-ghost", expectedVersion: { state: ANY }, events: [{ type: "OrderConfirmed", payload: {} }]) { position } }"#,
-            json!({}),
-        )
-        .await;
-    let position = appended["appendToStream"]["position"].clone();
+    let position = park_a_ghost_confirmation(&server, &admin).await;
     const PARKED: &str = r#"{ parkedEvents(projection: "orders") { projection position eventId streamId eventType error attempts parkedAt } }"#;
-    // The projection moves past the event: once it has, the event is parked.
-    server
-        .ok_as(
-            Some(&admin),
-            r#"query($at: Position) { orders(atLeast: $at) { nodes { id } } }"#,
-            json!({ "at": position }),
-        )
-        .await;
     let parked = server.ok_as(Some(&admin), PARKED, json!({})).await;
     let list = parked["parkedEvents"].as_array().unwrap();
     assert_eq!(list.len(), 1, "{parked}");

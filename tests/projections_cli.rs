@@ -7,8 +7,7 @@ use std::process::{Command, Output};
 
 use annals::server::ServerConfig;
 use annals::server::auth::{ApiKeys, Role, generate_key};
-use common::TestServer;
-use serde_json::json;
+use common::{TestServer, park_a_ghost_confirmation};
 
 fn annals(server: &TestServer, key: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_annals"))
@@ -40,24 +39,11 @@ async fn an_operator_lists_retries_skips_and_rewinds_from_the_command_line() {
     })
     .await;
     // An event the orders projection cannot apply: it is parked.
-    let appended = server
-        .ok_as(
-            Some(&admin),
-            r#"mutation { appendToStream(streamId: "order-ghost", expectedVersion: { state: ANY }, events: [{ type: "OrderConfirmed", payload: {} }]) { position } }"#,
-            json!({}),
-        )
-        .await;
-    let position = appended["appendToStream"]["position"]
+    let position = park_a_ghost_confirmation(&server, &admin)
+        .await
         .as_str()
         .unwrap()
         .to_string();
-    server
-        .ok_as(
-            Some(&admin),
-            r#"query($at: Position) { orders(atLeast: $at) { nodes { id } } }"#,
-            json!({ "at": position }),
-        )
-        .await;
 
     let status = stdout(&annals(&server, &admin, &["status"]));
     assert!(

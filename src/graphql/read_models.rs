@@ -494,9 +494,7 @@ impl ProjectionMutation {
         ctx: &Context<'_>,
         name: String,
     ) -> Result<ProjectionStatusObject, ApiError> {
-        let runtime = &api(ctx).projections;
-        runtime.rebuild(&name)?;
-        Ok(runtime.status_of(&name)?.into())
+        control(ctx, &name, |r| r.rebuild(&name))
     }
 
     /// Stops a projection after its current batch; queries keep answering from it.
@@ -506,9 +504,7 @@ impl ProjectionMutation {
         ctx: &Context<'_>,
         name: String,
     ) -> Result<ProjectionStatusObject, ApiError> {
-        let runtime = &api(ctx).projections;
-        runtime.pause(&name)?;
-        Ok(runtime.status_of(&name)?.into())
+        control(ctx, &name, |r| r.pause(&name))
     }
 
     /// Hands the events from `from` (inclusive) to the projection again. For idempotent
@@ -521,9 +517,9 @@ impl ProjectionMutation {
         name: String,
         from: Position,
     ) -> Result<ProjectionStatusObject, ApiError> {
-        let runtime = &api(ctx).projections;
-        runtime.rewind(&name, annals_store::Position(from.0))?;
-        Ok(runtime.status_of(&name)?.into())
+        control(ctx, &name, |r| {
+            r.rewind(&name, annals_store::Position(from.0))
+        })
     }
 
     /// Hands a parked event to its projection again: `true` when it applied (and is no
@@ -552,9 +548,12 @@ impl ProjectionMutation {
         projection: String,
         position: Position,
     ) -> Result<bool, ApiError> {
-        let runtime = &api(ctx).projections;
-        parked_at(runtime, &projection, position)?;
-        Ok(runtime.discard_parked(&projection, annals_store::Position(position.0))?)
+        let position = annals_store::Position(position.0);
+        if api(ctx).projections.discard_parked(&projection, position)? {
+            Ok(true)
+        } else {
+            Err(not_parked(&projection, position.0))
+        }
     }
 
     /// Continues a paused projection, or retries the event a failed one stopped on.
@@ -564,9 +563,7 @@ impl ProjectionMutation {
         ctx: &Context<'_>,
         name: String,
     ) -> Result<ProjectionStatusObject, ApiError> {
-        let runtime = &api(ctx).projections;
-        runtime.resume(&name)?;
-        Ok(runtime.status_of(&name)?.into())
+        control(ctx, &name, |r| r.resume(&name))
     }
 }
 
@@ -620,9 +617,23 @@ fn parked_at(
     {
         Ok(())
     } else {
-        Err(ApiError::not_found(format!(
-            "no event of {projection} is parked at position {}",
-            position.0
-        )))
+        Err(not_parked(projection, position.0))
     }
+}
+
+fn not_parked(projection: &str, position: u64) -> ApiError {
+    ApiError::not_found(format!(
+        "no event of {projection} is parked at position {position}"
+    ))
+}
+
+/// Runs one control operation on a projection and answers with its status after it.
+fn control(
+    ctx: &Context<'_>,
+    name: &str,
+    operation: impl FnOnce(&annals_projections::ProjectionRuntime) -> Result<(), ProjectionError>,
+) -> Result<ProjectionStatusObject, ApiError> {
+    let runtime = &api(ctx).projections;
+    operation(runtime)?;
+    Ok(runtime.status_of(name)?.into())
 }

@@ -174,3 +174,25 @@ pub async fn product(server: &TestServer, id: &str, price: i64, stock: i64) {
         server.ok(RECEIVE, json!({ "id": id, "qty": stock })).await;
     }
 }
+
+/// Appends (as `admin`) an event the orders projection cannot apply — a confirmation of
+/// an order it never saw — and waits until the projection has moved past it, parking it.
+/// Returns its position.
+pub async fn park_a_ghost_confirmation(server: &TestServer, admin: &str) -> Value {
+    let appended = server
+        .ok_as(
+            Some(admin),
+            r#"mutation { appendToStream(streamId: "order-ghost", expectedVersion: { state: ANY }, events: [{ type: "OrderConfirmed", payload: {} }]) { position } }"#,
+            json!({}),
+        )
+        .await;
+    let position = appended["appendToStream"]["position"].clone();
+    server
+        .ok_as(
+            Some(admin),
+            r#"query($at: Position) { orders(atLeast: $at) { nodes { id } } }"#,
+            json!({ "at": position }),
+        )
+        .await;
+    position
+}
