@@ -832,18 +832,18 @@ impl Writer {
             let count = append.events.len() as u32;
             let first_position = group.next_position;
             let first_version = actual + 1;
-            let stream_key = keys::stream_key(append.stream_id.as_str());
             if let Some(wire) = &mut group.wire {
                 wire.begin_append(count);
             }
-            group.batch.put_cf(
+            put_run(
+                &mut group.batch,
                 streams_cf,
-                keys::stream_index_key(&stream_key, first_version),
+                append.stream_id.as_str(),
+                first_version,
                 StreamRun {
                     first_position,
                     count,
-                }
-                .encode(),
+                },
             );
             for (index, event) in append.events.into_iter().enumerate() {
                 let position = group.next_position;
@@ -863,9 +863,6 @@ impl Writer {
                 };
                 self.buffer.clear();
                 let hash = codec::encode_new_record(&fields, &group.tip, &mut self.buffer);
-                group
-                    .batch
-                    .put_cf(events_cf, keys::position_key(position), &self.buffer);
                 if let Some(wire) = &mut group.wire {
                     wire.push_record(&self.buffer);
                 }
@@ -874,9 +871,13 @@ impl Writer {
                     index: index as u32,
                     append_len: count,
                 };
-                group
-                    .batch
-                    .put_cf(ids_cf, keys::event_id_key(&event_id), entry.encode());
+                put_record(
+                    &mut group.batch,
+                    (events_cf, ids_cf),
+                    &self.buffer,
+                    &event_id,
+                    entry,
+                );
                 if supplied {
                     group.ids.insert(
                         event_id,
@@ -1019,6 +1020,35 @@ impl Writer {
     }
 }
 
+/// Adds the stream-index entry of one append (its run of versions and positions). The
+/// writer's groups and a replica's applied groups are indexed by this and [`put_record`]
+/// alone, so every replica has the same indexes.
+fn put_run(
+    batch: &mut WriteBatch,
+    streams_cf: &rocksdb::ColumnFamily,
+    stream: &str,
+    first_version: u64,
+    run: StreamRun,
+) {
+    batch.put_cf(
+        streams_cf,
+        keys::stream_index_key(&keys::stream_key(stream), first_version),
+        run.encode(),
+    );
+}
+
+/// Adds one encoded record at `entry.position` and its event-id entry.
+fn put_record(
+    batch: &mut WriteBatch,
+    (events_cf, ids_cf): (&rocksdb::ColumnFamily, &rocksdb::ColumnFamily),
+    record: &[u8],
+    event_id: &Uuid,
+    entry: EventIdEntry,
+) {
+    batch.put_cf(events_cf, keys::position_key(entry.position), record);
+    batch.put_cf(ids_cf, keys::event_id_key(event_id), entry.encode());
+}
+
 /// Moves the durable head readers see to `head` (waking its subscribers only if it moved).
 fn announce(head_tx: &watch::Sender<Position>, head: Position) {
     head_tx.send_if_modified(|announced| {
@@ -1159,15 +1189,15 @@ impl Writer {
                                     ),
                                 ));
                             }
-                            let stream_key = keys::stream_key(event.stream_id.as_str());
-                            batch.put_cf(
+                            put_run(
+                                &mut batch,
                                 streams_cf,
-                                keys::stream_index_key(&stream_key, event.stream_version),
+                                event.stream_id.as_str(),
+                                event.stream_version,
                                 StreamRun {
                                     first_position: next,
                                     count,
-                                }
-                                .encode(),
+                                },
                             );
                             run = Some((event.stream_id.clone(), event.stream_version));
                         }
@@ -1185,16 +1215,16 @@ impl Writer {
                             }
                         }
                     }
-                    batch.put_cf(events_cf, keys::position_key(next), raw);
-                    batch.put_cf(
-                        ids_cf,
-                        keys::event_id_key(&event.event_id),
+                    put_record(
+                        &mut batch,
+                        (events_cf, ids_cf),
+                        raw,
+                        &event.event_id,
                         EventIdEntry {
                             position: next,
                             index: index as u32,
                             append_len: count,
-                        }
-                        .encode(),
+                        },
                     );
                     tip = event.hash;
                     next = next.next();
