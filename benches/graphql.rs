@@ -42,6 +42,8 @@ async fn start() -> Bench {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/graphql", listener.local_addr().unwrap());
     let mut config = NodeConfig::on_disk(dir.path());
+    // The bench measures the API path (`bench command --saga` measures the checkout).
+    config.checkout = None;
     // The bench measures the API, not the per-key limiter's refusals.
     let unlimited = std::num::NonZeroU32::new(10_000_000).unwrap();
     config.server.rate_limit = RateLimit {

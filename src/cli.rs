@@ -138,6 +138,50 @@ pub struct ServeArgs {
     /// several clusters can share one NATS system.
     #[arg(long, env = "ANNALS_CLUSTER_NAME", default_value = "annals")]
     pub cluster_name: String,
+    /// Run the checkout saga: placed orders are paid, then confirmed or cancelled, and
+    /// shipping captures the payment. `off` leaves orders to operators. Query nodes of a
+    /// cluster never run it.
+    #[arg(long, env = "ANNALS_CHECKOUT", value_enum, default_value_t = Switch::On)]
+    pub checkout: Switch,
+    /// How long the checkout waits for the payment gateway's answer before it cancels the
+    /// order, in seconds.
+    #[arg(long, env = "ANNALS_PAYMENT_TIMEOUT_SECS", default_value_t = 900)]
+    pub payment_timeout_secs: u64,
+    /// The simulated payment gateway's latency, in milliseconds.
+    #[arg(long, env = "ANNALS_GATEWAY_LATENCY_MS", default_value_t = 0)]
+    pub gateway_latency_ms: u64,
+    /// The share of payments the simulated gateway declines, 0.0 to 1.0.
+    #[arg(long, env = "ANNALS_GATEWAY_DECLINE_RATE", default_value_t = 0.0, value_parser = parse_rate)]
+    pub gateway_decline_rate: f64,
+    /// A window in which the simulated gateway is down, `AFTER+LENGTH` in seconds from the
+    /// start (`60+30`: down from the first to the second half of the second minute).
+    /// Repeatable.
+    #[arg(long, env = "ANNALS_GATEWAY_OUTAGES", value_delimiter = ',', value_parser = parse_outage)]
+    pub gateway_outage: Vec<crate::payments::OutageWindow>,
+}
+
+/// On or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("{s:?} is not a number from 0.0 to 1.0")),
+    }
+}
+
+fn parse_outage(s: &str) -> Result<crate::payments::OutageWindow, String> {
+    let parse = |part: &str| part.trim().parse::<u64>().map(Duration::from_secs);
+    match s.split_once('+').map(|(a, l)| (parse(a), parse(l))) {
+        Some((Ok(after), Ok(length))) => Ok(crate::payments::OutageWindow { after, length }),
+        _ => Err(format!("{s:?} is not AFTER+LENGTH in seconds (60+30)")),
+    }
 }
 
 /// A cluster node's role (`--role`).
@@ -182,6 +226,17 @@ impl ServeArgs {
         server.request_timeout = Duration::from_secs(self.request_timeout_secs);
         server.stale_read_timeout = Duration::from_millis(self.stale_read_timeout_ms);
         server.graphql.max_subscriptions_per_key = self.max_subscriptions_per_key;
+        let query_only = !self.cluster.is_empty() && self.node_role == NodeRole::Query;
+        if self.checkout == Switch::Off || query_only {
+            config.checkout = None;
+        }
+        if let Some(checkout) = &mut config.checkout {
+            checkout.saga.payment_timeout = Duration::from_secs(self.payment_timeout_secs);
+        }
+        let simulated = &mut config.gateway.simulated;
+        simulated.latency = Duration::from_millis(self.gateway_latency_ms);
+        simulated.decline_rate = self.gateway_decline_rate;
+        simulated.outages = self.gateway_outage.clone();
         config
     }
 

@@ -12,7 +12,7 @@ use annals_store::DomainEvent;
 use schemars::JsonSchema;
 use serde_json::{Map, Value, json};
 
-use crate::domain::{OrderEvent, OrderPlacedV1, ProductEvent};
+use crate::domain::{OrderEvent, OrderPlacedV1, PaymentEvent, ProductEvent};
 
 /// One generated file, with its path relative to the schema directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +31,12 @@ pub fn generate() -> Result<Vec<Contract>, String> {
     }];
     contracts.extend(variant_schemas::<OrderEvent>(&order_samples())?);
     contracts.extend(variant_schemas::<ProductEvent>(&product_samples())?);
+    contracts.extend(variant_schemas::<PaymentEvent>(&payment_samples())?);
+    contracts.push(struct_schema::<DeadlineReached>(
+        annals_projections::process::DEADLINE_REACHED,
+        1,
+        "A process manager's deadline fired (stream `{process}-{instance}`, e.g. `checkout-{order id}`).",
+    ));
     contracts.push(struct_schema::<OrderPlacedV1>(
         "OrderPlaced",
         1,
@@ -48,6 +54,9 @@ fn order_samples() -> Vec<OrderEvent> {
             customer_id: String::new(),
             lines: Vec::new(),
             total_cents: 0,
+        },
+        OrderEvent::OrderAwaitingPayment {
+            payment_id: String::new(),
         },
         OrderEvent::OrderConfirmed {},
         OrderEvent::OrderShipped {
@@ -71,12 +80,48 @@ fn product_samples() -> Vec<ProductEvent> {
             order_id: String::new(),
             quantity: 0,
         },
+        ProductEvent::StockShipped {
+            order_id: String::new(),
+            quantity: 0,
+        },
         ProductEvent::StockReleased {
             order_id: String::new(),
             quantity: 0,
         },
         ProductEvent::PriceChanged { price_cents: 0 },
     ]
+}
+
+fn payment_samples() -> Vec<PaymentEvent> {
+    vec![
+        PaymentEvent::PaymentRequested {
+            order_id: String::new(),
+            amount_cents: 0,
+        },
+        PaymentEvent::PaymentAuthorized {
+            authorization: String::new(),
+        },
+        PaymentEvent::PaymentDeclined {
+            reason: String::new(),
+        },
+        PaymentEvent::PaymentCaptured { amount_cents: 0 },
+        PaymentEvent::PaymentRefunded {
+            amount_cents: 0,
+            reason: String::new(),
+        },
+    ]
+}
+
+/// The payload of `DeadlineReached` as its contract describes it: the shape of
+/// `annals_projections::process::DeadlineReached`, which the engine crate writes without
+/// depending on a schema generator (a test checks that the two agree).
+#[derive(schemars::JsonSchema, serde::Serialize, serde::Deserialize)]
+#[allow(dead_code)]
+struct DeadlineReached {
+    /// The deadline's name (`payment`).
+    deadline: String,
+    /// When it was due (microseconds since the Unix epoch).
+    due_micros: i64,
 }
 
 fn file_name(event_type: &str, version: u16) -> PathBuf {
@@ -240,4 +285,18 @@ pub fn check(dir: &Path) -> Result<Vec<String>, String> {
         ));
     }
     Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_deadline_contract_has_the_engines_shape() {
+        let engine = annals_projections::process::DeadlineReached {
+            deadline: "payment".into(),
+            due_micros: -3,
+        };
+        let json = serde_json::to_value(&engine).unwrap();
+        let contract: super::DeadlineReached = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&contract).unwrap(), json);
+    }
 }

@@ -279,6 +279,8 @@ impl HasCode for CommerceError {
             CommerceError::UnknownProduct { .. } => ErrorCode::UnknownProduct,
             CommerceError::NotFound { .. } => ErrorCode::NotFound,
             CommerceError::Validation { .. } => ErrorCode::ValidationError,
+            CommerceError::PaymentNotFound { .. } => ErrorCode::NotFound,
+            CommerceError::GatewayUnavailable { .. } => ErrorCode::Unavailable,
         }
     }
 }

@@ -34,12 +34,14 @@
 
 pub mod admin;
 pub mod audit;
+pub mod checkout;
 pub mod cli;
 pub mod contracts;
 pub mod domain;
 pub mod error;
 pub mod graphql;
 pub mod node;
+pub mod payments;
 pub mod read_models;
 pub mod replay;
 pub mod sample;

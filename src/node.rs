@@ -9,16 +9,23 @@
 //! 1. open the log ([`Storage`]: a [`DataDir`]'s `log/`, or in memory);
 //! 2. open the read models (the data directory's `read/`, or a temporary directory that
 //!    the node owns and removes);
-//! 3. start the projection workers over the log, with the domain's upcasters;
-//! 4. build the command bus, the domain and the API state over the same log.
+//! 3. start the projection workers over the log, with the domain's upcasters (and the
+//!    checkout's decision half, a projection like the others);
+//! 4. build the command bus, the payment gateway, the domain and the API state over the
+//!    same log;
+//! 5. start the checkout's dispatcher, which sends the saga's commands through the domain.
 //!
-//! [`Node::shutdown`] undoes it in reverse: workers stop at a checkpoint, then the log
-//! closes (its writer finishes what it was given and joins).
+//! [`Node::shutdown`] undoes it in reverse: the dispatcher stops after its round, workers
+//! stop at a checkpoint, then the log closes (its writer finishes what it was given and
+//! joins).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use annals_cluster::ClusterEventStore;
+use annals_projections::process::{
+    Clock, Dispatcher, DispatcherOptions, ProcessHandle, ProcessProjection, SystemClock,
+};
 use annals_projections::{ProjectionError, ProjectionRuntime, ReadModelStore, RuntimeOptions};
 use annals_store::{
     BusOptions, CommandBus, EventStore, InMemoryEventStore, RocksEventStore, SharedStore,
@@ -26,7 +33,11 @@ use annals_store::{
 };
 use tokio::net::TcpListener;
 
+use crate::checkout::{Checkout, CheckoutExecutor};
 use crate::domain::{self, Commerce};
+use crate::payments::{
+    GatewayOptions, GuardOptions, GuardedGateway, PaymentGateway, SimulatedGateway,
+};
 use crate::server::{self, AppState, ServerConfig};
 
 /// A data directory: `log/` holds the event log, `read/` the read models. Two RocksDB
@@ -88,6 +99,43 @@ pub struct NodeConfig {
     pub projections: RuntimeOptions,
     /// The API: keys, rate limits, body and query limits, timeouts.
     pub server: ServerConfig,
+    /// The checkout saga, or `None` to leave orders to operators (placed orders then wait
+    /// for `confirmOrder`).
+    pub checkout: Option<CheckoutConfig>,
+    /// The payment gateway and its guard.
+    pub gateway: GatewayConfig,
+}
+
+/// The checkout saga's settings.
+#[derive(Clone, Debug)]
+pub struct CheckoutConfig {
+    /// The saga's rules (its payment timeout).
+    pub saga: Checkout,
+    /// How its commands are sent and retried.
+    pub dispatcher: DispatcherOptions,
+    /// The time its deadlines and retries go by: the system's, or a test's.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for CheckoutConfig {
+    fn default() -> Self {
+        Self {
+            saga: Checkout::default(),
+            dispatcher: DispatcherOptions::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// The payment gateway a node calls.
+#[derive(Clone, Debug, Default)]
+pub struct GatewayConfig {
+    /// The gateway; `None` for the simulated gateway with `simulated`'s options.
+    pub gateway: Option<Arc<dyn PaymentGateway>>,
+    /// How the simulated gateway behaves.
+    pub simulated: GatewayOptions,
+    /// Its timeout and circuit breaker.
+    pub guard: GuardOptions,
 }
 
 impl NodeConfig {
@@ -99,6 +147,8 @@ impl NodeConfig {
             bus: BusOptions::default(),
             projections: RuntimeOptions::default(),
             server: ServerConfig::default(),
+            checkout: Some(CheckoutConfig::default()),
+            gateway: GatewayConfig::default(),
         }
     }
 
@@ -163,6 +213,8 @@ pub struct Node {
     store: SharedStore,
     projections: ProjectionRuntime,
     state: AppState,
+    /// The checkout's dispatcher, if the checkout runs.
+    checkout: Option<ProcessHandle>,
     /// The read models of an in-memory node, removed when the node is dropped.
     _scratch: Option<tempfile::TempDir>,
     /// The cluster this node belongs to, left in order on shutdown.
@@ -180,6 +232,8 @@ impl Node {
             bus,
             projections: runtime_options,
             mut server,
+            checkout,
+            gateway,
         } = config;
         let mut cluster = None;
         let (store, read_dir, scratch) = match storage {
@@ -206,8 +260,20 @@ impl Node {
                 (SharedStore::new(store), dir.read(), None)
             }
         };
+        let shared = Arc::new(store.clone());
+        let mut projections = crate::read_models::projections();
+        let saga = checkout.as_ref().map(|c| Arc::new(c.saga.clone()));
+        if let Some(saga) = &saga {
+            projections.push(Arc::new(ProcessProjection::new(saga.clone())));
+        }
         let opened = ReadModelStore::open(&read_dir).and_then(|read| {
-            crate::read_models::start(Arc::new(store.clone()), Arc::new(read), runtime_options)
+            ProjectionRuntime::start(
+                shared.clone(),
+                Arc::new(read),
+                projections,
+                Arc::new(domain::upcasters()),
+                runtime_options,
+            )
         });
         let projections = match opened {
             Ok(projections) => projections,
@@ -219,18 +285,48 @@ impl Node {
                 });
             }
         };
-        let bus = CommandBus::with_options(Arc::new(store.clone()), domain::upcasters(), bus);
+        let bus = CommandBus::with_options(shared.clone(), domain::upcasters(), bus);
+        let inner = gateway
+            .gateway
+            .unwrap_or_else(|| Arc::new(SimulatedGateway::new(gateway.simulated)));
+        let commerce = Arc::new(Commerce::with_gateway(
+            bus,
+            GuardedGateway::new(inner, gateway.guard),
+        ));
+        let dispatcher = match (checkout, saga) {
+            (Some(config), Some(saga)) => Some(Dispatcher::start(
+                saga,
+                Arc::new(CheckoutExecutor::new(commerce.clone())),
+                shared,
+                projections.clone(),
+                config.clock,
+                config.dispatcher,
+            )),
+            _ => None,
+        };
+        let dispatcher = match dispatcher.transpose() {
+            Ok(dispatcher) => dispatcher,
+            Err(source) => {
+                store.close();
+                return Err(NodeError::ReadModels {
+                    path: read_dir,
+                    source,
+                });
+            }
+        };
         let state = AppState::new(
             store.clone(),
-            Arc::new(Commerce::new(bus)),
+            commerce,
             projections.clone(),
             server,
             cluster.clone(),
+            dispatcher.iter().cloned().collect(),
         );
         Ok(Node {
             store,
             projections,
             state,
+            checkout: dispatcher,
             _scratch: scratch,
             cluster,
         })
@@ -263,9 +359,13 @@ impl Node {
         served
     }
 
-    /// Stops the projection workers at a checkpoint (every batch is atomic), then leaves
+    /// Stops the checkout's dispatcher after its round (unsent commands stay in its
+    /// outbox), the projection workers at a checkpoint (every batch is atomic), then leaves
     /// the cluster (if any) and closes the log.
     pub async fn shutdown(self) {
+        if let Some(checkout) = &self.checkout {
+            checkout.shutdown().await;
+        }
         self.projections.shutdown().await;
         if let Some(cluster) = &self.cluster {
             // Hands the lease over at once instead of after its expiry.

@@ -89,6 +89,9 @@ impl Node {
             .arg(&self.data)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--rate-limit", "1000000", "--rate-burst", "1000000"])
+            // Replication is under test: the checkout's own writes would keep the log
+            // moving after the clients stop.
+            .args(["--checkout", "off"])
             .env_remove("ANNALS_API_KEYS")
             .env_remove("ANNALS_API_KEYS_FILE")
             .env("RUST_LOG", "warn,annals_cluster=info")

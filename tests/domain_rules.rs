@@ -213,11 +213,10 @@ fn release_gives_the_reservation_back_once() {
             order_id: "o-1".into(),
         })
         .then_expect_error_matching(code("INVALID_STATE"));
-    // A released order cannot reserve again either.
+    // Nor can a released reservation be shipped.
     given::<Product>(released)
-        .when(ProductCommand::Reserve {
+        .when(ProductCommand::Fulfil {
             order_id: "o-1".into(),
-            quantity: 1,
         })
         .then_expect_error_matching(code("INVALID_STATE"));
     given::<Product>(vec![registered()])
@@ -225,6 +224,74 @@ fn release_gives_the_reservation_back_once() {
             order_id: "o-9".into(),
         })
         .then_expect_error_matching(code("INVALID_STATE"));
+}
+
+#[test]
+fn shipping_fulfils_the_reservation_once() {
+    let history = vec![registered(), received(5), reserved("o-1", 2)];
+    let state = given::<Product>(history.clone())
+        .when(ProductCommand::Fulfil {
+            order_id: "o-1".into(),
+        })
+        .then_expect_events(vec![ProductEvent::StockShipped {
+            order_id: "o-1".into(),
+            quantity: 2,
+        }]);
+    assert_eq!(
+        (state.on_hand, state.reserved, state.available()),
+        (3, 0, 3)
+    );
+    let mut shipped = history;
+    shipped.push(ProductEvent::StockShipped {
+        order_id: "o-1".into(),
+        quantity: 2,
+    });
+    for command in [
+        ProductCommand::Fulfil {
+            order_id: "o-1".into(),
+        },
+        ProductCommand::Release {
+            order_id: "o-1".into(),
+        },
+    ] {
+        given::<Product>(shipped.clone())
+            .when(command)
+            .then_expect_error_matching(code("INVALID_STATE"));
+    }
+}
+
+/// However many orders a product has seen, its state holds only the open reservations.
+#[test]
+fn a_products_state_stays_bounded() {
+    let mut history = vec![registered(), received(1_000_000)];
+    for i in 0..2_000 {
+        let order_id = format!("o-{i}");
+        history.push(reserved(&order_id, 1));
+        history.push(if i % 2 == 0 {
+            ProductEvent::StockShipped {
+                order_id,
+                quantity: 1,
+            }
+        } else {
+            ProductEvent::StockReleased {
+                order_id,
+                quantity: 1,
+            }
+        });
+    }
+    history.push(reserved("open", 3));
+    let state = given::<Product>(history)
+        .when(ProductCommand::ReceiveStock { quantity: 1 })
+        .then_expect_events(vec![ProductEvent::StockReceived { quantity: 1 }]);
+    assert_eq!(
+        state.reservations.len(),
+        1,
+        "only the open reservation is kept"
+    );
+    assert_eq!(state.on_hand, 1_000_000 - 1_000 + 1);
+    assert_eq!(state.reserved, 3);
+    let encoded = serde_json::to_vec(&state).unwrap();
+    assert!(encoded.len() < 512, "the state is {} bytes", encoded.len());
 }
 
 // ---- Order ---------------------------------------------------------------------------

@@ -104,6 +104,18 @@ fn commerce_errors() -> Vec<(CommerceError, ErrorCode)> {
             },
             ErrorCode::ValidationError,
         ),
+        (
+            CommerceError::PaymentNotFound {
+                payment_id: "o-404".into(),
+            },
+            ErrorCode::NotFound,
+        ),
+        (
+            CommerceError::GatewayUnavailable {
+                reason: "circuit open".into(),
+            },
+            ErrorCode::Unavailable,
+        ),
     ]
 }
 

@@ -70,6 +70,8 @@ impl Fixture {
         let (admin, a) = generate_key(Role::Admin).unwrap();
         let node = runtime.block_on(async {
             let mut node = NodeConfig::on_disk(dir.path());
+            // The fuzzer's own mutations are under test, not the checkout's.
+            node.checkout = None;
             // Buffered: the request path is the same, and the fuzzer's mutations do not
             // wait for an fsync each.
             node.store.durability = Durability::Buffered;

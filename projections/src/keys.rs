@@ -96,6 +96,63 @@ pub fn parked_prefix(name: &str) -> Vec<u8> {
     meta_key("parked", name, &[])
 }
 
+/// Keys of a process manager's rows inside its projection keyspace (see
+/// [`crate::process`]). Every key starts with a one-byte kind and ends with fixed-width
+/// big-endian numbers, so a scan of one kind lists its rows in the order they are due.
+pub mod process {
+    use annals_store::{Position, Timestamp};
+
+    /// Kind byte of an instance's state: `i ‖ instance`.
+    pub const INSTANCE: u8 = b'i';
+    /// Kind byte of a command waiting to be sent: `o ‖ position ‖ index`.
+    pub const OUTBOX: u8 = b'o';
+    /// Kind byte of a pending deadline: `d ‖ due ‖ instance ‖ 0x00 ‖ name`.
+    pub const DEADLINE: u8 = b'd';
+    /// Kind byte of a parked command: `p ‖ position ‖ index`.
+    pub const PARKED: u8 = b'p';
+
+    /// The key of an instance's state.
+    pub fn instance(instance: &str) -> Vec<u8> {
+        [&[INSTANCE][..], instance.as_bytes()].concat()
+    }
+
+    /// The key of the `index`-th command decided on the event at `position`, in the
+    /// outbox (`kind` [`OUTBOX`]) or among the parked commands ([`PARKED`]).
+    pub fn command(kind: u8, position: Position, index: u16) -> Vec<u8> {
+        let mut key = Vec::with_capacity(11);
+        key.push(kind);
+        key.extend_from_slice(&position.0.to_be_bytes());
+        key.extend_from_slice(&index.to_be_bytes());
+        key
+    }
+
+    /// The position and index a command key names.
+    pub fn decode_command(key: &[u8]) -> Option<(Position, u16)> {
+        let position = u64::from_be_bytes(key.get(1..9)?.try_into().ok()?);
+        let index = u16::from_be_bytes(key.get(9..11)?.try_into().ok()?);
+        Some((Position(position), index))
+    }
+
+    /// The key of a pending deadline. Due times are stored offset so that they sort as
+    /// unsigned numbers (times before 1970 stay before later ones).
+    pub fn deadline(due: Timestamp, instance: &str, name: &str) -> Vec<u8> {
+        let mut key = deadline_until(due);
+        key.extend_from_slice(instance.as_bytes());
+        key.push(0);
+        key.extend_from_slice(name.as_bytes());
+        key
+    }
+
+    /// The prefix of every deadline due at `due`: the bound of a scan of the deadlines
+    /// due up to then.
+    pub fn deadline_until(due: Timestamp) -> Vec<u8> {
+        let mut key = Vec::with_capacity(16);
+        key.push(DEADLINE);
+        key.extend_from_slice(&((due.0 as u64) ^ (1 << 63)).to_be_bytes());
+        key
+    }
+}
+
 /// Encodes a checkpoint value.
 pub fn encode_position(position: Position) -> [u8; 8] {
     position.0.to_be_bytes()
@@ -126,6 +183,18 @@ mod tests {
             assert_eq!(decode_drop_key("orders", &key), Some(generation));
         }
         assert_eq!(decode_drop_key("other", &drop_key("orders", 1)), None);
+    }
+
+    #[test]
+    fn process_keys_sort_by_due_time_and_position() {
+        use annals_store::Timestamp;
+        let early = process::deadline(Timestamp(-5), "b", "x");
+        let late = process::deadline(Timestamp(7), "a", "x");
+        assert!(early < late);
+        assert!(late < process::deadline_until(Timestamp(8)));
+        let key = process::command(process::OUTBOX, Position(258), 3);
+        assert_eq!(process::decode_command(&key), Some((Position(258), 3)));
+        assert!(key < process::command(process::OUTBOX, Position(259), 0));
     }
 
     #[test]

@@ -14,8 +14,13 @@
 //!   [`wait_for`](ProjectionRuntime::wait_for) for reading one's own writes.
 //! - [`ProjectionError`]: the one error type; the codes clients see are given at the
 //!   application's edge.
+//! - [`process`]: process managers — [`process::ProcessManager`] decides commands and
+//!   deadlines per instance; its decisions run as a projection
+//!   ([`process::ProcessProjection`]) that writes state, outbox and checkpoint in one batch,
+//!   and a [`process::Dispatcher`] sends the outbox with idempotency keys, fires durable
+//!   deadlines and parks commands that keep failing.
 //! - `testkit` (feature `test-utils`): given/then for projections, one error of every
-//!   variant.
+//!   variant; `process::testkit`: given/when/then for process managers.
 //!
 //! ## Invariants
 //!
@@ -33,6 +38,10 @@
 //!   generation keeps answering and following the log; the take-over is one batch (active
 //!   generation, rebuild record) followed by one in-memory switch, and the serving
 //!   checkpoint never moves backwards in it. The old generation is dropped after a delay.
+//! - **Commands once, deadlines once.** A process manager's commands are written in the
+//!   batch of the event that decided them and sent with idempotency keys derived from that
+//!   event's id; a deadline fires as an event whose id is derived from the deadline. A
+//!   crash at any point repeats at most a send, never an effect.
 //! - **A bad event does not stop the world.** A failing (or panicking) handler is retried
 //!   with backoff, then its event is parked (continue policy) or the projection stops
 //!   before it (stop policy), per projection.
@@ -45,6 +54,7 @@
 
 mod error;
 pub mod keys;
+pub mod process;
 mod projection;
 mod runtime;
 mod storage;

@@ -6,7 +6,10 @@
 //! so two orders racing for the last unit cannot both win.
 
 mod order;
+mod payment;
 mod product;
+
+use std::sync::Arc;
 
 use annals_store::{
     Aggregate, CommandBus, CommandContext, CommandError, CommandOutcome, Decision, EventStore,
@@ -15,7 +18,10 @@ use annals_store::{
 use serde_json::Value;
 
 pub use order::{Order, OrderCommand, OrderEvent, OrderLine, OrderPlacedV1, OrderStatus};
+pub use payment::{Payment, PaymentCommand, PaymentEvent, PaymentStatus};
 pub use product::{Product, ProductCommand, ProductEvent};
+
+use crate::payments::{Authorization, GatewayOptions, GuardedGateway};
 
 /// Why the domain refused a command. Each error names the aggregate it is about; its
 /// client-visible code is in `crate::error`.
@@ -55,6 +61,19 @@ pub enum CommerceError {
     #[error("{reason}")]
     Validation {
         /// Which rule.
+        reason: String,
+    },
+    /// The payment does not exist.
+    #[error("payment {payment_id} not found")]
+    PaymentNotFound {
+        /// The payment.
+        payment_id: String,
+    },
+    /// The payment gateway did not answer (timeout, outage, circuit open): nothing was
+    /// recorded, and the same command can be sent again.
+    #[error("the payment gateway is unavailable: {reason}")]
+    GatewayUnavailable {
+        /// What the gateway (or the breaker in front of it) said.
         reason: String,
     },
 }
@@ -108,16 +127,31 @@ pub struct LineRequest {
     pub quantity: u64,
 }
 
-/// The domain's commands, as the API sends them.
+/// The domain's commands, as the API and the checkout send them.
 #[derive(Debug)]
 pub struct Commerce<S> {
     bus: CommandBus<S>,
+    gateway: Arc<GuardedGateway>,
 }
 
 impl<S: EventStore + SnapshotStore> Commerce<S> {
-    /// The domain over a command bus (which should carry [`upcasters`]).
+    /// The domain over a command bus (which should carry [`upcasters`]), with the
+    /// simulated payment gateway's defaults (it approves everything at once).
     pub fn new(bus: CommandBus<S>) -> Self {
-        Self { bus }
+        Self::with_gateway(bus, GuardedGateway::simulated(GatewayOptions::default()))
+    }
+
+    /// The domain over a command bus and a payment gateway.
+    pub fn with_gateway(bus: CommandBus<S>, gateway: GuardedGateway) -> Self {
+        Self {
+            bus,
+            gateway: Arc::new(gateway),
+        }
+    }
+
+    /// The payment gateway, behind its guard.
+    pub fn gateway(&self) -> &GuardedGateway {
+        &self.gateway
     }
 
     /// The command bus underneath.
@@ -201,7 +235,8 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
             .await
     }
 
-    /// Ships a confirmed order.
+    /// Ships a confirmed order: the order is shipped and the stock it reserved leaves
+    /// the warehouse (each product's on-hand and reserved units fall), in one commit.
     pub async fn ship_order(
         &self,
         order_id: &str,
@@ -209,8 +244,112 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
         ctx: &CommandContext,
     ) -> Result<CommandOutcome, CommandError<CommerceError>> {
         self.bus
-            .execute::<Order>(order_id, OrderCommand::Ship { tracking_number }, ctx)
+            .run(
+                ctx,
+                &ShipOrder {
+                    order_id,
+                    tracking_number: &tracking_number,
+                },
+            )
             .await
+    }
+
+    /// Requests the payment of a placed order: the payment `payment-{order id}` is
+    /// requested for the order's total and the order waits for it, in one commit.
+    pub async fn request_payment(
+        &self,
+        order_id: &str,
+        ctx: &CommandContext,
+    ) -> Result<CommandOutcome, CommandError<CommerceError>> {
+        self.bus.run(ctx, &RequestPayment { order_id }).await
+    }
+
+    /// Asks the gateway to authorize a requested payment and records its answer
+    /// (authorized or declined). The gateway is called with the payment's id as its
+    /// idempotency key, so a repeated command gets the same answer.
+    pub async fn authorize_payment(
+        &self,
+        payment_id: &str,
+        ctx: &CommandContext,
+    ) -> Result<CommandOutcome, CommandError<CommerceError>> {
+        if let Some(done) = self.bus.already_executed(ctx).await? {
+            return Ok(done);
+        }
+        let payment = self.bus.load::<Payment>(payment_id).await?;
+        let decline = PaymentCommand::Decline {
+            reason: String::new(),
+        };
+        payment
+            .state
+            .handle(payment_id, decline)
+            .map_err(CommandError::Rejected)?;
+        let answer = self
+            .gateway
+            .authorize(payment_id, payment.state.amount_cents)
+            .await
+            .map_err(unavailable)?;
+        let command = match answer {
+            Authorization::Approved { reference } => PaymentCommand::Authorize {
+                authorization: reference,
+            },
+            Authorization::Declined { reason } => PaymentCommand::Decline { reason },
+        };
+        self.bus.execute::<Payment>(payment_id, command, ctx).await
+    }
+
+    /// Captures an authorized payment at the gateway and records it.
+    pub async fn capture_payment(
+        &self,
+        payment_id: &str,
+        ctx: &CommandContext,
+    ) -> Result<CommandOutcome, CommandError<CommerceError>> {
+        self.move_money(payment_id, PaymentCommand::Capture, ctx)
+            .await
+    }
+
+    /// Gives an authorized or captured payment back at the gateway and records it.
+    pub async fn refund_payment(
+        &self,
+        payment_id: &str,
+        reason: String,
+        ctx: &CommandContext,
+    ) -> Result<CommandOutcome, CommandError<CommerceError>> {
+        self.move_money(payment_id, PaymentCommand::Refund { reason }, ctx)
+            .await
+    }
+
+    /// A capture or a refund: checked against the payment first (no gateway call for a
+    /// command the payment refuses), then made at the gateway under the key
+    /// `{payment id}/capture` or `/refund`, then recorded.
+    async fn move_money(
+        &self,
+        payment_id: &str,
+        command: PaymentCommand,
+        ctx: &CommandContext,
+    ) -> Result<CommandOutcome, CommandError<CommerceError>> {
+        if let Some(done) = self.bus.already_executed(ctx).await? {
+            return Ok(done);
+        }
+        let payment = self.bus.load::<Payment>(payment_id).await?;
+        payment
+            .state
+            .handle(payment_id, command.clone())
+            .map_err(CommandError::Rejected)?;
+        let amount = payment.state.amount_cents;
+        let moved = match &command {
+            PaymentCommand::Capture => {
+                self.gateway
+                    .capture(&format!("{payment_id}/capture"), amount)
+                    .await
+            }
+            _ => {
+                self.gateway
+                    .refund(&format!("{payment_id}/refund"), amount)
+                    .await
+            }
+        };
+        moved.map_err(unavailable)?;
+        self.bus.execute::<Payment>(payment_id, command, ctx).await
     }
 
     /// Cancels a placed or confirmed order and releases its stock in the same commit.
@@ -229,6 +368,89 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
                 },
             )
             .await
+    }
+}
+
+/// A gateway failure as the domain reports it.
+fn unavailable(error: crate::payments::GatewayError) -> CommandError<CommerceError> {
+    CommandError::Rejected(CommerceError::GatewayUnavailable {
+        reason: error.to_string(),
+    })
+}
+
+/// Ships an order and fulfils its reservation of every product on it.
+struct ShipOrder<'a> {
+    order_id: &'a str,
+    tracking_number: &'a str,
+}
+
+impl<S: EventStore + SnapshotStore> Decision<S> for ShipOrder<'_> {
+    type Error = CommerceError;
+
+    async fn decide(&self, tx: &mut Transaction<'_, S>) -> Result<(), CommandError<CommerceError>> {
+        let order = tx.load::<Order>(self.order_id).await?;
+        let shipped = order
+            .state
+            .handle(
+                self.order_id,
+                OrderCommand::Ship {
+                    tracking_number: self.tracking_number.to_string(),
+                },
+            )
+            .map_err(CommandError::Rejected)?;
+        let lines = order.state.lines.clone();
+        tx.emit(order, shipped)?;
+        for line in &lines {
+            let product = tx.load::<Product>(&line.product_id).await?;
+            let fulfilled = product
+                .state
+                .handle(
+                    &line.product_id,
+                    ProductCommand::Fulfil {
+                        order_id: self.order_id.to_string(),
+                    },
+                )
+                .map_err(CommandError::Rejected)?;
+            tx.emit(product, fulfilled)?;
+        }
+        Ok(())
+    }
+}
+
+/// Requests an order's payment: the payment is requested and the order waits for it.
+struct RequestPayment<'a> {
+    order_id: &'a str,
+}
+
+impl<S: EventStore + SnapshotStore> Decision<S> for RequestPayment<'_> {
+    type Error = CommerceError;
+
+    async fn decide(&self, tx: &mut Transaction<'_, S>) -> Result<(), CommandError<CommerceError>> {
+        let order = tx.load::<Order>(self.order_id).await?;
+        let amount_cents = order.state.total_cents;
+        let waiting = order
+            .state
+            .handle(
+                self.order_id,
+                OrderCommand::AwaitPayment {
+                    payment_id: self.order_id.to_string(),
+                },
+            )
+            .map_err(CommandError::Rejected)?;
+        tx.emit(order, waiting)?;
+        let payment = tx.load::<Payment>(self.order_id).await?;
+        let requested = payment
+            .state
+            .handle(
+                self.order_id,
+                PaymentCommand::Request {
+                    order_id: self.order_id.to_string(),
+                    amount_cents,
+                },
+            )
+            .map_err(CommandError::Rejected)?;
+        tx.emit(payment, requested)?;
+        Ok(())
     }
 }
 

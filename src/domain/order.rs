@@ -1,4 +1,6 @@
-//! The Order aggregate: placed → confirmed → shipped; placed | confirmed → cancelled.
+//! The Order aggregate: placed → awaiting payment → confirmed → shipped; cancelled from
+//! any state before shipped. An order placed directly confirmed (without the checkout)
+//! skips the payment step.
 
 use annals_store::{Aggregate, DomainEvent};
 use schemars::JsonSchema;
@@ -15,6 +17,8 @@ pub enum OrderStatus {
     New,
     /// Placed, stock reserved.
     Placed,
+    /// The checkout asked for its payment and waits for the answer.
+    AwaitingPayment,
     /// Confirmed by the shop.
     Confirmed,
     /// Handed to the carrier. Final.
@@ -29,6 +33,7 @@ impl OrderStatus {
         match self {
             OrderStatus::New => "NEW",
             OrderStatus::Placed => "PLACED",
+            OrderStatus::AwaitingPayment => "AWAITING_PAYMENT",
             OrderStatus::Confirmed => "CONFIRMED",
             OrderStatus::Shipped => "SHIPPED",
             OrderStatus::Cancelled => "CANCELLED",
@@ -60,6 +65,9 @@ pub struct Order {
     pub total_cents: u64,
     /// The carrier's tracking number once shipped.
     pub tracking_number: Option<String>,
+    /// The payment the checkout requested, if any.
+    #[serde(default)]
+    pub payment_id: Option<String>,
 }
 
 /// The payload of `OrderPlaced` at schema v1 (early releases), before `total_cents`.
@@ -87,6 +95,11 @@ pub enum OrderEvent {
         /// Sum of quantity × unit price, in cents.
         total_cents: u64,
     },
+    /// The checkout requested the order's payment.
+    OrderAwaitingPayment {
+        /// The payment (`payment-{id}`).
+        payment_id: String,
+    },
     /// The shop confirmed the order.
     OrderConfirmed {},
     /// The order left the warehouse.
@@ -105,6 +118,7 @@ impl DomainEvent for OrderEvent {
     fn event_type(&self) -> &'static str {
         match self {
             OrderEvent::OrderPlaced { .. } => "OrderPlaced",
+            OrderEvent::OrderAwaitingPayment { .. } => "OrderAwaitingPayment",
             OrderEvent::OrderConfirmed { .. } => "OrderConfirmed",
             OrderEvent::OrderShipped { .. } => "OrderShipped",
             OrderEvent::OrderCancelled { .. } => "OrderCancelled",
@@ -129,7 +143,12 @@ pub enum OrderCommand {
         /// What, at which prices.
         lines: Vec<OrderLine>,
     },
-    /// Confirm a placed order.
+    /// Record that the order's payment was requested.
+    AwaitPayment {
+        /// The payment.
+        payment_id: String,
+    },
+    /// Confirm a placed order, or one whose payment was authorized.
     Confirm,
     /// Ship a confirmed order.
     Ship {
@@ -160,6 +179,10 @@ impl Aggregate for Order {
                 self.customer_id.clone_from(customer_id);
                 self.lines.clone_from(lines);
                 self.total_cents = *total_cents;
+            }
+            OrderEvent::OrderAwaitingPayment { payment_id } => {
+                self.status = OrderStatus::AwaitingPayment;
+                self.payment_id = Some(payment_id.clone());
             }
             OrderEvent::OrderConfirmed {} => self.status = OrderStatus::Confirmed,
             OrderEvent::OrderShipped { tracking_number } => {
@@ -208,8 +231,15 @@ impl Aggregate for Order {
                     total_cents: total,
                 }])
             }
+            OrderCommand::AwaitPayment { payment_id } => match self.status {
+                OrderStatus::Placed => Ok(vec![OrderEvent::OrderAwaitingPayment { payment_id }]),
+                OrderStatus::New => Err(not_found()),
+                _ => Err(invalid("request the payment of")),
+            },
             OrderCommand::Confirm => match self.status {
-                OrderStatus::Placed => Ok(vec![OrderEvent::OrderConfirmed {}]),
+                OrderStatus::Placed | OrderStatus::AwaitingPayment => {
+                    Ok(vec![OrderEvent::OrderConfirmed {}])
+                }
                 OrderStatus::New => Err(not_found()),
                 _ => Err(invalid("confirm")),
             },
@@ -225,7 +255,7 @@ impl Aggregate for Order {
                 _ => Err(invalid("ship")),
             },
             OrderCommand::Cancel { reason } => match self.status {
-                OrderStatus::Placed | OrderStatus::Confirmed => {
+                OrderStatus::Placed | OrderStatus::AwaitingPayment | OrderStatus::Confirmed => {
                     Ok(vec![OrderEvent::OrderCancelled { reason }])
                 }
                 OrderStatus::New => Err(not_found()),

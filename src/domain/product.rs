@@ -23,10 +23,10 @@ pub struct Product {
     pub on_hand: u64,
     /// Units held by open reservations.
     pub reserved: u64,
-    /// Open reservations by order id.
+    /// Open reservations by order id: only open ones, so the state stays bounded however
+    /// many orders the product has seen (a reservation closes when its order is shipped or
+    /// cancelled; the order aggregate guarantees an order reserves once).
     pub reservations: BTreeMap<String, u64>,
-    /// Orders whose reservation was released (a reservation is released at most once).
-    pub released: Vec<String>,
 }
 
 impl Product {
@@ -61,6 +61,14 @@ pub enum ProductEvent {
         /// How many.
         quantity: u64,
     },
+    /// An order's reserved units left the warehouse: on-hand and reserved stock both fall
+    /// by the quantity, and the reservation is closed.
+    StockShipped {
+        /// The order that held them.
+        order_id: String,
+        /// How many.
+        quantity: u64,
+    },
     /// An order's reservation was given back.
     StockReleased {
         /// The order that held them.
@@ -81,6 +89,7 @@ impl DomainEvent for ProductEvent {
             ProductEvent::ProductRegistered { .. } => "ProductRegistered",
             ProductEvent::StockReceived { .. } => "StockReceived",
             ProductEvent::StockReserved { .. } => "StockReserved",
+            ProductEvent::StockShipped { .. } => "StockShipped",
             ProductEvent::StockReleased { .. } => "StockReleased",
             ProductEvent::PriceChanged { .. } => "PriceChanged",
         }
@@ -121,10 +130,17 @@ pub enum ProductCommand {
         /// The order.
         order_id: String,
     },
+    /// Ship an order's reserved units.
+    Fulfil {
+        /// The order.
+        order_id: String,
+    },
 }
 
 impl Aggregate for Product {
     const CATEGORY: &'static str = "product";
+    /// 2: the released-orders list is gone (the state keeps open reservations only).
+    const SNAPSHOT_VERSION: u16 = 2;
     type Command = ProductCommand;
     type Event = ProductEvent;
     type Error = CommerceError;
@@ -146,10 +162,14 @@ impl Aggregate for Product {
                 self.reserved += quantity;
                 *self.reservations.entry(order_id.clone()).or_default() += quantity;
             }
+            ProductEvent::StockShipped { order_id, quantity } => {
+                self.on_hand = self.on_hand.saturating_sub(*quantity);
+                self.reserved = self.reserved.saturating_sub(*quantity);
+                self.reservations.remove(order_id);
+            }
             ProductEvent::StockReleased { order_id, quantity } => {
                 self.reserved = self.reserved.saturating_sub(*quantity);
                 self.reservations.remove(order_id);
-                self.released.push(order_id.clone());
             }
             ProductEvent::PriceChanged { price_cents } => self.price_cents = *price_cents,
         }
@@ -202,7 +222,7 @@ impl Aggregate for Product {
             }
             ProductCommand::Reserve { order_id, quantity } => {
                 CommerceError::check(quantity > 0, "quantity must be positive")?;
-                if self.reservations.contains_key(&order_id) || self.released.contains(&order_id) {
+                if self.reservations.contains_key(&order_id) {
                     return Err(CommerceError::InvalidState {
                         reason: format!("order {order_id} already reserved product {id}"),
                     });
@@ -221,12 +241,23 @@ impl Aggregate for Product {
                     quantity: *quantity,
                     order_id,
                 }]),
-                None => Err(CommerceError::InvalidState {
-                    reason: format!(
-                        "order {order_id} holds no reservation of product {id} to release"
-                    ),
-                }),
+                None => Err(no_reservation(&order_id, id, "release")),
+            },
+            ProductCommand::Fulfil { order_id } => match self.reservations.get(&order_id) {
+                Some(quantity) => Ok(vec![ProductEvent::StockShipped {
+                    quantity: *quantity,
+                    order_id,
+                }]),
+                None => Err(no_reservation(&order_id, id, "ship")),
             },
         }
+    }
+}
+
+fn no_reservation(order_id: &str, product_id: &str, action: &str) -> CommerceError {
+    CommerceError::InvalidState {
+        reason: format!(
+            "order {order_id} holds no reservation of product {product_id} to {action}"
+        ),
     }
 }

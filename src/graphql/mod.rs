@@ -6,6 +6,7 @@
 //! [`Mutation`]. Errors leave through [`error`], the only module that sets
 //! `extensions.code`.
 
+mod checkout;
 pub mod error;
 mod mutation;
 mod query;
@@ -26,6 +27,7 @@ use tokio::sync::watch;
 use crate::domain::Commerce;
 use crate::read_models::CommerceReadModels;
 use crate::server::auth::{KeyRing, Principal, Role};
+use checkout::{CheckoutQuery, ProcessMutation};
 use error::ApiError;
 
 pub use mutation::{AdminMutation, CommandMutation};
@@ -35,11 +37,16 @@ pub use subscription::LogSubscription;
 
 /// Every query.
 #[derive(MergedObject, Default)]
-pub struct Query(LogQuery, ReadModelQuery);
+pub struct Query(LogQuery, ReadModelQuery, CheckoutQuery);
 
 /// Every mutation: domain commands (writer), raw appends and projection control (admin).
 #[derive(MergedObject, Default)]
-pub struct Mutation(CommandMutation, AdminMutation, ProjectionMutation);
+pub struct Mutation(
+    CommandMutation,
+    AdminMutation,
+    ProjectionMutation,
+    ProcessMutation,
+);
 
 /// Every subscription.
 #[derive(MergedSubscription, Default)]
@@ -94,6 +101,8 @@ pub struct ApiContext {
     pub subscriptions: SubscriptionSlots,
     /// The API keys in force: a live subscription ends when its key is revoked.
     pub keys: KeyRing,
+    /// The process managers' dispatchers (status, parked commands).
+    pub processes: Vec<annals_projections::process::ProcessHandle>,
 }
 
 /// Counts live subscriptions per principal. A slot is a guard: it is given back when the

@@ -165,7 +165,8 @@ impl CommandMutation {
         .await
     }
 
-    /// Ships a confirmed order.
+    /// Ships a confirmed order: its reserved stock leaves the warehouse in the same
+    /// commit (on-hand and reserved units fall), and the checkout captures its payment.
     #[graphql(guard = "RoleGuard(Role::Writer)")]
     async fn ship_order(
         &self,
@@ -176,6 +177,37 @@ impl CommandMutation {
     ) -> Result<CommitResult, ApiError> {
         run(ctx, "shipOrder", idempotency_key, |c, cx| async move {
             c.ship_order(&order_id, tracking_number, &cx).await
+        })
+        .await
+    }
+
+    /// Captures an authorized payment at the gateway and records it (the checkout does
+    /// this when the order ships). For operators.
+    #[graphql(guard = "RoleGuard(Role::Admin)")]
+    async fn capture_payment(
+        &self,
+        ctx: &Context<'_>,
+        payment_id: String,
+        idempotency_key: Option<String>,
+    ) -> Result<CommitResult, ApiError> {
+        run(ctx, "capturePayment", idempotency_key, |c, cx| async move {
+            c.capture_payment(&payment_id, &cx).await
+        })
+        .await
+    }
+
+    /// Gives an authorized or captured payment back at the gateway and records it (the
+    /// checkout does this when a paid order is cancelled). For operators.
+    #[graphql(guard = "RoleGuard(Role::Admin)")]
+    async fn refund_payment(
+        &self,
+        ctx: &Context<'_>,
+        payment_id: String,
+        reason: String,
+        idempotency_key: Option<String>,
+    ) -> Result<CommitResult, ApiError> {
+        run(ctx, "refundPayment", idempotency_key, |c, cx| async move {
+            c.refund_payment(&payment_id, reason, &cx).await
         })
         .await
     }

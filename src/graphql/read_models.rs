@@ -47,6 +47,8 @@ impl ScalarType for Amount {
 pub enum OrderStatus {
     /// Placed, stock reserved.
     Placed,
+    /// The checkout requested the payment and waits for the gateway's answer.
+    AwaitingPayment,
     /// Confirmed by the shop.
     Confirmed,
     /// Handed to the carrier.
@@ -59,6 +61,7 @@ impl From<OrderStatus> for DomainOrderStatus {
     fn from(s: OrderStatus) -> Self {
         match s {
             OrderStatus::Placed => DomainOrderStatus::Placed,
+            OrderStatus::AwaitingPayment => DomainOrderStatus::AwaitingPayment,
             OrderStatus::Confirmed => DomainOrderStatus::Confirmed,
             OrderStatus::Shipped => DomainOrderStatus::Shipped,
             OrderStatus::Cancelled => DomainOrderStatus::Cancelled,
@@ -70,6 +73,7 @@ impl From<DomainOrderStatus> for OrderStatus {
     fn from(s: DomainOrderStatus) -> Self {
         match s {
             DomainOrderStatus::New | DomainOrderStatus::Placed => OrderStatus::Placed,
+            DomainOrderStatus::AwaitingPayment => OrderStatus::AwaitingPayment,
             DomainOrderStatus::Confirmed => OrderStatus::Confirmed,
             DomainOrderStatus::Shipped => OrderStatus::Shipped,
             DomainOrderStatus::Cancelled => OrderStatus::Cancelled,
@@ -90,6 +94,7 @@ pub struct OrderLine {
 
 /// An order (read model `orders`).
 #[derive(SimpleObject)]
+#[graphql(complex)]
 pub struct Order {
     /// The order's id.
     pub id: String,
@@ -113,6 +118,9 @@ pub struct Order {
     pub version: Version,
     /// Position of the last event applied to it.
     pub position: Position,
+    /// The payment's id, resolved by the `payment` field.
+    #[graphql(skip)]
+    pub payment_id: Option<String>,
 }
 
 impl From<OrderView> for Order {
@@ -137,6 +145,7 @@ impl From<OrderView> for Order {
             updated_at: time::format(o.updated_at_micros).unwrap_or_default(),
             version: Version(o.version),
             position: Position(o.last_position),
+            payment_id: o.payment_id,
         }
     }
 }
@@ -288,7 +297,7 @@ impl From<ProjectionStatus> for ProjectionStatusObject {
 }
 
 /// Waits until `projection` has applied `at_least` (read your own writes).
-async fn consistent(
+pub(super) async fn consistent(
     ctx: &Context<'_>,
     projection: &str,
     at_least: Option<Position>,

@@ -5,11 +5,15 @@
 //!   are read as the merge of the status indexes); per-customer statistics.
 //! - `products`: stock per product (on hand, reserved, available) and a low-stock index
 //!   ordered by available units.
+//! - `payments`: every payment with its status and the gateway's answers.
+//! - `checkout`: the checkout saga's instances (kept by the process manager of
+//!   [`crate::checkout`], read here).
 //!
 //! [`CommerceReadModels`] answers the queries over them, with cursor pagination done in
 //! the read-model store (a cursor is the hex of the index key it stopped at).
 
 mod orders;
+mod payments;
 mod products;
 
 use std::sync::Arc;
@@ -21,6 +25,7 @@ use annals_store::EventStore;
 use serde::{Deserialize, Serialize};
 
 pub use orders::{CustomerStats, OrderLineView, OrderView, OrdersProjection};
+pub use payments::{PaymentView, PaymentsProjection};
 pub use products::{ProductView, ProductsProjection};
 
 use crate::domain::OrderStatus;
@@ -29,10 +34,17 @@ use crate::domain::OrderStatus;
 pub const ORDERS: &str = "orders";
 /// Name of the products projection.
 pub const PRODUCTS: &str = "products";
+/// Name of the payments projection.
+pub const PAYMENTS: &str = "payments";
 
-/// The projections of the reference domain, in the order the runtime starts them.
+/// The read-model projections of the reference domain, in the order the runtime starts
+/// them.
 pub fn projections() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(OrdersProjection), Arc::new(ProductsProjection)]
+    vec![
+        Arc::new(OrdersProjection),
+        Arc::new(ProductsProjection),
+        Arc::new(PaymentsProjection),
+    ]
 }
 
 /// Starts the reference projections over `store`, reading old event versions through the
@@ -169,6 +181,32 @@ impl CommerceReadModels {
         })
     }
 
+    /// One payment.
+    pub fn payment(&self, id: &str) -> Result<Option<PaymentView>, QueryError> {
+        Ok(self
+            .read
+            .view(PAYMENTS)?
+            .get_json(&payments::payment_key(id))?)
+    }
+
+    /// The checkout of an order: the saga's step, pending deadline and history.
+    pub fn checkout(
+        &self,
+        order_id: &str,
+    ) -> Result<
+        Option<annals_projections::process::Instance<crate::checkout::CheckoutState>>,
+        QueryError,
+    > {
+        match annals_projections::process::load_instance(
+            &self.read,
+            crate::checkout::CHECKOUT,
+            order_id,
+        ) {
+            Err(ProjectionError::UnknownProjection { .. }) => Ok(None),
+            other => Ok(other?),
+        }
+    }
+
     /// A customer's order statistics.
     pub fn customer_stats(&self, customer_id: &str) -> Result<Option<CustomerStats>, QueryError> {
         Ok(self
@@ -280,7 +318,7 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 /// from the event type and the payload bytes, without the intermediate `serde_json::Value`
 /// of `DomainEvent::decode` and without copying the payload into such a document: the
 /// projections' hot path.
-fn decode<E: serde::de::DeserializeOwned>(
+pub(crate) fn decode<E: serde::de::DeserializeOwned>(
     event: &annals_store::RecordedEvent,
 ) -> Result<E, annals_projections::HandlerError> {
     Ok(E::deserialize(Tagged {

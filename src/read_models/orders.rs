@@ -35,6 +35,9 @@ pub struct OrderView {
     pub tracking_number: Option<String>,
     /// Why it was cancelled, if it was.
     pub cancel_reason: Option<String>,
+    /// The payment the checkout requested for it, if any.
+    #[serde(default)]
+    pub payment_id: Option<String>,
     /// When it was placed (microseconds since the Unix epoch).
     pub placed_at_micros: i64,
     /// When it last changed.
@@ -77,8 +80,9 @@ pub(super) fn customer_stats_key(customer: &str) -> Vec<u8> {
 }
 
 /// The statuses an order in the read model can have: one index part each.
-pub(super) const INDEXED_STATUSES: [OrderStatus; 4] = [
+pub(super) const INDEXED_STATUSES: [OrderStatus; 5] = [
     OrderStatus::Placed,
+    OrderStatus::AwaitingPayment,
     OrderStatus::Confirmed,
     OrderStatus::Shipped,
     OrderStatus::Cancelled,
@@ -187,6 +191,7 @@ impl Projection for OrdersProjection {
                     total_cents: *total_cents,
                     tracking_number: None,
                     cancel_reason: None,
+                    payment_id: None,
                     placed_at_micros: event.recorded_at.as_micros(),
                     updated_at_micros: event.recorded_at.as_micros(),
                     version: event.stream_version,
@@ -209,6 +214,10 @@ impl Projection for OrdersProjection {
         };
         match decoded {
             OrderEvent::OrderPlaced { .. } => {}
+            OrderEvent::OrderAwaitingPayment { payment_id } => {
+                order.status = OrderStatus::AwaitingPayment;
+                order.payment_id = Some(payment_id);
+            }
             OrderEvent::OrderConfirmed {} => order.status = OrderStatus::Confirmed,
             OrderEvent::OrderShipped { tracking_number } => {
                 order.status = OrderStatus::Shipped;

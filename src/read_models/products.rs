@@ -97,6 +97,10 @@ impl Projection for ProductsProjection {
             }
             ProductEvent::StockReceived { quantity } => product.on_hand += quantity,
             ProductEvent::StockReserved { quantity, .. } => product.reserved += quantity,
+            ProductEvent::StockShipped { quantity, .. } => {
+                product.on_hand = product.on_hand.saturating_sub(quantity);
+                product.reserved = product.reserved.saturating_sub(quantity);
+            }
             ProductEvent::StockReleased { quantity, .. } => {
                 product.reserved = product.reserved.saturating_sub(quantity);
             }

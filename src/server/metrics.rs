@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use annals_store::{EventStore, SharedStore};
+use annals_store::EventStore;
 
 /// Histogram buckets for every `*_seconds` metric: 100 µs to 10 s.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -76,11 +76,37 @@ pub async fn track(request: Request, next: Next) -> Response {
 }
 
 /// Copies the store's write-path counters into the registry, then renders it.
-pub fn render(
-    store: &SharedStore,
-    projections: &annals_projections::ProjectionRuntime,
-) -> Option<String> {
+pub fn render(state: &super::AppState) -> Option<String> {
+    let (store, projections) = (state.store(), state.projections());
     let handle = handle()?;
+    let gateway = state.gateway().stats();
+    metrics::gauge!("annals_payment_gateway_circuit_state").set(gateway.state.as_gauge());
+    metrics::counter!("annals_payment_gateway_calls_total").absolute(gateway.calls);
+    metrics::counter!("annals_payment_gateway_failures_total").absolute(gateway.failures);
+    metrics::counter!("annals_payment_gateway_rejected_total").absolute(gateway.rejected);
+    for process in state.processes() {
+        let Ok(status) = process.status() else {
+            continue;
+        };
+        let name = status.name.clone();
+        metrics::gauge!("annals_process_outbox_commands", "process" => name.clone())
+            .set(status.outbox as f64);
+        metrics::gauge!("annals_process_pending_deadlines", "process" => name.clone())
+            .set(status.deadlines as f64);
+        metrics::gauge!("annals_process_parked_commands", "process" => name.clone())
+            .set(status.parked as f64);
+        for (outcome, count) in [
+            ("sent", status.sent),
+            ("rejected", status.rejected),
+            ("retried", status.retried),
+            ("parked", status.parked_total),
+        ] {
+            metrics::counter!("annals_process_commands_total", "process" => name.clone(), "outcome" => outcome)
+                .absolute(count);
+        }
+        metrics::counter!("annals_process_deadlines_fired_total", "process" => name)
+            .absolute(status.deadlines_fired);
+    }
     let stats = store.stats();
     metrics::counter!("annals_store_group_commits_total").absolute(stats.commits);
     metrics::counter!("annals_store_appends_total").absolute(stats.appends);

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use annals_projections::ProjectionRuntime;
+use annals_projections::process::ProcessHandle;
 use annals_store::SharedStore;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -106,6 +107,10 @@ struct Inner {
     keys: KeyRing,
     /// The cluster of a cluster node, for `/ready`'s report.
     cluster: Option<annals_cluster::ClusterEventStore>,
+    /// The process managers' dispatchers.
+    processes: Vec<ProcessHandle>,
+    /// The payment gateway's guard, for `/ready` and `/metrics`.
+    gateway: crate::payments::GuardedGateway,
 }
 
 impl std::fmt::Debug for AppState {
@@ -127,11 +132,13 @@ impl AppState {
         projections: ProjectionRuntime,
         config: ServerConfig,
         cluster: Option<annals_cluster::ClusterEventStore>,
+        processes: Vec<ProcessHandle>,
     ) -> Self {
         // The recorder must exist before the first request so that no sample is lost.
         let _ = metrics::handle();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let keys = KeyRing::new(config.api_keys.clone());
+        let gateway = commerce.gateway().clone();
         let schema = graphql::build_schema(ApiContext {
             store: store.clone(),
             commerce,
@@ -145,6 +152,7 @@ impl AppState {
             stale_read_timeout: config.stale_read_timeout,
             subscriptions: graphql::SubscriptionSlots::default(),
             keys: keys.clone(),
+            processes: processes.clone(),
         });
         Self {
             inner: Arc::new(Inner {
@@ -157,8 +165,20 @@ impl AppState {
                 shutdown,
                 draining: AtomicBool::new(false),
                 cluster,
+                processes,
+                gateway,
             }),
         }
+    }
+
+    /// The payment gateway, behind its guard.
+    pub fn gateway(&self) -> &crate::payments::GuardedGateway {
+        &self.inner.gateway
+    }
+
+    /// The process managers' dispatchers (the checkout's, when it runs).
+    pub fn processes(&self) -> &[ProcessHandle] {
+        &self.inner.processes
     }
 
     /// The cluster this node belongs to, if it is a cluster node.

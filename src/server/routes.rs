@@ -346,6 +346,32 @@ pub fn readiness(state: &AppState) -> (bool, Map<String, Value>) {
         }
         checks.insert("cluster".into(), report);
     }
+    // An open circuit degrades the checkout (payments wait and are retried) but not the
+    // node: the API keeps serving, so the node stays ready.
+    let gateway = state.gateway().stats();
+    checks.insert(
+        "paymentGateway".into(),
+        json!({
+            "status": if gateway.state == crate::payments::CircuitState::Closed { "up" } else { "degraded" },
+            "circuit": gateway.state.as_str(),
+            "calls": gateway.calls.to_string(),
+            "failures": gateway.failures.to_string(),
+            "rejected": gateway.rejected.to_string(),
+        }),
+    );
+    for process in state.processes() {
+        if let Ok(status) = process.status() {
+            checks.insert(
+                format!("process:{}", status.name),
+                json!({
+                    "status": "up",
+                    "outbox": status.outbox.to_string(),
+                    "deadlines": status.deadlines.to_string(),
+                    "parked": status.parked.to_string(),
+                }),
+            );
+        }
+    }
     // A projection is up unless it has failed; its lag says how fresh its read model is.
     for status in state.projections().status() {
         let failed = status.state == annals_projections::ProjectionState::Failed;
@@ -396,7 +422,7 @@ pub(super) async fn ready(State(state): State<AppState>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
-    match super::metrics::render(state.store(), state.projections()) {
+    match super::metrics::render(&state) {
         Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -27,17 +27,29 @@ impl TestServer {
     }
 
     /// A server over the data directory `dir` (its `log` and `read`), which may hold data.
+    /// Without the checkout saga: these tests confirm and cancel orders themselves.
     pub async fn start_in(dir: tempfile::TempDir, config: ServerConfig) -> Self {
         let mut node = NodeConfig::on_disk(dir.path());
         node.server = config;
+        node.checkout = None;
         Self::launch(node, Some(dir)).await
     }
 
-    /// A server whose log is in memory (`InMemoryEventStore`).
+    /// A server whose log is in memory (`InMemoryEventStore`), without the checkout.
     pub async fn in_memory(config: ServerConfig) -> Self {
         let mut node = NodeConfig::new(Storage::InMemory);
         node.server = config;
+        node.checkout = None;
         Self::launch(node, None).await
+    }
+
+    /// A server over a fresh data directory, configured by `configure` from the product's
+    /// defaults (the checkout included).
+    pub async fn with_node(configure: impl FnOnce(&mut NodeConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = NodeConfig::on_disk(dir.path());
+        configure(&mut node);
+        Self::launch(node, Some(dir)).await
     }
 
     /// A server with the default configuration, in memory or on disk.

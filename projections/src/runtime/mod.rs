@@ -222,6 +222,15 @@ impl ProjectionRuntime {
         Ok(*self.worker(name)?.checkpoint.borrow())
     }
 
+    /// A watch of the serving generation's checkpoint of a projection: it changes as each
+    /// batch's write returns.
+    pub fn subscribe_checkpoint(
+        &self,
+        name: &str,
+    ) -> Result<watch::Receiver<Position>, ProjectionError> {
+        Ok(self.worker(name)?.checkpoint.subscribe())
+    }
+
     /// Stops a projection after its current batch; queries keep answering from it.
     pub fn pause(&self, name: &str) -> Result<(), ProjectionError> {
         self.worker(name)?.request(|c| c.paused = true);

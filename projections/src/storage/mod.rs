@@ -148,6 +148,38 @@ impl ReadModelStore {
         Ok(())
     }
 
+    /// Writes rows of the generation serving `projection` outside its worker's batches, in
+    /// one atomic write: `puts` then `deletes`, keys without the keyspace prefix.
+    ///
+    /// For rows the worker creates and then leaves to someone else (a process manager's
+    /// outbox, which its dispatcher empties): the worker must never write such a row again
+    /// once it is written, or the two writers would race.
+    pub fn write_rows(
+        &self,
+        projection: &str,
+        puts: &[Row],
+        deletes: &[Vec<u8>],
+    ) -> Result<(), ProjectionError> {
+        if puts.is_empty() && deletes.is_empty() {
+            return Ok(());
+        }
+        let generation = self.active_generation(projection).ok_or_else(|| {
+            ProjectionError::UnknownProjection {
+                name: projection.to_string(),
+            }
+        })?;
+        let prefix = keys::keyspace_prefix(projection, generation);
+        let data = self.cf(CF_DATA);
+        let mut batch = WriteBatch::default();
+        for (key, value) in puts {
+            batch.put_cf(data, [prefix.as_slice(), key].concat(), value);
+        }
+        for key in deletes {
+            batch.delete_cf(data, [prefix.as_slice(), key].concat());
+        }
+        self.write(batch)
+    }
+
     /// Every row of the generation serving `projection`, keys without the keyspace prefix:
     /// for comparing two builds of one read model.
     pub fn dump(&self, projection: &str) -> Result<Vec<Row>, ProjectionError> {
