@@ -54,20 +54,42 @@ pub enum Command {
     Verify(crate::audit::cli::VerifyArgs),
     /// A running server's projections: status, parked events, retry, skip, rewind.
     Projections(ProjectionsArgs),
+    /// A running server's process managers (the checkout): status, parked commands,
+    /// retry, skip.
+    Processes(ProcessesArgs),
 }
 
-/// Options of `annals projections`.
+/// Options of `annals processes`.
 #[derive(Debug, clap::Args)]
-pub struct ProjectionsArgs {
+pub struct ProcessesArgs {
+    /// Where the server is and how to reach it.
+    #[command(flatten)]
+    pub server: AdminServerArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: crate::admin::ProcessRequest,
+}
+
+/// How an admin subcommand reaches the server.
+#[derive(Debug, clap::Args)]
+pub struct AdminServerArgs {
     /// The server (`http://HOST:PORT`, or its `/graphql` endpoint).
     #[arg(long, env = "ANNALS_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
-    /// An admin API key, sent as `Authorization: Bearer <key>` (`status` needs any key).
+    /// An admin API key, sent as `Authorization: Bearer <key>`.
     #[arg(long, env = "ANNALS_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Print the server's JSON answer instead of lines.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Options of `annals projections`.
+#[derive(Debug, clap::Args)]
+pub struct ProjectionsArgs {
+    /// Where the server is and how to reach it (`status` needs any key).
+    #[command(flatten)]
+    pub server: AdminServerArgs,
     /// What to do.
     #[command(subcommand)]
     pub action: crate::admin::AdminRequest,
@@ -373,6 +395,10 @@ pub struct BenchCommandArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 1)]
     pub writers: usize,
+    /// Whole checkouts through the saga (placed to confirmed, simulated gateway at zero
+    /// latency) instead of `placeOrder` alone.
+    #[arg(long)]
+    pub saga: bool,
     /// When an append is acknowledged.
     #[arg(long, value_enum, default_value = "fsync")]
     pub durability: DurabilityArg,

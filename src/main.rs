@@ -5,8 +5,11 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use anyhow::{Context, bail};
 use clap::Parser;
 
+use annals::admin::AdminCall;
 use annals::audit::cli as audit;
-use annals::cli::{BenchCommand, Cli, Command, KeysCommand, LogFormat, SchemaArgs, ServeArgs};
+use annals::cli::{
+    AdminServerArgs, BenchCommand, Cli, Command, KeysCommand, LogFormat, SchemaArgs, ServeArgs,
+};
 use annals::node::{DataDir, Node, Storage};
 use annals::server::AppState;
 use annals::server::auth::{RateLimit, check_exposure, generate_key};
@@ -70,6 +73,7 @@ fn main() -> anyhow::Result<()> {
                 durability: args.durability.into(),
                 limit: (&args.limit).into(),
                 data_dir: args.data_dir,
+                saga: args.saga,
             })?;
             print_report(&report, args.json, || report.table())
         }
@@ -101,31 +105,34 @@ fn main() -> anyhow::Result<()> {
             audit::exit_on_error(audit::run_verify(args));
             Ok(())
         }
-        Command::Projections(args) => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            let request = args.action;
-            let data = runtime
-                .block_on(annals::admin::send(
-                    &args.url,
-                    args.api_key.as_deref(),
-                    &request,
-                ))
-                .map_err(anyhow::Error::from)?;
-            if args.json {
-                println!("{data}");
-            } else {
-                print!("{}", annals::admin::render(&request, &data));
-            }
-            Ok(())
-        }
+        Command::Projections(args) => admin(&args.server, &args.action),
+        Command::Processes(args) => admin(&args.server, &args.action),
         Command::Keys(KeysCommand::NewSigning(args)) => {
             audit::exit_on_error(audit::run_new_signing(args));
             Ok(())
         }
     }
+}
+
+/// Runs an admin subcommand against a server and prints its answer.
+fn admin(server: &AdminServerArgs, request: &impl AdminCall) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let data = runtime
+        .block_on(annals::admin::send(
+            &server.url,
+            server.api_key.as_deref(),
+            request,
+        ))
+        .map_err(anyhow::Error::from)?;
+    if server.json {
+        println!("{data}");
+    } else {
+        print!("{}", request.render(&data));
+    }
+    Ok(())
 }
 
 fn print_report<T: serde::Serialize>(

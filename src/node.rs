@@ -215,6 +215,8 @@ pub struct Node {
     state: AppState,
     /// The checkout's dispatcher, if the checkout runs.
     checkout: Option<ProcessHandle>,
+    /// The domain's commands.
+    commerce: Arc<Commerce<SharedStore>>,
     /// The read models of an in-memory node, removed when the node is dropped.
     _scratch: Option<tempfile::TempDir>,
     /// The cluster this node belongs to, left in order on shutdown.
@@ -316,7 +318,7 @@ impl Node {
         };
         let state = AppState::new(
             store.clone(),
-            commerce,
+            commerce.clone(),
             projections.clone(),
             server,
             cluster.clone(),
@@ -327,6 +329,7 @@ impl Node {
             projections,
             state,
             checkout: dispatcher,
+            commerce,
             _scratch: scratch,
             cluster,
         })
@@ -340,6 +343,16 @@ impl Node {
     /// The projection workers and the read models they keep.
     pub fn projections(&self) -> &ProjectionRuntime {
         &self.projections
+    }
+
+    /// The domain's commands, as the API sends them.
+    pub fn commerce(&self) -> &Arc<Commerce<SharedStore>> {
+        &self.commerce
+    }
+
+    /// The checkout's dispatcher, if the checkout runs.
+    pub fn checkout(&self) -> Option<&ProcessHandle> {
+        self.checkout.as_ref()
     }
 
     /// The API state (`server::app(state)` is the router).

@@ -34,13 +34,21 @@ async fn order(server: &TestServer, id: &str) -> Value {
 /// A server with the checkout, the simulated gateway `gateway` behind a quick guard, and
 /// a clock the test moves.
 async fn shop(gateway: Arc<SimulatedGateway>, clock: Arc<ManualClock>) -> TestServer {
+    shop_retrying(gateway, clock, 1_000).await
+}
+
+async fn shop_retrying(
+    gateway: Arc<SimulatedGateway>,
+    clock: Arc<ManualClock>,
+    max_attempts: u32,
+) -> TestServer {
     let server = TestServer::with_node(|node: &mut NodeConfig| {
         let mut checkout = CheckoutConfig {
             clock: clock.clone(),
             ..CheckoutConfig::default()
         };
         checkout.dispatcher.retry = RetryPolicy {
-            max_attempts: 1_000,
+            max_attempts,
             first_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
         };
@@ -430,4 +438,78 @@ async fn cancelling_a_confirmed_order_refunds_its_payment() {
         .await;
     assert_eq!(code, "INVALID_STATE");
     assert_eq!(gateway.calls("o-4/refund", false), 1);
+}
+
+fn processes(server: &TestServer, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_annals"))
+        .arg("processes")
+        .args(["--url", &server.url("")])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+const PARKED: &str = r#"{ parkedCommands(process: "checkout") { position index instance command attempts error } }"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_checkout_commands_are_listed_retried_and_skipped() {
+    let gateway = gateway(GatewayOptions::default());
+    gateway.set_mode(GatewayMode::Down);
+    let clock = Arc::new(ManualClock::starting_now());
+    let server = shop_retrying(gateway.clone(), clock.clone(), 2).await;
+    place(&server, "o-5", 1).await;
+    place(&server, "o-6", 1).await;
+    let parked = eventually("two parked authorizations", Some(&clock), || async {
+        let data = server.ok(PARKED, json!({})).await;
+        let parked = data["parkedCommands"].as_array().unwrap().clone();
+        (parked.len() == 2).then_some(Value::Array(parked))
+    })
+    .await;
+    let first = &parked[0];
+    assert_eq!(first["instance"], "o-5");
+    assert_eq!(first["attempts"], 2);
+    assert!(first["command"].as_str().unwrap().contains("AuthorizePayment"));
+    assert!(first["error"].as_str().unwrap().contains("payment gateway"), "{first}");
+
+    let status = processes(&server, &["status"]);
+    assert!(status.lines().any(|l| l.starts_with("checkout")), "{status}");
+    let listed = processes(&server, &["parked", "checkout"]);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(listed.contains("o-5") && listed.contains("o-6"), "{listed}");
+
+    // The gateway is back: o-5's authorization is retried from the command line, o-6's is
+    // given up through GraphQL (its order waits for the deadline instead).
+    gateway.set_mode(GatewayMode::Up);
+    tokio::time::sleep(Duration::from_millis(400)).await; // the breaker's open period
+    let at = |p: &Value| p["position"].as_str().unwrap().to_string();
+    let retried = processes(&server, &["retry", "checkout", &at(first), "0"]);
+    assert!(retried.contains("back in the outbox"), "{retried}");
+    let skipped = server
+        .ok(
+            r#"mutation($at: Position!) { skipParkedCommand(process: "checkout", position: $at, index: 0) }"#,
+            json!({ "at": at(&parked[1]) }),
+        )
+        .await;
+    assert_eq!(skipped["skipParkedCommand"], true);
+    let (code, _) = server
+        .error(
+            r#"mutation($at: Position!) { skipParkedCommand(process: "checkout", position: $at, index: 0) }"#,
+            json!({ "at": at(&parked[1]) }),
+        )
+        .await;
+    assert_eq!(code, "NOT_FOUND");
+
+    step(&server, Some(&clock), "o-5", "CONFIRMED").await;
+    assert_eq!(server.ok(PARKED, json!({})).await["parkedCommands"], json!([]));
+    // o-6 was never authorized: the deadline cancels it and releases its stock.
+    let data = step(&server, Some(&clock), "o-6", "CANCELLED").await;
+    assert_eq!(data["order"]["payment"]["status"], "REQUESTED");
+    assert_eq!(data["product"]["reserved"], "1", "o-5 holds its unit");
 }

@@ -266,8 +266,13 @@ impl append::AppendReport {
 impl command::CommandReport {
     /// The report as a readable table.
     pub fn table(&self) -> String {
+        let what = if self.operation == "checkout" {
+            "checkout saga (placed to confirmed: 4 commands, 6 events)"
+        } else {
+            "placeOrder: order + stock reservation in one commit"
+        };
         let mut out = format!(
-            "command (placeOrder: order + stock reservation in one commit): {} clients, {}\n{}\n",
+            "command ({what}): {} clients, {}\n{}\n",
             self.writers,
             self.durability,
             machine_line(&self.machine)
