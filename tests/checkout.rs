@@ -456,7 +456,8 @@ fn processes(server: &TestServer, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-const PARKED: &str = r#"{ parkedCommands(process: "checkout") { position index instance command attempts error } }"#;
+const PARKED: &str =
+    r#"{ parkedCommands(process: "checkout") { position index instance command attempts error } }"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_checkout_commands_are_listed_retried_and_skipped() {
@@ -475,11 +476,22 @@ async fn parked_checkout_commands_are_listed_retried_and_skipped() {
     let first = &parked[0];
     assert_eq!(first["instance"], "o-5");
     assert_eq!(first["attempts"], 2);
-    assert!(first["command"].as_str().unwrap().contains("AuthorizePayment"));
-    assert!(first["error"].as_str().unwrap().contains("payment gateway"), "{first}");
+    assert!(
+        first["command"]
+            .as_str()
+            .unwrap()
+            .contains("AuthorizePayment")
+    );
+    assert!(
+        first["error"].as_str().unwrap().contains("payment gateway"),
+        "{first}"
+    );
 
     let status = processes(&server, &["status"]);
-    assert!(status.lines().any(|l| l.starts_with("checkout")), "{status}");
+    assert!(
+        status.lines().any(|l| l.starts_with("checkout")),
+        "{status}"
+    );
     let listed = processes(&server, &["parked", "checkout"]);
     assert_eq!(listed.lines().count(), 2, "{listed}");
     assert!(listed.contains("o-5") && listed.contains("o-6"), "{listed}");
@@ -507,7 +519,10 @@ async fn parked_checkout_commands_are_listed_retried_and_skipped() {
     assert_eq!(code, "NOT_FOUND");
 
     step(&server, Some(&clock), "o-5", "CONFIRMED").await;
-    assert_eq!(server.ok(PARKED, json!({})).await["parkedCommands"], json!([]));
+    assert_eq!(
+        server.ok(PARKED, json!({})).await["parkedCommands"],
+        json!([])
+    );
     // o-6 was never authorized: the deadline cancels it and releases its stock.
     let data = step(&server, Some(&clock), "o-6", "CANCELLED").await;
     assert_eq!(data["order"]["payment"]["status"], "REQUESTED");
