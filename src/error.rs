@@ -285,6 +285,17 @@ impl HasCode for CommerceError {
     }
 }
 
+impl HasCode for crate::webhooks::WebhookError {
+    fn code(&self) -> ErrorCode {
+        use crate::webhooks::WebhookError;
+        match self {
+            WebhookError::Validation { .. } => ErrorCode::ValidationError,
+            WebhookError::NotFound { .. } => ErrorCode::NotFound,
+            WebhookError::Exists { .. } => ErrorCode::InvalidState,
+        }
+    }
+}
+
 impl HasCode for QueryError {
     fn code(&self) -> ErrorCode {
         match self {
@@ -329,7 +340,7 @@ impl HasCode for NodeError {
         match self {
             NodeError::Log { source, .. } => source.code(),
             NodeError::ReadModels { source, .. } => source.code(),
-            NodeError::TempDir(_) => ErrorCode::Io,
+            NodeError::TempDir(_) | NodeError::WebhookKey(_) => ErrorCode::Io,
         }
     }
 }

@@ -47,3 +47,4 @@ pub mod replay;
 pub mod sample;
 pub mod server;
 pub mod time;
+pub mod webhooks;

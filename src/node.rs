@@ -39,6 +39,7 @@ use crate::payments::{
     GatewayOptions, GuardOptions, GuardedGateway, PaymentGateway, SimulatedGateway,
 };
 use crate::server::{self, AppState, ServerConfig};
+use crate::webhooks::{Deliverer, DelivererOptions, WebhookKey, WebhooksProjection};
 
 /// A data directory: `log/` holds the event log, `read/` the read models. Two RocksDB
 /// instances, so read-model churn never competes with the log's compactions and a read
@@ -104,6 +105,8 @@ pub struct NodeConfig {
     pub checkout: Option<CheckoutConfig>,
     /// The payment gateway and its guard.
     pub gateway: GatewayConfig,
+    /// Webhook delivery.
+    pub webhooks: DelivererOptions,
 }
 
 /// The checkout saga's settings.
@@ -149,6 +152,7 @@ impl NodeConfig {
             server: ServerConfig::default(),
             checkout: Some(CheckoutConfig::default()),
             gateway: GatewayConfig::default(),
+            webhooks: DelivererOptions::default(),
         }
     }
 
@@ -184,6 +188,9 @@ pub enum NodeError {
         #[source]
         source: ProjectionError,
     },
+    /// The webhook key file could not be read or made.
+    #[error("the webhook key: {0}")]
+    WebhookKey(#[source] std::io::Error),
     /// The temporary directory of an in-memory node's read models could not be made.
     #[error("creating a temporary directory for the read models: {0}")]
     TempDir(#[source] std::io::Error),
@@ -215,6 +222,8 @@ pub struct Node {
     state: AppState,
     /// The checkout's dispatcher, if the checkout runs.
     checkout: Option<ProcessHandle>,
+    /// The webhooks' delivery.
+    deliverer: Deliverer,
     /// The domain's commands.
     commerce: Arc<Commerce<SharedStore>>,
     /// The read models of an in-memory node, removed when the node is dropped.
@@ -236,6 +245,7 @@ impl Node {
             mut server,
             checkout,
             gateway,
+            webhooks,
         } = config;
         let mut cluster = None;
         let (store, read_dir, scratch) = match storage {
@@ -262,8 +272,20 @@ impl Node {
                 (SharedStore::new(store), dir.read(), None)
             }
         };
+        let key = match &server.data_dir {
+            Some(dir) => WebhookKey::load_or_create(&dir.join("webhook.key")),
+            None => WebhookKey::random(),
+        };
+        let key = match key {
+            Ok(key) => key,
+            Err(source) => {
+                store.close();
+                return Err(NodeError::WebhookKey(source));
+            }
+        };
         let shared = Arc::new(store.clone());
         let mut projections = crate::read_models::projections();
+        projections.push(Arc::new(WebhooksProjection));
         let saga = checkout.as_ref().map(|c| Arc::new(c.saga.clone()));
         if let Some(saga) = &saga {
             projections.push(Arc::new(ProcessProjection::new(saga.clone())));
@@ -306,8 +328,12 @@ impl Node {
             )),
             _ => None,
         };
-        let dispatcher = match dispatcher.transpose() {
-            Ok(dispatcher) => dispatcher,
+        let started = dispatcher.transpose().and_then(|dispatcher| {
+            let deliverer = Deliverer::start(projections.clone(), store.clone(), key, webhooks)?;
+            Ok((dispatcher, deliverer))
+        });
+        let (dispatcher, deliverer) = match started {
+            Ok(started) => started,
             Err(source) => {
                 store.close();
                 return Err(NodeError::ReadModels {
@@ -323,12 +349,14 @@ impl Node {
             server,
             cluster.clone(),
             dispatcher.iter().cloned().collect(),
+            deliverer.clone(),
         );
         Ok(Node {
             store,
             projections,
             state,
             checkout: dispatcher,
+            deliverer,
             commerce,
             _scratch: scratch,
             cluster,
@@ -379,6 +407,7 @@ impl Node {
         if let Some(checkout) = &self.checkout {
             checkout.shutdown().await;
         }
+        self.deliverer.shutdown().await;
         self.projections.shutdown().await;
         if let Some(cluster) = &self.cluster {
             // Hands the lease over at once instead of after its expiry.

@@ -320,10 +320,17 @@ fn node_and_replay_errors_have_the_codes_of_their_causes() {
             NodeError::TempDir(std::io::Error::other("No space left on device")),
             ErrorCode::Io,
         ),
+        (
+            NodeError::WebhookKey(std::io::Error::other("Permission denied")),
+            ErrorCode::Io,
+        ),
     ];
     for (error, expected) in errors {
         match &error {
-            NodeError::Log { .. } | NodeError::ReadModels { .. } | NodeError::TempDir(_) => {}
+            NodeError::Log { .. }
+            | NodeError::ReadModels { .. }
+            | NodeError::TempDir(_)
+            | NodeError::WebhookKey(_) => {}
         }
         assert_eq!(error.code(), expected, "{error}");
     }

@@ -279,7 +279,7 @@ impl InProcess {
                 _ if e.in_use().is_some() => BenchError::InUse(dir.path().display().to_string()),
                 NodeError::Log { source, .. } => BenchError::Store(source),
                 NodeError::ReadModels { source, .. } => BenchError::Projection(source),
-                NodeError::TempDir(e) => BenchError::Io(e),
+                NodeError::TempDir(e) | NodeError::WebhookKey(e) => BenchError::Io(e),
             })?
         };
         let store = node.store().clone();

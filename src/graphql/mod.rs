@@ -14,6 +14,7 @@ mod read_models;
 pub mod scalars;
 mod subscription;
 pub mod types;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,6 +30,7 @@ use crate::read_models::CommerceReadModels;
 use crate::server::auth::{KeyRing, Principal, Role};
 use checkout::{CheckoutQuery, ProcessMutation};
 use error::ApiError;
+use webhooks::{WebhookMutation, WebhookQuery};
 
 pub use mutation::{AdminMutation, CommandMutation};
 pub use query::LogQuery;
@@ -37,7 +39,7 @@ pub use subscription::LogSubscription;
 
 /// Every query.
 #[derive(MergedObject, Default)]
-pub struct Query(LogQuery, ReadModelQuery, CheckoutQuery);
+pub struct Query(LogQuery, ReadModelQuery, CheckoutQuery, WebhookQuery);
 
 /// Every mutation: domain commands (writer), raw appends and projection control (admin).
 #[derive(MergedObject, Default)]
@@ -46,6 +48,7 @@ pub struct Mutation(
     AdminMutation,
     ProjectionMutation,
     ProcessMutation,
+    WebhookMutation,
 );
 
 /// Every subscription.
@@ -103,6 +106,8 @@ pub struct ApiContext {
     pub keys: KeyRing,
     /// The process managers' dispatchers (status, parked commands).
     pub processes: Vec<annals_projections::process::ProcessHandle>,
+    /// Webhook delivery (status, dead letters, redrive).
+    pub webhooks: crate::webhooks::Deliverer,
 }
 
 /// Counts live subscriptions per principal. A slot is a guard: it is given back when the

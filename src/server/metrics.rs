@@ -84,6 +84,20 @@ pub fn render(state: &super::AppState) -> Option<String> {
     metrics::counter!("annals_payment_gateway_calls_total").absolute(gateway.calls);
     metrics::counter!("annals_payment_gateway_failures_total").absolute(gateway.failures);
     metrics::counter!("annals_payment_gateway_rejected_total").absolute(gateway.rejected);
+    if let Ok(webhooks) = state.webhooks().status() {
+        for w in webhooks {
+            let id = w.subscription.id.clone();
+            metrics::gauge!("annals_webhook_pending_events", "webhook" => id.clone())
+                .set(w.pending as f64);
+            metrics::gauge!("annals_webhook_lag_events", "webhook" => id.clone()).set(w.lag as f64);
+            metrics::gauge!("annals_webhook_dead_letters", "webhook" => id.clone())
+                .set(w.dead_letters as f64);
+            metrics::counter!("annals_webhook_deliveries_total", "webhook" => id.clone())
+                .absolute(w.delivered);
+            metrics::counter!("annals_webhook_failures_total", "webhook" => id)
+                .absolute(w.failures);
+        }
+    }
     for process in state.processes() {
         let Ok(status) = process.status() else {
             continue;

@@ -111,6 +111,8 @@ struct Inner {
     processes: Vec<ProcessHandle>,
     /// The payment gateway's guard, for `/ready` and `/metrics`.
     gateway: crate::payments::GuardedGateway,
+    /// The webhooks' delivery, for `/metrics`.
+    webhooks: crate::webhooks::Deliverer,
 }
 
 impl std::fmt::Debug for AppState {
@@ -133,6 +135,7 @@ impl AppState {
         config: ServerConfig,
         cluster: Option<annals_cluster::ClusterEventStore>,
         processes: Vec<ProcessHandle>,
+        webhooks: crate::webhooks::Deliverer,
     ) -> Self {
         // The recorder must exist before the first request so that no sample is lost.
         let _ = metrics::handle();
@@ -153,6 +156,7 @@ impl AppState {
             subscriptions: graphql::SubscriptionSlots::default(),
             keys: keys.clone(),
             processes: processes.clone(),
+            webhooks: webhooks.clone(),
         });
         Self {
             inner: Arc::new(Inner {
@@ -167,8 +171,14 @@ impl AppState {
                 cluster,
                 processes,
                 gateway,
+                webhooks,
             }),
         }
+    }
+
+    /// The webhooks' delivery.
+    pub fn webhooks(&self) -> &crate::webhooks::Deliverer {
+        &self.inner.webhooks
     }
 
     /// The payment gateway, behind its guard.

@@ -1,0 +1,85 @@
+//! The `webhooks` projection: the subscriptions, and per subscription a queue of the
+//! events still to deliver, written in the batch of the projection's checkpoint. An
+//! event enters a subscription's queue exactly when the checkpoint passes it, so none is
+//! skipped and none is queued twice, whatever the crashes.
+
+use annals_projections::{HandlerError, Projection, ReadModelTx};
+use annals_store::{ReadFilter, RecordedEvent};
+use serde::{Deserialize, Serialize};
+
+use super::subscription::WebhookEvent;
+use super::{Delivery, keys};
+
+/// A subscription as the projection keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    /// Its id (`webhook-{id}`).
+    pub id: String,
+    /// Where to POST.
+    pub url: String,
+    /// Which events.
+    pub filter: ReadFilter,
+    /// The position it was created at: it receives the events after it.
+    pub since: u64,
+}
+
+/// Builds the subscriptions and their delivery queues.
+pub struct WebhooksProjection;
+
+impl Projection for WebhooksProjection {
+    fn name(&self) -> &str {
+        super::WEBHOOKS
+    }
+
+    fn handle(&self, event: &RecordedEvent, tx: &mut ReadModelTx<'_>) -> Result<(), HandlerError> {
+        let mut active: Vec<Subscription> = tx.get_typed(keys::ACTIVE)?.unwrap_or_default();
+        if event.category() == "webhook" {
+            let id = event.stream_id.as_str()["webhook-".len()..].to_string();
+            match crate::read_models::decode::<WebhookEvent>(event)? {
+                WebhookEvent::WebhookSubscribed {
+                    url,
+                    event_types,
+                    categories,
+                } => {
+                    active.retain(|s| s.id != id);
+                    active.push(Subscription {
+                        id,
+                        url,
+                        filter: ReadFilter {
+                            categories,
+                            event_types,
+                        },
+                        since: event.position.0,
+                    });
+                }
+                WebhookEvent::WebhookDeleted {} => active.retain(|s| s.id != id),
+            }
+            tx.put_typed(keys::ACTIVE, active);
+            return Ok(());
+        }
+        if active.is_empty() {
+            return Ok(());
+        }
+        // Kept typed for the rest of the batch: the next events read it without parsing.
+        tx.put_typed(keys::ACTIVE, active.clone());
+        let mut delivery: Option<Vec<u8>> = None;
+        for subscription in &active {
+            if !subscription
+                .filter
+                .matches(event.stream_id.as_str(), &event.event_type)
+            {
+                continue;
+            }
+            let body = match &delivery {
+                Some(body) => body.clone(),
+                None => {
+                    let body = serde_json::to_vec(&Delivery::of(event))?;
+                    delivery = Some(body.clone());
+                    body
+                }
+            };
+            tx.put(keys::queued(&subscription.id, event.position), body);
+        }
+        Ok(())
+    }
+}
