@@ -224,9 +224,22 @@ impl ProcessManager for Checkout {
         out: &mut Reaction<CheckoutCommand>,
     ) -> Result<(), HandlerError> {
         let id = self.instance_of(event).unwrap_or_default();
+        // An event of these streams that is not the domain's (a raw append of another
+        // type) is not the checkout's business: it is ignored rather than stopping every
+        // checkout behind it.
+        let ignored = |error: &dyn std::fmt::Display| -> Result<(), HandlerError> {
+            tracing::warn!(position = event.position.0, event_type = %event.event_type, %error, "checkout ignores an event it cannot read");
+            Ok(())
+        };
         match event.category() {
-            "order" => self.on_order(state, &id, crate::read_models::decode(event)?, out),
-            "payment" => self.on_payment(state, &id, crate::read_models::decode(event)?, out),
+            "order" => match crate::read_models::decode(event) {
+                Ok(decoded) => self.on_order(state, &id, decoded, out),
+                Err(error) => return ignored(&error),
+            },
+            "payment" => match crate::read_models::decode(event) {
+                Ok(decoded) => self.on_payment(state, &id, decoded, out),
+                Err(error) => return ignored(&error),
+            },
             _ => return Ok(()),
         }
         note(state, event);
@@ -393,7 +406,9 @@ impl<S: EventStore + SnapshotStore> CommandExecutor<CheckoutCommand> for Checkou
             CheckoutCommand::AuthorizePayment { payment_id } => {
                 c.authorize_payment(&payment_id, &ctx).await
             }
-            CheckoutCommand::ConfirmOrder { order_id } => c.confirm_order(&order_id, &ctx).await,
+            CheckoutCommand::ConfirmOrder { order_id } => {
+                c.confirm_paid_order(&order_id, &ctx).await
+            }
             CheckoutCommand::CancelOrder { order_id, reason } => {
                 c.cancel_order(&order_id, reason, &ctx).await
             }
@@ -412,5 +427,148 @@ impl<S: EventStore + SnapshotStore> CommandExecutor<CheckoutCommand> for Checkou
             Err(CommandError::Rejected(error)) => Err(CommandFailure::Rejected(error.to_string())),
             Err(error) => Err(CommandFailure::Transient(error.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use annals_projections::process::testkit::given;
+    use annals_projections::testkit::EventLog;
+    use annals_store::RecordedEvent;
+    use serde_json::json;
+
+    use super::*;
+
+    fn saga() -> Checkout {
+        Checkout {
+            payment_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn log() -> EventLog {
+        EventLog::new()
+            .event(
+                "order-o1",
+                "OrderPlaced",
+                json!({ "customer_id": "c", "lines": [], "total_cents": 500 }),
+            )
+            .event(
+                "order-o1",
+                "OrderAwaitingPayment",
+                json!({ "payment_id": "o1" }),
+            )
+            .event(
+                "payment-o1",
+                "PaymentRequested",
+                json!({ "order_id": "o1", "amount_cents": 500 }),
+            )
+    }
+
+    fn last(log: EventLog) -> (Vec<RecordedEvent>, RecordedEvent) {
+        let mut events = log.into_events();
+        let last = events.pop().unwrap();
+        (events, last)
+    }
+
+    #[test]
+    fn a_placed_order_gets_its_payment_requested_and_a_deadline() {
+        let (_, placed) = last(EventLog::new().event(
+            "order-o1",
+            "OrderPlaced",
+            json!({ "customer_id": "c", "lines": [], "total_cents": 500 }),
+        ));
+        given(saga(), Vec::new())
+            .when(placed)
+            .then_commands([CheckoutCommand::RequestPayment {
+                order_id: "o1".into(),
+            }])
+            .then_deadline_set(PAYMENT_DEADLINE, Duration::from_secs(60))
+            .then_state("o1", |s| assert_eq!(s.step, CheckoutStep::Started));
+    }
+
+    #[test]
+    fn a_requested_payment_is_authorized_and_its_answer_decides_the_order() {
+        let (given_events, requested) = last(log());
+        given(saga(), given_events)
+            .when(requested)
+            .then_commands([CheckoutCommand::AuthorizePayment {
+                payment_id: "o1".into(),
+            }])
+            .then_state("o1", |s| assert_eq!(s.step, CheckoutStep::AwaitingPayment));
+        let (given_events, authorized) = last(log().event(
+            "payment-o1",
+            "PaymentAuthorized",
+            json!({ "authorization": "a" }),
+        ));
+        given(saga(), given_events)
+            .when(authorized)
+            .then_commands([CheckoutCommand::ConfirmOrder {
+                order_id: "o1".into(),
+            }])
+            .then_pending_deadlines("o1", &[]);
+        let (given_events, declined) =
+            last(log().event("payment-o1", "PaymentDeclined", json!({ "reason": "no" })));
+        given(saga(), given_events)
+            .when(declined)
+            .then_commands([CheckoutCommand::CancelOrder {
+                order_id: "o1".into(),
+                reason: "payment declined: no".into(),
+            }])
+            .then_pending_deadlines("o1", &[]);
+    }
+
+    #[test]
+    fn an_unanswered_payment_cancels_the_order_when_the_deadline_fires() {
+        given(saga(), log().into_events())
+            .when_deadline("o1", PAYMENT_DEADLINE)
+            .then_commands([CheckoutCommand::CancelOrder {
+                order_id: "o1".into(),
+                reason: "no answer from the payment gateway within 60s".into(),
+            }]);
+    }
+
+    #[test]
+    fn compensation_refunds_a_cancelled_paid_order_and_shipping_captures() {
+        let paid = log()
+            .event(
+                "payment-o1",
+                "PaymentAuthorized",
+                json!({ "authorization": "a" }),
+            )
+            .event("order-o1", "OrderConfirmed", json!({}));
+        let (given_events, cancelled) =
+            last(paid.event("order-o1", "OrderCancelled", json!({ "reason": "changed" })));
+        given(saga(), given_events)
+            .when(cancelled)
+            .then_commands([CheckoutCommand::RefundPayment {
+                payment_id: "o1".into(),
+                reason: "order cancelled".into(),
+            }])
+            .then_state("o1", |s| assert_eq!(s.step, CheckoutStep::Compensating));
+        let paid = log()
+            .event(
+                "payment-o1",
+                "PaymentAuthorized",
+                json!({ "authorization": "a" }),
+            )
+            .event("order-o1", "OrderConfirmed", json!({}));
+        let (given_events, shipped) = last(paid.event(
+            "order-o1",
+            "OrderShipped",
+            json!({ "tracking_number": "T" }),
+        ));
+        given(saga(), given_events).when(shipped).then_commands([
+            CheckoutCommand::CapturePayment {
+                payment_id: "o1".into(),
+            },
+        ]);
+    }
+
+    #[test]
+    fn events_it_cannot_read_are_ignored() {
+        let (given_events, odd) = last(log().event("order-o1", "OrderTeleported", json!({})));
+        given(saga(), given_events).when(odd).then_nothing();
     }
 }

@@ -178,7 +178,7 @@ pub struct ServeArgs {
     /// A window in which the simulated gateway is down, `AFTER+LENGTH` in seconds from the
     /// start (`60+30`: down from the first to the second half of the second minute).
     /// Repeatable.
-    #[arg(long, env = "ANNALS_GATEWAY_OUTAGES", value_delimiter = ',', value_parser = parse_outage)]
+    #[arg(long, env = "ANNALS_GATEWAY_OUTAGE", value_delimiter = ',', value_parser = parse_outage)]
     pub gateway_outage: Vec<crate::payments::OutageWindow>,
 }
 

@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use serde_json::{Map, Value, json};
 
 use crate::domain::{OrderEvent, OrderPlacedV1, PaymentEvent, ProductEvent};
+use crate::webhooks::WebhookEvent;
 
 /// One generated file, with its path relative to the schema directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +33,7 @@ pub fn generate() -> Result<Vec<Contract>, String> {
     contracts.extend(variant_schemas::<OrderEvent>(&order_samples())?);
     contracts.extend(variant_schemas::<ProductEvent>(&product_samples())?);
     contracts.extend(variant_schemas::<PaymentEvent>(&payment_samples())?);
+    contracts.extend(variant_schemas::<WebhookEvent>(&webhook_samples())?);
     contracts.push(struct_schema::<DeadlineReached>(
         annals_projections::process::DEADLINE_REACHED,
         1,
@@ -92,6 +94,17 @@ fn product_samples() -> Vec<ProductEvent> {
     ]
 }
 
+fn webhook_samples() -> Vec<WebhookEvent> {
+    vec![
+        WebhookEvent::WebhookSubscribed {
+            url: String::new(),
+            event_types: Vec::new(),
+            categories: Vec::new(),
+        },
+        WebhookEvent::WebhookDeleted {},
+    ]
+}
+
 fn payment_samples() -> Vec<PaymentEvent> {
     vec![
         PaymentEvent::PaymentRequested {
@@ -112,9 +125,10 @@ fn payment_samples() -> Vec<PaymentEvent> {
     ]
 }
 
-/// The payload of `DeadlineReached` as its contract describes it: the shape of
-/// `annals_projections::process::DeadlineReached`, which the engine crate writes without
-/// depending on a schema generator (a test checks that the two agree).
+// The payload of `DeadlineReached` as its contract describes it: the shape of
+// `annals_projections::process::DeadlineReached`, which the engine crate writes without
+// depending on a schema generator (a test checks that the two agree). A plain comment, not
+// a doc comment: the contract's description is the one `generate` gives.
 #[derive(schemars::JsonSchema, serde::Serialize, serde::Deserialize)]
 #[allow(dead_code)]
 struct DeadlineReached {

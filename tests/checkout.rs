@@ -300,21 +300,24 @@ async fn a_gateway_that_never_answers_runs_into_the_deadline() {
         "the deadline fired once"
     );
 
-    // The gateway answers at last: the late authorization is given back.
+    // The gateway answers again: the retried authorization of a cancelled order is
+    // declined without asking it, so no money is reserved only to be given back.
     gateway.set_mode(GatewayMode::Up);
+    let answered = gateway.answered();
     let data = eventually(
-        "the late authorization to be refunded",
+        "the late authorization to be declined",
         Some(&clock),
         || async {
             let data = order(&server, "o-3").await;
-            (data["order"]["payment"]["status"] == "REFUNDED").then_some(data)
+            (data["order"]["payment"]["status"] == "DECLINED").then_some(data)
         },
     )
     .await;
     assert_eq!(data["order"]["status"], "CANCELLED");
+    assert_eq!(gateway.answered(), answered, "the gateway was not asked");
     assert_eq!(
         types(&events(&server, "payment-o-3").await),
-        ["PaymentRequested", "PaymentAuthorized", "PaymentRefunded"]
+        ["PaymentRequested", "PaymentDeclined"]
     );
     assert_eq!(
         types(&events(&server, "checkout-o-3").await),
@@ -428,6 +431,19 @@ async fn cancelling_a_confirmed_order_refunds_its_payment() {
     );
     assert_eq!(gateway.calls("o-4/refund", false), 1);
     check_links(&server, "o-4").await;
+
+    // An order waiting for its payment cannot be confirmed by hand.
+    gateway.set_mode(GatewayMode::Silent);
+    place(&server, "o-7", 1).await;
+    step(&server, None, "o-7", "AWAITING_PAYMENT").await;
+    let (code, _) = server
+        .error(
+            r#"mutation { confirmOrder(orderId: "o-7") { position } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, "INVALID_STATE");
+    gateway.set_mode(GatewayMode::Up);
 
     // An operator's second refund is refused by the payment, and no money moves.
     let (code, _) = server

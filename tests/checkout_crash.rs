@@ -159,13 +159,13 @@ async fn client(
         }
         // Now and then an earlier order of this client that the saga confirmed is shipped
         // (its payment is captured) or cancelled (its payment is refunded).
-        if n % 4 == 0 && mine.len() > 2 {
+        if n.is_multiple_of(4) && mine.len() > 2 {
             let earlier = mine.remove(0);
             let Some(body) = graphql(&http, &base, STATUS, json!({ "o": earlier })).await else {
                 return;
             };
             if body["data"]["order"]["status"] == "CONFIRMED" {
-                let mutation = if n % 8 == 0 { SHIP } else { CANCEL };
+                let mutation = if n.is_multiple_of(8) { SHIP } else { CANCEL };
                 match graphql(&http, &base, mutation, json!({ "o": earlier })).await {
                     None => return,
                     Some(body) => match code(&body) {

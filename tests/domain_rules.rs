@@ -1,8 +1,8 @@
 //! Given/when/then tests of every command, rule and error of the reference domain.
 
 use annals::domain::{
-    CommerceError, Order, OrderCommand, OrderEvent, OrderLine, OrderStatus, Product,
-    ProductCommand, ProductEvent,
+    CommerceError, Order, OrderCommand, OrderEvent, OrderLine, OrderStatus, Payment,
+    PaymentCommand, PaymentEvent, PaymentStatus, Product, ProductCommand, ProductEvent,
 };
 use annals::error::HasCode;
 use annals_store::testkit::{given, given_no_history};
@@ -459,4 +459,140 @@ fn error_codes_are_stable() {
             "VALIDATION_ERROR"
         ]
     );
+}
+
+// ---- Payment -------------------------------------------------------------------------
+
+fn requested() -> PaymentEvent {
+    PaymentEvent::PaymentRequested {
+        order_id: "o-1".into(),
+        amount_cents: 2500,
+    }
+}
+
+fn authorized() -> PaymentEvent {
+    PaymentEvent::PaymentAuthorized {
+        authorization: "auth-1".into(),
+    }
+}
+
+#[test]
+fn a_payment_is_requested_once_for_a_positive_amount() {
+    let state = given_no_history::<Payment>()
+        .when(PaymentCommand::Request {
+            order_id: "o-1".into(),
+            amount_cents: 2500,
+        })
+        .then_expect_events(vec![requested()]);
+    assert_eq!(state.status, PaymentStatus::Requested);
+    given_no_history::<Payment>()
+        .when(PaymentCommand::Request {
+            order_id: "o-1".into(),
+            amount_cents: 0,
+        })
+        .then_expect_error_matching(code("VALIDATION_ERROR"));
+    given::<Payment>(vec![requested()])
+        .when(PaymentCommand::Request {
+            order_id: "o-1".into(),
+            amount_cents: 2500,
+        })
+        .then_expect_error_matching(code("INVALID_STATE"));
+    given_no_history::<Payment>()
+        .when(PaymentCommand::Capture)
+        .then_expect_error_matching(code("NOT_FOUND"));
+}
+
+#[test]
+fn the_gateways_answer_is_recorded_once() {
+    given::<Payment>(vec![requested()])
+        .when(PaymentCommand::Authorize {
+            authorization: "auth-1".into(),
+        })
+        .then_expect_events(vec![authorized()]);
+    given::<Payment>(vec![requested()])
+        .when(PaymentCommand::Decline {
+            reason: "card declined".into(),
+        })
+        .then_expect_events(vec![PaymentEvent::PaymentDeclined {
+            reason: "card declined".into(),
+        }]);
+    for answer in [
+        PaymentCommand::Authorize {
+            authorization: "auth-2".into(),
+        },
+        PaymentCommand::Decline {
+            reason: "late".into(),
+        },
+    ] {
+        given::<Payment>(vec![requested(), authorized()])
+            .when(answer)
+            .then_expect_error_matching(code("INVALID_STATE"));
+    }
+}
+
+#[test]
+fn an_authorized_payment_is_captured_or_refunded_once() {
+    let captured = given::<Payment>(vec![requested(), authorized()])
+        .when(PaymentCommand::Capture)
+        .then_expect_events(vec![PaymentEvent::PaymentCaptured { amount_cents: 2500 }]);
+    assert_eq!(captured.status, PaymentStatus::Captured);
+    given::<Payment>(vec![
+        requested(),
+        authorized(),
+        PaymentEvent::PaymentCaptured { amount_cents: 2500 },
+    ])
+    .when(PaymentCommand::Capture)
+    .then_expect_error_matching(code("INVALID_STATE"));
+    let refunded = PaymentEvent::PaymentRefunded {
+        amount_cents: 2500,
+        reason: "cancelled".into(),
+    };
+    given::<Payment>(vec![requested(), authorized()])
+        .when(PaymentCommand::Refund {
+            reason: "cancelled".into(),
+        })
+        .then_expect_events(vec![refunded.clone()]);
+    for command in [
+        PaymentCommand::Refund {
+            reason: "again".into(),
+        },
+        PaymentCommand::Capture,
+    ] {
+        given::<Payment>(vec![requested(), authorized(), refunded.clone()])
+            .when(command)
+            .then_expect_error_matching(code("INVALID_STATE"));
+    }
+    // A payment never authorized cannot be captured or refunded.
+    given::<Payment>(vec![requested()])
+        .when(PaymentCommand::Capture)
+        .then_expect_error_matching(code("INVALID_STATE"));
+}
+
+#[test]
+fn only_the_checkout_confirms_an_order_waiting_for_its_payment() {
+    let placed = OrderEvent::OrderPlaced {
+        customer_id: "c-1".into(),
+        lines: vec![line("p-1", 1, 100)],
+        total_cents: 100,
+    };
+    let waiting = OrderEvent::OrderAwaitingPayment {
+        payment_id: "o-1".into(),
+    };
+    given::<Order>(vec![placed.clone(), waiting.clone()])
+        .when(OrderCommand::Confirm)
+        .then_expect_error_matching(code("INVALID_STATE"));
+    given::<Order>(vec![placed.clone(), waiting.clone()])
+        .when(OrderCommand::ConfirmPaid)
+        .then_expect_events(vec![OrderEvent::OrderConfirmed {}]);
+    given::<Order>(vec![placed.clone()])
+        .when(OrderCommand::ConfirmPaid)
+        .then_expect_error_matching(code("INVALID_STATE"));
+    let state = given::<Order>(vec![placed, waiting])
+        .when(OrderCommand::Cancel {
+            reason: "no payment".into(),
+        })
+        .then_expect_events(vec![OrderEvent::OrderCancelled {
+            reason: "no payment".into(),
+        }]);
+    assert_eq!(state.status, OrderStatus::Cancelled);
 }

@@ -13,6 +13,7 @@ use annals::graphql::error::ApiError;
 use annals::node::NodeError;
 use annals::read_models::QueryError;
 use annals::replay::ReplayError;
+use annals::webhooks::WebhookError;
 use annals_projections::ProjectionError;
 use annals_projections::testkit::one_of_each_projection_error;
 use annals_store::testkit::one_of_each_store_error;
@@ -68,6 +69,34 @@ fn projection_code(error: &ProjectionError) -> ErrorCode {
         ProjectionError::Storage(_) | ProjectionError::Closed => ErrorCode::Unavailable,
         other => panic!("a projection error this test does not know: {other:?}"),
     }
+}
+
+/// Every webhook refusal (the match fails to compile when a variant is added).
+fn webhook_errors() -> Vec<(WebhookError, ErrorCode)> {
+    let errors = vec![
+        (
+            WebhookError::Validation {
+                reason: "\"ftp://x\" is not an http(s) URL".into(),
+            },
+            ErrorCode::ValidationError,
+        ),
+        (
+            WebhookError::NotFound { id: "w".into() },
+            ErrorCode::NotFound,
+        ),
+        (
+            WebhookError::Exists { id: "w".into() },
+            ErrorCode::InvalidState,
+        ),
+    ];
+    for (error, _) in &errors {
+        match error {
+            WebhookError::Validation { .. }
+            | WebhookError::NotFound { .. }
+            | WebhookError::Exists { .. } => {}
+        }
+    }
+    errors
 }
 
 fn commerce_errors() -> Vec<(CommerceError, ErrorCode)> {
@@ -175,6 +204,11 @@ fn every_command_error_has_the_code_of_what_it_wraps() {
     for (error, expected) in commerce_errors() {
         assert_eq!(error.code(), expected);
         let error: CommandError<CommerceError> = CommandError::Rejected(error);
+        assert_eq!(error.code(), expected);
+        check_client(ApiError::from(error), expected);
+    }
+    for (error, expected) in webhook_errors() {
+        let error: CommandError<WebhookError> = CommandError::Rejected(error);
         assert_eq!(error.code(), expected);
         check_client(ApiError::from(error), expected);
     }

@@ -235,6 +235,17 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
             .await
     }
 
+    /// Confirms an order whose payment was authorized (what the checkout sends).
+    pub async fn confirm_paid_order(
+        &self,
+        order_id: &str,
+        ctx: &CommandContext,
+    ) -> Result<CommandOutcome, CommandError<CommerceError>> {
+        self.bus
+            .execute::<Order>(order_id, OrderCommand::ConfirmPaid, ctx)
+            .await
+    }
+
     /// Ships a confirmed order: the order is shipped and the stock it reserved leaves
     /// the warehouse (each product's on-hand and reserved units fall), in one commit.
     pub async fn ship_order(
@@ -266,7 +277,9 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
 
     /// Asks the gateway to authorize a requested payment and records its answer
     /// (authorized or declined). The gateway is called with the payment's id as its
-    /// idempotency key, so a repeated command gets the same answer.
+    /// idempotency key, so a repeated command gets the same answer. The payment of an
+    /// order cancelled in the meantime (its deadline passed) is declined without calling
+    /// the gateway: no money is reserved only to be given back.
     pub async fn authorize_payment(
         &self,
         payment_id: &str,
@@ -283,6 +296,12 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
             .state
             .handle(payment_id, decline)
             .map_err(CommandError::Rejected)?;
+        let order = self.bus.load::<Order>(&payment.state.order_id).await?;
+        if order.state.status == OrderStatus::Cancelled {
+            let reason = "the order was cancelled before the payment was authorized".into();
+            let command = PaymentCommand::Decline { reason };
+            return self.bus.execute::<Payment>(payment_id, command, ctx).await;
+        }
         let answer = self
             .gateway
             .authorize(payment_id, payment.state.amount_cents)

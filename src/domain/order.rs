@@ -148,8 +148,11 @@ pub enum OrderCommand {
         /// The payment.
         payment_id: String,
     },
-    /// Confirm a placed order, or one whose payment was authorized.
+    /// Confirm a placed order by hand (orders the checkout handles wait for their
+    /// payment instead).
     Confirm,
+    /// Confirm an order whose payment was authorized (the checkout's confirmation).
+    ConfirmPaid,
     /// Ship a confirmed order.
     Ship {
         /// The carrier's tracking number.
@@ -237,9 +240,12 @@ impl Aggregate for Order {
                 _ => Err(invalid("request the payment of")),
             },
             OrderCommand::Confirm => match self.status {
-                OrderStatus::Placed | OrderStatus::AwaitingPayment => {
-                    Ok(vec![OrderEvent::OrderConfirmed {}])
-                }
+                OrderStatus::Placed => Ok(vec![OrderEvent::OrderConfirmed {}]),
+                OrderStatus::New => Err(not_found()),
+                _ => Err(invalid("confirm")),
+            },
+            OrderCommand::ConfirmPaid => match self.status {
+                OrderStatus::AwaitingPayment => Ok(vec![OrderEvent::OrderConfirmed {}]),
                 OrderStatus::New => Err(not_found()),
                 _ => Err(invalid("confirm")),
             },

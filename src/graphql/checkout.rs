@@ -184,6 +184,8 @@ pub struct ProcessStatusObject {
     pub rejected: Amount,
     /// Failed sends retried since the server started.
     pub retried: Amount,
+    /// Commands parked since the server started.
+    pub parked_total: Amount,
     /// Deadlines fired since the server started.
     pub deadlines_fired: Amount,
 }
@@ -200,6 +202,7 @@ impl From<ProcessStatus> for ProcessStatusObject {
             sent: Amount(s.sent),
             rejected: Amount(s.rejected),
             retried: Amount(s.retried),
+            parked_total: Amount(s.parked_total),
             deadlines_fired: Amount(s.deadlines_fired),
         }
     }

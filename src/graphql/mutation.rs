@@ -151,7 +151,9 @@ impl CommandMutation {
         .await
     }
 
-    /// Confirms a placed order.
+    /// Confirms a placed order by hand (with the checkout off; with it on, the checkout
+    /// confirms an order once its payment is authorized, and an order waiting for its
+    /// payment cannot be confirmed by hand).
     #[graphql(guard = "RoleGuard(Role::Writer)")]
     async fn confirm_order(
         &self,
@@ -212,7 +214,8 @@ impl CommandMutation {
         .await
     }
 
-    /// Cancels a placed or confirmed order and releases its stock in the same commit.
+    /// Cancels an order that is placed, waiting for its payment or confirmed, and releases
+    /// its stock in the same commit; the checkout refunds a payment already taken.
     #[graphql(guard = "RoleGuard(Role::Writer)")]
     async fn cancel_order(
         &self,

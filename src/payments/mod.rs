@@ -67,7 +67,8 @@ pub enum CircuitState {
     Closed,
     /// Calls are refused without being made.
     Open,
-    /// One probe call is let through to see whether the gateway is back.
+    /// The open period is over: calls go through again, and the first answer decides
+    /// (a success closes the circuit, a failure opens it for another period).
     HalfOpen,
 }
 
@@ -146,9 +147,11 @@ impl failsafe::Instrument for Observer {
 type Breaker = StateMachine<ConsecutiveFailures<backoff::Constant>, Observer>;
 
 /// A gateway behind a timeout and a circuit breaker: after `failures_to_open` failures in
-/// a row calls fail at once with [`GatewayError::CircuitOpen`]; after `open_for` one probe
-/// goes through, and its success closes the circuit. A decline is an answer, not a
-/// failure.
+/// a row calls fail at once with [`GatewayError::CircuitOpen`]; after `open_for` the
+/// circuit is half-open and calls go through again, the first success closing it and a
+/// failure opening it for another period. A decline is an answer, not a failure. The
+/// state the guard reports moves on calls: an open circuit shows as open until the first
+/// call after its period.
 #[derive(Clone, Debug)]
 pub struct GuardedGateway {
     inner: Arc<dyn PaymentGateway>,

@@ -354,9 +354,9 @@ pub fn readiness(state: &AppState) -> (bool, Map<String, Value>) {
         json!({
             "status": if gateway.state == crate::payments::CircuitState::Closed { "up" } else { "degraded" },
             "circuit": gateway.state.as_str(),
-            "calls": gateway.calls.to_string(),
-            "failures": gateway.failures.to_string(),
-            "rejected": gateway.rejected.to_string(),
+            "calls": gateway.calls,
+            "failures": gateway.failures,
+            "rejected": gateway.rejected,
         }),
     );
     for process in state.processes() {
@@ -364,10 +364,11 @@ pub fn readiness(state: &AppState) -> (bool, Map<String, Value>) {
             checks.insert(
                 format!("process:{}", status.name),
                 json!({
-                    "status": "up",
-                    "outbox": status.outbox.to_string(),
-                    "deadlines": status.deadlines.to_string(),
-                    "parked": status.parked.to_string(),
+                    // Parked commands wait for an operator; the node still serves.
+                    "status": if status.parked == 0 { "up" } else { "degraded" },
+                    "outbox": status.outbox,
+                    "deadlines": status.deadlines,
+                    "parked": status.parked,
                 }),
             );
         }

@@ -61,21 +61,23 @@ pub trait CommandExecutor<C>: Send + Sync + 'static {
 /// How failed commands are retried.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
-    /// Sends before a command is parked. Default 8.
+    /// Sends before a command is parked. Default 12.
     pub max_attempts: u32,
     /// The backoff ceiling after the first failure; it doubles with each failure.
     /// Default 100 ms.
     pub first_backoff: Duration,
-    /// The largest backoff ceiling. Default 30 s: with 8 attempts a command is parked
-    /// after about half a minute to a minute of failures, long enough to ride out a
-    /// restart of the service it calls.
+    /// The largest backoff ceiling. Default 30 s. With the defaults the waits' ceilings
+    /// add up to about 2.5 minutes (each wait is half to all of its ceiling), so a command
+    /// is parked after roughly 1.5 to 2.5 minutes of failures: long enough to ride out a
+    /// restart of the service it calls, short enough that an operator hears of an outage
+    /// soon.
     pub max_backoff: Duration,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
-            max_attempts: 8,
+            max_attempts: 12,
             first_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
         }
@@ -372,8 +374,9 @@ where
             let next = match self.round().await {
                 Ok(next) => next,
                 Err(error) => {
+                    // Storage trouble: the next round waits the idle period.
                     tracing::warn!(process = %self.shared.name, %error, "dispatch round failed");
-                    Some(self.shared.clock.now())
+                    None
                 }
             };
             let now = self.shared.clock.now();
@@ -458,8 +461,11 @@ where
                 }
             }
         }
+        let progressed = !puts.is_empty() || !deletes.is_empty();
         s.read.write_rows(&s.name, &puts, &deletes)?;
-        if full {
+        if full && progressed {
+            // More rows than one round takes, and this round moved some: go on at once.
+            // A full round of rows that all wait for their retries waits like any other.
             return Ok(Some(now));
         }
         Ok(next)
@@ -567,6 +573,7 @@ where
             due.push((key, deadline));
         }
         if due.len() >= self.options.batch {
+            // More due than one round fires.
             next = Some(now);
         }
         let results: Vec<(Vec<u8>, Result<(), StoreError>)> = futures::stream::iter(due)
@@ -582,9 +589,11 @@ where
                     fired.push(key);
                 }
                 Err(error) => {
-                    // The row stays: the next round fires it again, under the same id.
+                    // The row stays: a later round fires it again, under the same id,
+                    // after a pause rather than at once (the store may be refusing writes).
                     tracing::warn!(process = %s.name, %error, "deadline not fired yet");
-                    next = Some(now);
+                    let pause = Timestamp(now.0.saturating_add(1_000_000));
+                    next = Some(next.map_or(pause, |n: Timestamp| n.min(pause)));
                 }
             }
         }

@@ -71,7 +71,7 @@ pub trait ProcessManager: Send + Sync + 'static {
     /// What the process manager sends; stored in the outbox as JSON.
     type Command: Serialize + DeserializeOwned + Clone + Debug + PartialEq + Send + Sync + 'static;
 
-    /// Unique name, `[a-z0-9_]{1,64}` (no `-`): the name of its projection and the stream
+    /// Unique name, `[a-z0-9_]{1,32}` (no `-`): the name of its projection and the stream
     /// category of its deadline events (`{name}-{instance}`).
     fn name(&self) -> &str;
 
@@ -86,7 +86,8 @@ pub trait ProcessManager: Send + Sync + 'static {
     fn filter(&self) -> ReadFilter;
 
     /// The instance an event belongs to, or `None` to ignore the event. Must be a valid
-    /// stream id suffix (no control characters, at most 200 bytes).
+    /// stream id suffix (no control characters, at most 200 bytes), so that
+    /// `{name}-{instance}` is a valid stream id (at most 256 bytes).
     fn instance_of(&self, event: &RecordedEvent) -> Option<String>;
 
     /// Folds one event into the instance's state and says what to do about it.
@@ -274,8 +275,9 @@ pub(crate) fn step<P: ProcessManager>(
     })
 }
 
-/// Checks a process manager's name: a projection name without `-`, so that it is a stream
-/// category of its own.
+/// Checks a process manager's name: a projection name without `-` (so that it is a
+/// stream category of its own) of at most 32 characters (so that a deadline stream,
+/// `{name}-{instance}` with an instance of up to 200 bytes, is a valid stream id).
 pub fn validate_process_name(name: &str) -> bool {
-    crate::projection::validate_name(name) && !name.contains('-')
+    crate::projection::validate_name(name) && !name.contains('-') && name.len() <= 32
 }

@@ -152,8 +152,9 @@ impl ReadModelStore {
     /// one atomic write: `puts` then `deletes`, keys without the keyspace prefix.
     ///
     /// For rows the worker creates and then leaves to someone else (a process manager's
-    /// outbox, which its dispatcher empties): the worker must never write such a row again
-    /// once it is written, or the two writers would race.
+    /// outbox, which its dispatcher empties): in the normal course the worker does not
+    /// write such a row again. Only a rewind or rebuild writes it again, with the same
+    /// contents, which a process manager's idempotency keys make harmless.
     pub fn write_rows(
         &self,
         projection: &str,
