@@ -161,8 +161,8 @@ pub struct ServeArgs {
     #[arg(long, env = "ANNALS_CLUSTER_NAME", default_value = "annals")]
     pub cluster_name: String,
     /// Run the checkout saga: placed orders are paid, then confirmed or cancelled, and
-    /// shipping captures the payment. `off` leaves orders to operators. Query nodes of a
-    /// cluster never run it.
+    /// shipping captures the payment. `off` leaves orders to operators. In a cluster every
+    /// node keeps the checkouts' state, and only the writing node sends their commands.
     #[arg(long, env = "ANNALS_CHECKOUT", value_enum, default_value_t = Switch::On)]
     pub checkout: Switch,
     /// How long the checkout waits for the payment gateway's answer before it cancels the
@@ -248,8 +248,7 @@ impl ServeArgs {
         server.request_timeout = Duration::from_secs(self.request_timeout_secs);
         server.stale_read_timeout = Duration::from_millis(self.stale_read_timeout_ms);
         server.graphql.max_subscriptions_per_key = self.max_subscriptions_per_key;
-        let query_only = !self.cluster.is_empty() && self.node_role == NodeRole::Query;
-        if self.checkout == Switch::Off || query_only {
+        if self.checkout == Switch::Off {
             config.checkout = None;
         }
         if let Some(checkout) = &mut config.checkout {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use annals_cluster::ClusterEventStore;
 use annals_projections::process::{
-    Clock, Dispatcher, DispatcherOptions, ProcessHandle, ProcessProjection, SystemClock,
+    ActiveWhen, Clock, Dispatcher, DispatcherOptions, ProcessHandle, ProcessProjection, SystemClock,
 };
 use annals_projections::{ProjectionError, ProjectionRuntime, ReadModelStore, RuntimeOptions};
 use annals_store::{
@@ -243,9 +243,9 @@ impl Node {
             bus,
             projections: runtime_options,
             mut server,
-            checkout,
+            mut checkout,
             gateway,
-            webhooks,
+            mut webhooks,
         } = config;
         let mut cluster = None;
         let (store, read_dir, scratch) = match storage {
@@ -268,6 +268,15 @@ impl Node {
                 server
                     .data_dir
                     .get_or_insert_with(|| dir.root().to_path_buf());
+                // Every node keeps the checkout's and the webhooks' state (they are
+                // projections); only the writer sends commands, fires deadlines and
+                // delivers, so a remote service hears each call once per cluster.
+                let writer = store.clone();
+                let leading = ActiveWhen(Arc::new(move || writer.is_leading()));
+                if let Some(checkout) = &mut checkout {
+                    checkout.dispatcher.active_when = Some(leading.clone());
+                }
+                webhooks.active_when = Some(leading);
                 cluster = Some(store.clone());
                 (SharedStore::new(store), dir.read(), None)
             }

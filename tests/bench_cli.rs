@@ -204,6 +204,34 @@ fn command_bench_runs_the_full_command_path() {
 }
 
 #[test]
+fn the_saga_bench_counts_whole_checkouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let report = json(&[
+        "bench",
+        "command",
+        "--saga",
+        "--writers",
+        "3",
+        "--events",
+        "60",
+        "--durability",
+        "buffered",
+        "--json",
+        "--data-dir",
+        data,
+    ]);
+    assert_eq!(report["operation"], "checkout");
+    assert_figures(&report["annals"]);
+    // 60 events are 10 checkouts of 6 events, each counted once it is confirmed.
+    assert_eq!(report["annals"]["operations"], 10);
+    assert_eq!(report["annals"]["events"], 60);
+    // Setup: three products (2 events each), then 10 checkouts of 6 events.
+    assert_eq!(report["store_head"], 66);
+    assert_eq!(head(dir.path()), 66);
+}
+
+#[test]
 fn catchup_bench_builds_the_read_models_over_the_generated_log() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();

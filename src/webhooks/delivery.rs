@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use annals_projections::process::RetryPolicy;
+use annals_projections::process::{ActiveWhen, RetryPolicy};
 use annals_projections::{ProjectionError, ProjectionRuntime, ReadModelStore};
 use annals_store::{EventStore, Position, SharedStore, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,8 @@ pub struct DelivererOptions {
     pub timeout: Duration,
     /// The longest a subscription's task sleeps without a reason to wake. Default 1 s.
     pub idle: Duration,
+    /// When to deliver (default: always); in a cluster, only the writing node delivers.
+    pub active_when: Option<ActiveWhen>,
 }
 
 impl Default for DelivererOptions {
@@ -43,6 +45,7 @@ impl Default for DelivererOptions {
             },
             timeout: Duration::from_secs(10),
             idle: Duration::from_secs(1),
+            active_when: None,
         }
     }
 }
@@ -282,6 +285,15 @@ async fn deliver(shared: Arc<Shared>, subscription: Subscription) {
         Err(_) => return,
     };
     loop {
+        if shared
+            .options
+            .active_when
+            .as_ref()
+            .is_some_and(|a| !a.holds())
+        {
+            tokio::time::sleep(shared.options.idle).await;
+            continue;
+        }
         let next = shared
             .read
             .view(WEBHOOKS)

@@ -99,6 +99,25 @@ impl RetryPolicy {
     }
 }
 
+/// Says whether this process should act now: in a cluster, only the node that writes
+/// sends commands and fires deadlines, so the others do not repeat every call to a
+/// remote service (their duplicates would be harmless, but not free).
+#[derive(Clone)]
+pub struct ActiveWhen(pub Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for ActiveWhen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ActiveWhen(..)")
+    }
+}
+
+impl ActiveWhen {
+    /// Whether to act now.
+    pub fn holds(&self) -> bool {
+        (self.0)()
+    }
+}
+
 /// Tuning of a dispatcher.
 #[derive(Clone, Debug)]
 pub struct DispatcherOptions {
@@ -111,6 +130,9 @@ pub struct DispatcherOptions {
     pub batch: usize,
     /// The longest a dispatcher sleeps without a reason to wake. Default 1 s.
     pub idle: Duration,
+    /// When to act (default: always). The outbox and deadlines wait, durable, while it
+    /// does not hold.
+    pub active_when: Option<ActiveWhen>,
 }
 
 impl Default for DispatcherOptions {
@@ -120,6 +142,7 @@ impl Default for DispatcherOptions {
             concurrency: 64,
             batch: 1024,
             idle: Duration::from_secs(1),
+            active_when: None,
         }
     }
 }
@@ -402,6 +425,14 @@ where
     /// takes), at the next retry or deadline, or `None` (when rows arrive).
     async fn round(&self) -> Result<Option<Timestamp>, ProjectionError> {
         let s = &self.shared;
+        if self
+            .options
+            .active_when
+            .as_ref()
+            .is_some_and(|a| !a.holds())
+        {
+            return Ok(None);
+        }
         let now = s.clock.now();
         let mut next: Option<Timestamp> = None;
         let mut earliest = |at: Timestamp| next = Some(next.map_or(at, |n| n.min(at)));

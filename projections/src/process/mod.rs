@@ -55,8 +55,8 @@ use crate::error::HandlerError;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dispatch::{
-    CommandExecutor, CommandFailure, Dispatcher, DispatcherOptions, ProcessHandle, ProcessStatus,
-    RetryPolicy,
+    ActiveWhen, CommandExecutor, CommandFailure, Dispatcher, DispatcherOptions, ProcessHandle,
+    ProcessStatus, RetryPolicy,
 };
 pub use outbox::{ParkedCommand, PendingDeadline};
 pub use projection::{ProcessProjection, load_instance};
