@@ -102,6 +102,7 @@ fn webhook_samples() -> Vec<WebhookEvent> {
             categories: Vec::new(),
         },
         WebhookEvent::WebhookDeleted {},
+        WebhookEvent::WebhookDelivered { up_to: 0 },
     ]
 }
 

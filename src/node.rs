@@ -322,10 +322,11 @@ impl Node {
         let inner = gateway
             .gateway
             .unwrap_or_else(|| Arc::new(SimulatedGateway::new(gateway.simulated)));
-        let commerce = Arc::new(Commerce::with_gateway(
-            bus,
-            GuardedGateway::new(inner, gateway.guard),
-        ));
+        let commerce = Commerce::with_gateway(bus, GuardedGateway::new(inner, gateway.guard));
+        let commerce = Arc::new(match checkout {
+            Some(_) => commerce.confirmed_by_checkout(),
+            None => commerce,
+        });
         let dispatcher = match (checkout, saga) {
             (Some(config), Some(saga)) => Some(Dispatcher::start(
                 saga,

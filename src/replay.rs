@@ -65,8 +65,12 @@ pub async fn replay(data_dir: &Path, names: &[String]) -> Result<ReplayReport, R
         names.to_vec()
     };
     let mut config = NodeConfig::on_disk(data_dir);
-    // An offline replay rebuilds read models; it must not send the checkout's commands.
+    // An offline replay rebuilds read models; it must not send the checkout's commands
+    // nor deliver webhooks.
     config.checkout = None;
+    config.webhooks.active_when = Some(annals_projections::process::ActiveWhen(
+        std::sync::Arc::new(|| false),
+    ));
     // Nothing reads the old generation during an offline replay: drop it at once.
     config.projections = RuntimeOptions {
         drop_delay: Duration::ZERO,

@@ -56,6 +56,9 @@ struct Node {
     port: u16,
     urls: Vec<String>,
     child: Option<Child>,
+    /// Whether the node runs the checkout saga (off for the replication tests: its own
+    /// writes would keep the log moving after the clients stop).
+    checkout: bool,
 }
 
 impl Node {
@@ -68,6 +71,7 @@ impl Node {
             port: free_port(),
             urls,
             child: None,
+            checkout: false,
         }
     }
 
@@ -89,9 +93,7 @@ impl Node {
             .arg(&self.data)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--rate-limit", "1000000", "--rate-burst", "1000000"])
-            // Replication is under test: the checkout's own writes would keep the log
-            // moving after the clients stop.
-            .args(["--checkout", "off"])
+            .args(["--checkout", if self.checkout { "on" } else { "off" }])
             .env_remove("ANNALS_API_KEYS")
             .env_remove("ANNALS_API_KEYS_FILE")
             .env("RUST_LOG", "warn,annals_cluster=info")
@@ -617,4 +619,84 @@ async fn sixty_four_buyers_for_ten_units_over_two_nodes() {
         assert_eq!(data["product"]["available"], json!("0"), "{}", node.name);
         assert_eq!(data["product"]["reserved"], json!("10"), "{}", node.name);
     }
+}
+
+/// Every node of a cluster keeps the checkouts' state, and only the writing node calls
+/// the payment gateway: each payment is authorized with one call in the whole cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_checks_out_with_one_gateway_call_per_payment() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (nats, root, http) = cluster();
+    let mut nodes = [
+        Node::new(root.path(), "a", "all", nats.urls()),
+        Node::new(root.path(), "b", "all", nats.urls()),
+    ];
+    for node in nodes.iter_mut() {
+        node.checkout = true;
+        node.spawn();
+    }
+    for node in nodes.iter_mut() {
+        node.wait_ready(&http).await;
+    }
+    let [a, b] = &nodes;
+    graphql(&http, &a.base(), REGISTER, json!({ "id": "p0" }))
+        .await
+        .unwrap();
+    graphql(&http, &b.base(), RECEIVE, json!({ "id": "p0", "n": 100 }))
+        .await
+        .unwrap();
+    const ORDERS: usize = 12;
+    for i in 0..ORDERS {
+        let base = if i % 2 == 0 { a.base() } else { b.base() };
+        let variables = json!({ "order": format!("o-{i}"), "customer": "c", "product": "p0", "key": format!("k-{i}") });
+        loop {
+            match graphql(&http, &base, PLACE, variables.clone()).await {
+                Ok(_) => break,
+                Err(code) if code == "CONFLICT" || code == "UNAVAILABLE" => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(code) => panic!("placing o-{i}: {code}"),
+            }
+        }
+    }
+    let started = Instant::now();
+    for node in [a, b] {
+        for i in 0..ORDERS {
+            loop {
+                let data = graphql(
+                    &http,
+                    &node.base(),
+                    r#"query($o: String!) { checkout(orderId: $o) { step } }"#,
+                    json!({ "o": format!("o-{i}") }),
+                )
+                .await
+                .unwrap();
+                if data["checkout"]["step"] == "CONFIRMED" {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "o-{i} not confirmed on {}: {data}",
+                    node.name
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let mut calls = 0;
+    for node in [a, b] {
+        let metrics = http
+            .get(format!("{}/metrics", node.base()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        calls += metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("annals_payment_gateway_calls_total "))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap());
+    }
+    assert_eq!(calls, ORDERS as u64, "one authorization call per payment");
 }

@@ -132,6 +132,9 @@ pub struct LineRequest {
 pub struct Commerce<S> {
     bus: CommandBus<S>,
     gateway: Arc<GuardedGateway>,
+    /// Whether orders are confirmed by hand (`confirm_order`), or by the checkout once
+    /// paid.
+    manual_confirmation: bool,
 }
 
 impl<S: EventStore + SnapshotStore> Commerce<S> {
@@ -146,7 +149,16 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
         Self {
             bus,
             gateway: Arc::new(gateway),
+            manual_confirmation: true,
         }
+    }
+
+    /// The same domain with orders confirmed by the checkout only: `confirm_order` is
+    /// refused, so no order is confirmed in the moment between its placement and its
+    /// payment request.
+    pub fn confirmed_by_checkout(mut self) -> Self {
+        self.manual_confirmation = false;
+        self
     }
 
     /// The payment gateway, behind its guard.
@@ -224,12 +236,19 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
         self.bus.run(ctx, &decision).await
     }
 
-    /// Confirms a placed order.
+    /// Confirms a placed order by hand (refused when the checkout confirms orders).
     pub async fn confirm_order(
         &self,
         order_id: &str,
         ctx: &CommandContext,
     ) -> Result<CommandOutcome, CommandError<CommerceError>> {
+        if !self.manual_confirmation {
+            return Err(CommandError::Rejected(CommerceError::InvalidState {
+                reason: format!(
+                    "cannot confirm order {order_id} by hand: the checkout confirms orders once their payment is authorized"
+                ),
+            }));
+        }
         self.bus
             .execute::<Order>(order_id, OrderCommand::Confirm, ctx)
             .await

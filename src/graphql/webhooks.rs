@@ -144,13 +144,14 @@ impl WebhookMutation {
         url: String,
         #[graphql(default)] event_types: Vec<String>,
         #[graphql(default)] categories: Vec<String>,
+        idempotency_key: Option<String>,
     ) -> Result<CreatedWebhook, ApiError> {
         let command = WebhookCommand::Subscribe {
             url,
             event_types,
             categories,
         };
-        let outcome = run(ctx, &id, command).await?;
+        let outcome = run(ctx, &id, command, idempotency_key).await?;
         let api = api(ctx);
         api.webhooks.wake();
         Ok(CreatedWebhook {
@@ -166,8 +167,9 @@ impl WebhookMutation {
         &self,
         ctx: &Context<'_>,
         id: String,
+        idempotency_key: Option<String>,
     ) -> Result<CommitResult, ApiError> {
-        let outcome = run(ctx, &id, WebhookCommand::Delete).await?;
+        let outcome = run(ctx, &id, WebhookCommand::Delete, idempotency_key).await?;
         Ok(CommitResult::from(&outcome))
     }
 
@@ -198,8 +200,9 @@ async fn run(
     ctx: &Context<'_>,
     id: &str,
     command: WebhookCommand,
+    idempotency_key: Option<String>,
 ) -> Result<annals_store::CommandOutcome, ApiError> {
-    let command_ctx: CommandContext = command_context(ctx, None)?;
+    let command_ctx: CommandContext = command_context(ctx, idempotency_key)?;
     Ok(api(ctx)
         .commerce
         .bus()

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use annals_projections::process::{ActiveWhen, RetryPolicy};
 use annals_projections::{ProjectionError, ProjectionRuntime, ReadModelStore};
-use annals_store::{EventStore, Position, SharedStore, Timestamp};
+use annals_store::{
+    EventStore, ExpectedVersion, Metadata, NewEvent, Position, SharedStore, StreamId, Timestamp,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -25,13 +27,17 @@ use super::{EVENT_ID_HEADER, SIGNATURE_HEADER, WEBHOOKS, WebhookKey, keys, sign}
 #[derive(Clone, Debug)]
 pub struct DelivererOptions {
     /// Attempts per event before it becomes a dead letter, and their backoff. Default: 8
-    /// attempts, 500 ms doubling up to 60 s (about four minutes of failures).
+    /// attempts, the backoff ceiling 500 ms doubling up to 60 s: the seven waits take 32
+    /// to 64 s in all, plus the attempts themselves (each up to `timeout`).
     pub retry: RetryPolicy,
     /// How long a receiver may take to answer. Default 10 s.
     pub timeout: Duration,
     /// The longest a subscription's task sleeps without a reason to wake. Default 1 s.
     pub idle: Duration,
-    /// When to deliver (default: always); in a cluster, only the writing node delivers.
+    /// When to deliver (default: always). In a cluster only the writing node delivers,
+    /// and it records its progress in the log (a `WebhookDelivered` event per
+    /// subscription at most once a second while it delivers), so that the other nodes
+    /// drop what it delivered and a node taking over resends only the last second's.
     pub active_when: Option<ActiveWhen>,
 }
 
@@ -128,8 +134,11 @@ impl Deliverer {
         options: DelivererOptions,
     ) -> Result<Self, ProjectionError> {
         let checkpoint = runtime.subscribe_checkpoint(WEBHOOKS)?;
+        // A redirect would turn the POST into a bodiless GET whose 2xx is no delivery:
+        // a receiver's 3xx is a failure like any other non-2xx answer.
         let http = reqwest::Client::builder()
             .timeout(options.timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ProjectionError::InvalidState {
                 name: WEBHOOKS.into(),
@@ -237,23 +246,31 @@ fn active(read: &ReadModelStore) -> Result<Vec<Subscription>, ProjectionError> {
         .unwrap_or_default())
 }
 
-/// Keeps one task per active subscription.
+/// Keeps one task per active subscription, and removes the rows of subscriptions that are
+/// gone.
 async fn supervise(shared: Arc<Shared>, mut checkpoint: watch::Receiver<Position>) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut tasks: HashMap<String, JoinHandle<()>> = HashMap::new();
     loop {
         let subscriptions = active(&shared.read).unwrap_or_default();
+        let mut gone = Vec::new();
         tasks.retain(|id, task| {
-            let keep = subscriptions.iter().any(|s| &s.id == id) && !task.is_finished();
-            if !keep {
+            let active = subscriptions.iter().any(|s| &s.id == id);
+            if !active {
                 task.abort();
+                gone.push(id.clone());
             }
-            keep
+            active && !task.is_finished()
         });
+        for id in gone {
+            if let Err(error) = purge(&shared.read, &id) {
+                tracing::warn!(webhook = %id, %error, "rows of a deleted webhook not removed");
+            }
+        }
         for subscription in subscriptions {
             if !tasks.contains_key(&subscription.id) {
                 let id = subscription.id.clone();
-                let task = tokio::spawn(deliver(shared.clone(), subscription));
+                let task = tokio::spawn(deliver(shared.clone(), id.clone()));
                 tasks.insert(id, task);
             }
         }
@@ -269,9 +286,42 @@ async fn supervise(shared: Arc<Shared>, mut checkpoint: watch::Receiver<Position
     }
 }
 
+/// Removes every queued event and dead letter of a deleted subscription.
+fn purge(read: &ReadModelStore, id: &str) -> Result<(), ProjectionError> {
+    let view = read.view(WEBHOOKS)?;
+    loop {
+        let mut keys_of: Vec<Vec<u8>> = view
+            .scan(&keys::queue(id), None, 1024)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        keys_of.extend(
+            view.scan(&keys::dead(id), None, 1024)?
+                .into_iter()
+                .map(|(k, _)| k),
+        );
+        if keys_of.is_empty() {
+            return Ok(());
+        }
+        read.write_rows(WEBHOOKS, &[], &keys_of)?;
+    }
+}
+
+/// Drops the queued events of subscription `id` up to `up_to` (delivered by the writing
+/// node); `true` when there were any.
+fn drop_delivered(read: &ReadModelStore, id: &str, up_to: u64) -> Result<bool, ProjectionError> {
+    let rows = read.view(WEBHOOKS)?.scan(&keys::queue(id), None, 1024)?;
+    let done: Vec<Vec<u8>> = rows
+        .into_iter()
+        .map(|(k, _)| k)
+        .take_while(|k| keys::position_of(k).0 <= up_to)
+        .collect();
+    read.write_rows(WEBHOOKS, &[], &done)?;
+    Ok(!done.is_empty())
+}
+
 /// Delivers one subscription's queue, in order, until the subscription goes.
-async fn deliver(shared: Arc<Shared>, subscription: Subscription) {
-    let id = subscription.id.clone();
+async fn deliver(shared: Arc<Shared>, id: String) {
     let counters = shared
         .counters
         .lock()
@@ -284,13 +334,26 @@ async fn deliver(shared: Arc<Shared>, subscription: Subscription) {
         Ok(checkpoint) => checkpoint,
         Err(_) => return,
     };
+    // In a cluster: the last position this node finished, and when it last recorded it.
+    let in_cluster = shared.options.active_when.is_some();
+    let mut finished = 0u64;
+    let mut recorded = std::time::Instant::now();
     loop {
-        if shared
+        let Some(subscription) = active(&shared.read)
+            .ok()
+            .and_then(|all| all.into_iter().find(|s| s.id == id))
+        else {
+            return;
+        };
+        if drop_delivered(&shared.read, &id, subscription.delivered_up_to).unwrap_or(false) {
+            continue;
+        }
+        let leading = shared
             .options
             .active_when
             .as_ref()
-            .is_some_and(|a| !a.holds())
-        {
+            .is_none_or(|a| a.holds());
+        if !leading {
             tokio::time::sleep(shared.options.idle).await;
             continue;
         }
@@ -298,7 +361,14 @@ async fn deliver(shared: Arc<Shared>, subscription: Subscription) {
             .read
             .view(WEBHOOKS)
             .and_then(|view| view.scan(&keys::queue(&id), None, 1));
-        let Some((key, body)) = next.ok().and_then(|rows| rows.into_iter().next()) else {
+        let next = next.ok().and_then(|rows| rows.into_iter().next());
+        let due = finished > subscription.delivered_up_to
+            && (next.is_none() || recorded.elapsed() >= Duration::from_secs(1));
+        if in_cluster && due {
+            record_progress(&shared, &id, finished).await;
+            recorded = std::time::Instant::now();
+        }
+        let Some((key, body)) = next else {
             tokio::select! {
                 _ = checkpoint.changed() => {}
                 _ = shared.wake.notified() => {}
@@ -348,11 +418,47 @@ async fn deliver(shared: Arc<Shared>, subscription: Subscription) {
                 }
             }
         };
-        if let Err(error) = written {
-            tracing::error!(webhook = %id, %error, "webhook queue not updated");
-            tokio::time::sleep(shared.options.idle).await;
+        match written {
+            Ok(()) => finished = finished.max(position.0),
+            Err(error) => {
+                tracing::error!(webhook = %id, %error, "webhook queue not updated");
+                tokio::time::sleep(shared.options.idle).await;
+            }
         }
     }
+}
+
+/// Appends `WebhookDelivered { up_to }` to the subscription's stream. A failure only
+/// means more to resend after a failover: it is logged, not retried.
+async fn record_progress(shared: &Shared, id: &str, up_to: u64) {
+    let Ok(stream) = StreamId::for_category("webhook", id) else {
+        return;
+    };
+    let event = NewEvent::json("WebhookDelivered", &serde_json::json!({ "up_to": up_to }))
+        .with_metadata(Metadata {
+            actor: Some("webhooks".into()),
+            ..Metadata::default()
+        });
+    if let Err(error) = shared
+        .store
+        .append(stream, ExpectedVersion::Any, vec![event])
+        .await
+    {
+        tracing::warn!(webhook = %id, %error, "webhook progress not recorded");
+    }
+}
+
+/// The message of `error` with its causes (a refused connection, a DNS failure and a
+/// timeout all read "error sending request" alone).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// One POST of `body` to the subscription; `Err` with the reason unless the receiver
@@ -379,7 +485,7 @@ async fn post(
         .body(body.to_vec())
         .send()
         .await
-        .map_err(|e| format!("{}: {e}", subscription.url))?;
+        .map_err(|e| format!("{}: {}", subscription.url, chain(&e)))?;
     if response.status().is_success() {
         Ok(())
     } else {

@@ -21,6 +21,9 @@ pub struct Subscription {
     pub filter: ReadFilter,
     /// The position it was created at: it receives the events after it.
     pub since: u64,
+    /// The last position the writing node recorded as delivered.
+    #[serde(default)]
+    pub delivered_up_to: u64,
 }
 
 /// Builds the subscriptions and their delivery queues.
@@ -34,8 +37,15 @@ impl Projection for WebhooksProjection {
     fn handle(&self, event: &RecordedEvent, tx: &mut ReadModelTx<'_>) -> Result<(), HandlerError> {
         let mut active: Vec<Subscription> = tx.get_typed(keys::ACTIVE)?.unwrap_or_default();
         if event.category() == "webhook" {
-            let id = event.stream_id.as_str()["webhook-".len()..].to_string();
-            match crate::read_models::decode::<WebhookEvent>(event)? {
+            // A raw append to another stream of the category is not a subscription's.
+            let Some(id) = event.stream_id.as_str().strip_prefix("webhook-") else {
+                return Ok(());
+            };
+            let id = id.to_string();
+            let Ok(decoded) = crate::read_models::decode::<WebhookEvent>(event) else {
+                return Ok(());
+            };
+            match decoded {
                 WebhookEvent::WebhookSubscribed {
                     url,
                     event_types,
@@ -50,9 +60,15 @@ impl Projection for WebhooksProjection {
                             event_types,
                         },
                         since: event.position.0,
+                        delivered_up_to: event.position.0,
                     });
                 }
                 WebhookEvent::WebhookDeleted {} => active.retain(|s| s.id != id),
+                WebhookEvent::WebhookDelivered { up_to } => {
+                    for s in active.iter_mut().filter(|s| s.id == id) {
+                        s.delivered_up_to = s.delivered_up_to.max(up_to);
+                    }
+                }
             }
             tx.put_typed(keys::ACTIVE, active);
             return Ok(());

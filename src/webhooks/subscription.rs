@@ -54,6 +54,13 @@ pub enum WebhookEvent {
     },
     /// No more deliveries.
     WebhookDeleted {},
+    /// The writing node delivered every queued event up to this position: progress that
+    /// the other nodes of a cluster drop from their queues, so that a node taking over
+    /// delivery resends only what came after it.
+    WebhookDelivered {
+        /// The last position delivered (or given up as a dead letter).
+        up_to: u64,
+    },
 }
 
 impl DomainEvent for WebhookEvent {
@@ -61,6 +68,7 @@ impl DomainEvent for WebhookEvent {
         match self {
             WebhookEvent::WebhookSubscribed { .. } => "WebhookSubscribed",
             WebhookEvent::WebhookDeleted { .. } => "WebhookDeleted",
+            WebhookEvent::WebhookDelivered { .. } => "WebhookDelivered",
         }
     }
 }
@@ -95,6 +103,7 @@ impl Aggregate for Webhook {
                 self.url.clone_from(url);
             }
             WebhookEvent::WebhookDeleted {} => self.active = false,
+            WebhookEvent::WebhookDelivered { .. } => {}
         }
     }
 

@@ -66,11 +66,11 @@ pub struct RetryPolicy {
     /// The backoff ceiling after the first failure; it doubles with each failure.
     /// Default 100 ms.
     pub first_backoff: Duration,
-    /// The largest backoff ceiling. Default 30 s. With the defaults the waits' ceilings
-    /// add up to about 2.5 minutes (each wait is half to all of its ceiling), so a command
-    /// is parked after roughly 1.5 to 2.5 minutes of failures: long enough to ride out a
-    /// restart of the service it calls, short enough that an operator hears of an outage
-    /// soon.
+    /// The largest backoff ceiling. Default 30 s. With the defaults the eleven waits'
+    /// ceilings add up to 111 s (each wait is half to all of its ceiling), so a command is
+    /// parked after about one to two minutes of waiting, plus the failed attempts
+    /// themselves: long enough to ride out a restart of the service it calls, short
+    /// enough that an operator hears of an outage soon.
     pub max_backoff: Duration,
 }
 
