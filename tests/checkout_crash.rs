@@ -12,75 +12,37 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use annals_store::{EventStore, Position, ReadFilter, RecordedEvent, RocksEventStore};
+use common::binary::{self, Server};
 use serde_json::{Value, json};
+
+mod common;
 
 const PRODUCTS: usize = 4;
 const CLIENTS: usize = 16;
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
 fn spawn_server(data: &Path, log: &Path) -> Server {
-    let port = free_port();
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_annals"))
-        .args(["serve", "--data-dir"])
-        .arg(data)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--rate-limit", "1000000", "--rate-burst", "1000000"])
-        .args(["--checkout", "on", "--gateway-decline-rate", "0.2"])
-        // Short enough that a payment left unanswered by a kill is decided in the test.
-        .args(["--payment-timeout-secs", "4"])
-        .env_remove("ANNALS_API_KEYS")
-        .env_remove("ANNALS_API_KEYS_FILE")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
-    Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    }
+    binary::spawn_server(
+        data,
+        log,
+        &[
+            "--checkout",
+            "on",
+            "--gateway-decline-rate",
+            "0.2",
+            // Short enough that a payment left unanswered by a kill is decided in the test.
+            "--payment-timeout-secs",
+            "4",
+        ],
+    )
 }
 
 async fn wait_ready(server: &mut Server, http: &reqwest::Client, log: &Path) {
-    let started = Instant::now();
-    loop {
-        if let Ok(response) = http.get(format!("{}/ready", server.base)).send().await
-            && response.status().as_u16() == 200
-        {
-            return;
-        }
-        if let Some(status) = server.child.try_wait().unwrap() {
-            panic!(
-                "server exited with {status}:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "not ready in 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    binary::wait_ready(server, http, log, Duration::from_secs(30)).await;
 }
 
 /// A GraphQL request; `None` when the server did not answer (it was killed).

@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,7 +23,10 @@ use std::time::{Duration, Instant};
 use annals::{domain, read_models};
 use annals_projections::{ReadModelStore, RuntimeOptions, build_until};
 use annals_store::{EventStore, Position, ReadFilter, RecordedEvent, RocksEventStore};
+use common::binary::{self, Server};
 use serde_json::{Value, json};
+
+mod common;
 
 const PRODUCTS: usize = 6;
 /// How long a restarted server may take to answer `/ready` with 200.
@@ -326,66 +328,14 @@ async fn client_loop(
     }
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
 fn spawn_server(data: &Path, log: &Path) -> Server {
-    let port = free_port();
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_annals"))
-        .args(["serve", "--data-dir"])
-        .arg(data)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        // The clients are one (anonymous) key; the limiter is not under test here.
-        .args(["--rate-limit", "1000000", "--rate-burst", "1000000"])
-        // The clients confirm and cancel orders themselves (the checkout's crash loop is
-        // tests/checkout_crash.rs).
-        .args(["--checkout", "off"])
-        .env_remove("ANNALS_API_KEYS")
-        .env_remove("ANNALS_API_KEYS_FILE")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
-    Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    }
+    // The clients confirm and cancel orders themselves (the checkout's crash loop is
+    // tests/checkout_crash.rs).
+    binary::spawn_server(data, log, &["--checkout", "off"])
 }
 
-/// Polls `/ready` until it answers 200; returns how long that took.
 async fn wait_ready(server: &mut Server, http: &reqwest::Client, log: &Path) -> Duration {
-    let started = Instant::now();
-    loop {
-        if let Ok(response) = http.get(format!("{}/ready", server.base)).send().await
-            && response.status().as_u16() == 200
-        {
-            return started.elapsed();
-        }
-        if let Some(status) = server.child.try_wait().unwrap() {
-            panic!(
-                "server exited with {status} before it was ready:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(
-            started.elapsed() < READY_WITHIN,
-            "not ready within {READY_WITHIN:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    binary::wait_ready(server, http, log, READY_WITHIN).await
 }
 
 async fn graphql(http: &reqwest::Client, base: &str, query: &str, variables: Value) -> Value {

@@ -94,53 +94,22 @@ pub fn run_command(bench: &CommandBench) -> Result<CommandReport, BenchError> {
         other => other,
     };
     let (meter, elapsed, latency, rates) = rt.block_on(async {
-        let ctx = CommandContext::by("bench");
-        let run = format!("{:x}", std::process::id());
-        for w in 0..bench.writers {
-            let id = format!("bench-{run}-{w}");
-            app.register_product(&id, format!("SKU-{w}"), "Bench".into(), 100, &ctx)
-                .await?;
-            app.receive_stock(&id, u64::MAX / 4, &ctx).await?;
-        }
-        let budget = super::append::budget(limit);
-        let meter = Meter::new();
-        let sampler = Sampler::start(&meter, "commands".into());
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for w in 0..bench.writers {
-            let app = app.clone();
-            let budget = budget.clone();
-            let meter = meter.clone();
-            let product = format!("bench-{run}-{w}");
-            tasks.push(tokio::spawn(async move {
-                let ctx = CommandContext::by("bench");
-                let mut latency = stats::histogram();
+        let placing = app.clone();
+        let place = move |product: String, order: String| {
+            let app = placing.clone();
+            async move {
                 let lines = [LineRequest {
-                    product_id: product.clone(),
+                    product_id: product,
                     quantity: 1,
                 }];
-                let mut n = 0u64;
-                while budget.take() {
-                    let order = format!("{product}-{n}");
-                    n += 1;
-                    let op = Instant::now();
-                    app.place_order(&order, "bench-customer", &lines, &ctx)
-                        .await?;
-                    stats::record(&mut latency, op.elapsed());
-                    meter.record(2);
-                }
-                Ok::<_, BenchError>(latency)
-            }));
-        }
-        let mut latency = stats::histogram();
-        for task in tasks {
-            let h = task
-                .await
-                .map_err(|e| BenchError::Invalid(format!("client task failed: {e}")))??;
-            let _ = latency.add(&h);
-        }
-        let elapsed = started.elapsed();
-        Ok::<_, BenchError>((meter, elapsed, latency, sampler.finish()))
+                let ctx = CommandContext::by("bench");
+                app.place_order(&order, "bench-customer", &lines, &ctx)
+                    .await?;
+                Ok(())
+            }
+        };
+        let run = Clients::new("bench", bench.writers, limit, "commands", 2);
+        run.go(&app, place).await
     })?;
     super::progress_done();
     let store_head = annals_store::EventStore::head(store.as_ref()).0;
@@ -188,80 +157,39 @@ fn run_saga(
         other => other,
     };
     let outcome = rt.block_on(async {
-        let ctx = CommandContext::by("bench");
-        let run = format!("{:x}", std::process::id());
-        for w in 0..bench.writers {
-            let id = format!("saga-{run}-{w}");
-            app.register_product(&id, format!("SKU-{w}"), "Bench".into(), 100, &ctx)
-                .await?;
-            app.receive_stock(&id, u64::MAX / 4, &ctx).await?;
-        }
         let waiting: Waiting = Arc::default();
         let observer = tokio::spawn(observe_outcomes(store.clone(), waiting.clone()));
-        let budget = super::append::budget(limit);
-        let meter = Meter::new();
-        let sampler = Sampler::start(&meter, "checkouts".into());
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for w in 0..bench.writers {
-            let (app, budget, meter, waiting) =
-                (app.clone(), budget.clone(), meter.clone(), waiting.clone());
-            let product = format!("saga-{run}-{w}");
-            tasks.push(tokio::spawn(async move {
-                let ctx = CommandContext::by("bench");
-                let mut latency = stats::histogram();
+        let (placing, outcomes) = (app.clone(), waiting.clone());
+        let checkout = move |product: String, order: String| {
+            let (app, waiting) = (placing.clone(), outcomes.clone());
+            async move {
+                let (done, outcome) = oneshot::channel();
+                waiting
+                    .lock()
+                    .expect("waiting lock")
+                    .insert(order.clone(), done);
                 let lines = [LineRequest {
-                    product_id: product.clone(),
+                    product_id: product,
                     quantity: 1,
                 }];
-                let mut n = 0u64;
-                while budget.take() {
-                    let order = format!("{product}-{n}");
-                    n += 1;
-                    let (done, outcome) = oneshot::channel();
-                    waiting
-                        .lock()
-                        .expect("waiting lock")
-                        .insert(order.clone(), done);
-                    let op = Instant::now();
-                    app.place_order(&order, "bench-customer", &lines, &ctx)
-                        .await?;
-                    match tokio::time::timeout(Duration::from_secs(60), outcome).await {
-                        Ok(Ok(true)) => {}
-                        Ok(Ok(false)) => {
-                            return Err(BenchError::Invalid(format!(
-                                "checkout of {order} was cancelled"
-                            )));
-                        }
-                        _ => {
-                            return Err(BenchError::Invalid(format!(
-                                "checkout of {order} not confirmed within 60 s"
-                            )));
-                        }
-                    }
-                    stats::record(&mut latency, op.elapsed());
-                    meter.record(CHECKOUT_EVENTS);
+                let ctx = CommandContext::by("bench");
+                app.place_order(&order, "bench-customer", &lines, &ctx)
+                    .await?;
+                match tokio::time::timeout(Duration::from_secs(60), outcome).await {
+                    Ok(Ok(true)) => Ok(()),
+                    Ok(Ok(false)) => Err(BenchError::Invalid(format!(
+                        "checkout of {order} was cancelled"
+                    ))),
+                    _ => Err(BenchError::Invalid(format!(
+                        "checkout of {order} not confirmed within 60 s"
+                    ))),
                 }
-                Ok::<_, BenchError>(latency)
-            }));
-        }
-        let mut latency = stats::histogram();
-        let mut failure = None;
-        for task in tasks {
-            match task.await {
-                Ok(Ok(h)) => {
-                    let _ = latency.add(&h);
-                }
-                Ok(Err(e)) => failure = Some(e),
-                Err(e) => failure = Some(BenchError::Invalid(format!("client task failed: {e}"))),
             }
-        }
-        let elapsed = started.elapsed();
+        };
+        let run = Clients::new("saga", bench.writers, limit, "checkouts", CHECKOUT_EVENTS);
+        let outcome = run.go(&app, checkout).await;
         observer.abort();
-        match failure {
-            Some(e) => Err(e),
-            None => Ok::<_, BenchError>((meter, elapsed, latency, sampler.finish())),
-        }
+        outcome
     });
     super::progress_done();
     let store_head = annals_store::EventStore::head(&store).0;
@@ -302,6 +230,102 @@ async fn observe_outcomes(store: SharedStore, waiting: Waiting) -> Result<(), St
         from = page.next;
         if page.events.is_empty() && head.changed().await.is_err() {
             return Ok(());
+        }
+    }
+}
+
+/// Clients of a command benchmark: each orders from a stocked product of its own, one
+/// operation after the other, while the budget lasts.
+struct Clients {
+    prefix: String,
+    writers: usize,
+    limit: Limit,
+    label: &'static str,
+    events_per_operation: u64,
+}
+
+/// A run's meter, duration, latencies and per-second rates.
+type Measured = (Meter, Duration, hdrhistogram::Histogram<u64>, Vec<f64>);
+
+impl Clients {
+    fn new(
+        prefix: &str,
+        writers: usize,
+        limit: Limit,
+        label: &'static str,
+        events_per_operation: u64,
+    ) -> Self {
+        Self {
+            prefix: format!("{prefix}-{:x}", std::process::id()),
+            writers,
+            limit,
+            label,
+            events_per_operation,
+        }
+    }
+
+    /// Registers and stocks the products, then runs `operation(product, order id)` from
+    /// every client and measures it. The first failing client's error is the run's.
+    async fn go<S, F, Fut>(
+        &self,
+        app: &Arc<Commerce<S>>,
+        operation: F,
+    ) -> Result<Measured, BenchError>
+    where
+        S: annals_store::EventStore + annals_store::SnapshotStore,
+        F: Fn(String, String) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), BenchError>> + Send,
+    {
+        let ctx = CommandContext::by("bench");
+        for w in 0..self.writers {
+            let id = format!("{}-{w}", self.prefix);
+            app.register_product(&id, format!("SKU-{w}"), "Bench".into(), 100, &ctx)
+                .await?;
+            app.receive_stock(&id, u64::MAX / 4, &ctx).await?;
+        }
+        let budget = super::append::budget(self.limit);
+        let meter = Meter::new();
+        let sampler = Sampler::start(&meter, self.label.into());
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..self.writers)
+            .map(|w| {
+                let (budget, meter, operation) = (budget.clone(), meter.clone(), operation.clone());
+                let product = format!("{}-{w}", self.prefix);
+                let events = self.events_per_operation;
+                tokio::spawn(async move {
+                    let mut latency = stats::histogram();
+                    let mut n = 0u64;
+                    while budget.take() {
+                        let order = format!("{product}-{n}");
+                        n += 1;
+                        let op = Instant::now();
+                        operation(product.clone(), order).await?;
+                        stats::record(&mut latency, op.elapsed());
+                        meter.record(events);
+                    }
+                    Ok::<_, BenchError>(latency)
+                })
+            })
+            .collect();
+        let mut latency = stats::histogram();
+        let mut failure = None;
+        for task in tasks {
+            match task.await {
+                Ok(Ok(h)) => {
+                    let _ = latency.add(&h);
+                }
+                Ok(Err(e)) => failure = failure.or(Some(e)),
+                Err(e) => {
+                    failure = failure.or(Some(BenchError::Invalid(format!(
+                        "client task failed: {e}"
+                    ))))
+                }
+            }
+        }
+        let elapsed = started.elapsed();
+        match failure {
+            Some(e) => Err(e),
+            None => Ok((meter, elapsed, latency, sampler.finish())),
         }
     }
 }

@@ -276,9 +276,10 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
         self.bus
             .run(
                 ctx,
-                &ShipOrder {
+                &OrderWithStock {
                     order_id,
-                    tracking_number: &tracking_number,
+                    order: OrderCommand::Ship { tracking_number },
+                    stock: |order_id| ProductCommand::Fulfil { order_id },
                 },
             )
             .await
@@ -400,9 +401,10 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
         self.bus
             .run(
                 ctx,
-                &CancelOrder {
+                &OrderWithStock {
                     order_id,
-                    reason: &reason,
+                    order: OrderCommand::Cancel { reason },
+                    stock: |order_id| ProductCommand::Release { order_id },
                 },
             )
             .await
@@ -414,45 +416,6 @@ fn unavailable(error: crate::payments::GatewayError) -> CommandError<CommerceErr
     CommandError::Rejected(CommerceError::GatewayUnavailable {
         reason: error.to_string(),
     })
-}
-
-/// Ships an order and fulfils its reservation of every product on it.
-struct ShipOrder<'a> {
-    order_id: &'a str,
-    tracking_number: &'a str,
-}
-
-impl<S: EventStore + SnapshotStore> Decision<S> for ShipOrder<'_> {
-    type Error = CommerceError;
-
-    async fn decide(&self, tx: &mut Transaction<'_, S>) -> Result<(), CommandError<CommerceError>> {
-        let order = tx.load::<Order>(self.order_id).await?;
-        let shipped = order
-            .state
-            .handle(
-                self.order_id,
-                OrderCommand::Ship {
-                    tracking_number: self.tracking_number.to_string(),
-                },
-            )
-            .map_err(CommandError::Rejected)?;
-        let lines = order.state.lines.clone();
-        tx.emit(order, shipped)?;
-        for line in &lines {
-            let product = tx.load::<Product>(&line.product_id).await?;
-            let fulfilled = product
-                .state
-                .handle(
-                    &line.product_id,
-                    ProductCommand::Fulfil {
-                        order_id: self.order_id.to_string(),
-                    },
-                )
-                .map_err(CommandError::Rejected)?;
-            tx.emit(product, fulfilled)?;
-        }
-        Ok(())
-    }
 }
 
 /// Requests an order's payment: the payment is requested and the order waits for it.
@@ -558,40 +521,33 @@ impl<S: EventStore + SnapshotStore> Decision<S> for PlaceOrder<'_> {
     }
 }
 
-/// Cancels an order and releases every reservation it holds.
-struct CancelOrder<'a> {
+/// A command to an order that closes its reservations the same way on every product on
+/// it, in one commit: shipping fulfils them, cancelling releases them.
+struct OrderWithStock<'a> {
     order_id: &'a str,
-    reason: &'a str,
+    order: OrderCommand,
+    /// The command to each product on the order, given the order's id.
+    stock: fn(String) -> ProductCommand,
 }
 
-impl<S: EventStore + SnapshotStore> Decision<S> for CancelOrder<'_> {
+impl<S: EventStore + SnapshotStore> Decision<S> for OrderWithStock<'_> {
     type Error = CommerceError;
 
     async fn decide(&self, tx: &mut Transaction<'_, S>) -> Result<(), CommandError<CommerceError>> {
         let order = tx.load::<Order>(self.order_id).await?;
-        let cancelled = order
+        let decided = order
             .state
-            .handle(
-                self.order_id,
-                OrderCommand::Cancel {
-                    reason: self.reason.to_string(),
-                },
-            )
+            .handle(self.order_id, self.order.clone())
             .map_err(CommandError::Rejected)?;
         let lines = order.state.lines.clone();
-        tx.emit(order, cancelled)?;
+        tx.emit(order, decided)?;
         for line in &lines {
             let product = tx.load::<Product>(&line.product_id).await?;
-            let released = product
+            let closed = product
                 .state
-                .handle(
-                    &line.product_id,
-                    ProductCommand::Release {
-                        order_id: self.order_id.to_string(),
-                    },
-                )
+                .handle(&line.product_id, (self.stock)(self.order_id.to_string()))
                 .map_err(CommandError::Rejected)?;
-            tx.emit(product, released)?;
+            tx.emit(product, closed)?;
         }
         Ok(())
     }

@@ -2,6 +2,8 @@
 //! data directory (or a log in memory), and a small GraphQL client.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use std::net::SocketAddr;
 
 use annals::node::{Node, NodeConfig, Storage};

@@ -152,7 +152,7 @@ impl Running {
 fn start(
     log: &Arc<InMemoryEventStore>,
     dir: &std::path::Path,
-    desk: Desk,
+    desk: impl Into<Arc<Desk>>,
     clock: &Arc<ManualClock>,
     retry: RetryPolicy,
 ) -> Running {
@@ -172,7 +172,7 @@ fn start(
     };
     let handle = Dispatcher::start(
         pm,
-        Arc::new(desk),
+        desk.into(),
         log.clone(),
         runtime.clone(),
         clock.clone(),
@@ -361,29 +361,8 @@ async fn a_command_that_keeps_failing_is_parked_then_retried_or_skipped() {
         .unwrap()
         .extend(["a".to_string(), "b".to_string()]);
     let desk = Arc::new(desk);
-    let pm = Arc::new(Helpdesk);
-    let read = Arc::new(ReadModelStore::open(dir.path()).unwrap());
-    let runtime = ProjectionRuntime::start(
-        log.clone(),
-        read,
-        vec![Arc::new(ProcessProjection::new(pm.clone()))],
-        Arc::new(Upcasters::new()),
-        RuntimeOptions::default(),
-    )
-    .unwrap();
-    let options = DispatcherOptions {
-        retry: quick_retries(3),
-        ..DispatcherOptions::default()
-    };
-    let handle = Dispatcher::start(
-        pm,
-        desk.clone(),
-        log.clone(),
-        runtime.clone(),
-        clock.clone(),
-        options,
-    )
-    .unwrap();
+    let Running { runtime, handle } =
+        start(&log, dir.path(), desk.clone(), &clock, quick_retries(3));
     for id in ["a", "b", "c"] {
         ask(&log, id, "Asked").await;
     }

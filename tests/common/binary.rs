@@ -1,0 +1,72 @@
+//! The real `annals serve` binary as a child process, for the crash loops: started on a
+//! free loopback port over a data directory, its stderr appended to a log file.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A running `annals serve`.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+}
+
+/// Starts `annals serve` over `data` with `args` after the common ones (anonymous clients
+/// without a rate limit: the limiter is not under test in a crash loop).
+pub fn spawn_server(data: &Path, log: &Path, args: &[&str]) -> Server {
+    let port = free_port();
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_annals"))
+        .args(["serve", "--data-dir"])
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--rate-limit", "1000000", "--rate-burst", "1000000"])
+        .args(args)
+        .env_remove("ANNALS_API_KEYS")
+        .env_remove("ANNALS_API_KEYS_FILE")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    Server {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// Polls `/ready` until it answers 200; returns how long that took. Fails if the server
+/// exits first (with its log) or takes longer than `within`.
+pub async fn wait_ready(
+    server: &mut Server,
+    http: &reqwest::Client,
+    log: &Path,
+    within: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = http.get(format!("{}/ready", server.base)).send().await
+            && response.status().as_u16() == 200
+        {
+            return started.elapsed();
+        }
+        if let Some(status) = server.child.try_wait().unwrap() {
+            panic!(
+                "server exited with {status} before it was ready:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(started.elapsed() < within, "not ready within {within:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
