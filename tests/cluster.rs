@@ -700,3 +700,77 @@ async fn a_cluster_checks_out_with_one_gateway_call_per_payment() {
     }
     assert_eq!(calls, ORDERS as u64, "one authorization call per payment");
 }
+
+/// Deliveries a receiver in the test accepted: event id → how many times.
+type Deliveries = Arc<Mutex<HashMap<String, u32>>>;
+
+async fn receive(
+    axum::extract::State(seen): axum::extract::State<Deliveries>,
+    headers: axum::http::HeaderMap,
+) -> axum::http::StatusCode {
+    let id = headers
+        .get(annals::webhooks::EVENT_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    *seen.lock().unwrap().entry(id).or_default() += 1;
+    axum::http::StatusCode::OK
+}
+
+/// A webhook of a cluster is delivered by the writing node alone, once per event while
+/// nothing fails, and the other node drops what the writer recorded as delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clusters_webhook_is_delivered_once_by_the_writer() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (nats, root, http) = cluster();
+    let [a, b] = two_nodes(&nats, root.path(), &http).await;
+    let seen: Deliveries = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(receive))
+        .with_state(seen.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    graphql(
+        &http,
+        &b.base(),
+        r#"mutation($url: String!) { createWebhook(id: "stock", url: $url, categories: ["product"]) { id } }"#,
+        json!({ "url": url }),
+    )
+    .await
+    .unwrap();
+    const PRODUCTS: usize = 10;
+    for i in 0..PRODUCTS {
+        let base = if i % 2 == 0 { a.base() } else { b.base() };
+        graphql(&http, &base, REGISTER, json!({ "id": format!("p{i}") }))
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    loop {
+        let delivered = seen.lock().unwrap().len();
+        let pending: Vec<Value> = {
+            let mut pending = Vec::new();
+            for node in [&a, &b] {
+                let data = graphql(&http, &node.base(), "{ webhooks { pending } }", json!({}))
+                    .await
+                    .unwrap();
+                pending.push(data["webhooks"][0]["pending"].clone());
+            }
+            pending
+        };
+        if delivered == PRODUCTS && pending.iter().all(|p| p == "0") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "delivered {delivered} of {PRODUCTS}; pending on the nodes {pending:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "one delivery per event in the whole cluster: {seen:?}"
+    );
+}

@@ -243,6 +243,11 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
         ctx: &CommandContext,
     ) -> Result<CommandOutcome, CommandError<CommerceError>> {
         if !self.manual_confirmation {
+            if self.bus.load::<Order>(order_id).await?.state.status == OrderStatus::New {
+                return Err(CommandError::Rejected(CommerceError::NotFound {
+                    order_id: order_id.to_string(),
+                }));
+            }
             return Err(CommandError::Rejected(CommerceError::InvalidState {
                 reason: format!(
                     "cannot confirm order {order_id} by hand: the checkout confirms orders once their payment is authorized"

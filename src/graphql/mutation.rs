@@ -151,9 +151,9 @@ impl CommandMutation {
         .await
     }
 
-    /// Confirms a placed order by hand (with the checkout off; with it on, the checkout
-    /// confirms an order once its payment is authorized, and an order waiting for its
-    /// payment cannot be confirmed by hand).
+    /// Confirms a placed order by hand. Only with the checkout off: with it on, the
+    /// checkout confirms each order once its payment is authorized, and this mutation is
+    /// refused (`INVALID_STATE`; `NOT_FOUND` for an unknown order).
     #[graphql(guard = "RoleGuard(Role::Writer)")]
     async fn confirm_order(
         &self,

@@ -184,6 +184,7 @@ impl Deliverer {
         active(&self.shared.read)?
             .into_iter()
             .map(|subscription| {
+                let redriven = view.scan(&keys::redriven(&subscription.id), None, 100_000)?;
                 let queued = view.scan(&keys::queue(&subscription.id), None, 100_000)?;
                 let lag = queued.first().map_or(0, |(key, _)| {
                     head + 1 - keys::position_of(key).0.min(head + 1)
@@ -191,7 +192,7 @@ impl Deliverer {
                 let dead = view.scan(&keys::dead(&subscription.id), None, 100_000)?;
                 let c = counters.get(&subscription.id).cloned().unwrap_or_default();
                 Ok(WebhookStatus {
-                    pending: queued.len() as u64,
+                    pending: (redriven.len() + queued.len()) as u64,
                     lag,
                     dead_letters: dead.len() as u64,
                     delivered: c.delivered.load(Ordering::Relaxed),
@@ -221,7 +222,7 @@ impl Deliverer {
         };
         self.shared.read.write_rows(
             WEBHOOKS,
-            &[(keys::queued(id, position), dead.body.into_bytes())],
+            &[(keys::redriven_at(id, position), dead.body.into_bytes())],
             &[keys::dead_letter(id, position)],
         )?;
         self.wake();
@@ -337,6 +338,7 @@ async fn deliver(shared: Arc<Shared>, id: String) {
     // In a cluster: the last position this node finished, and when it last recorded it.
     let in_cluster = shared.options.active_when.is_some();
     let mut finished = 0u64;
+    let mut recorded_up_to = 0u64;
     let mut recorded = std::time::Instant::now();
     loop {
         let Some(subscription) = active(&shared.read)
@@ -357,15 +359,25 @@ async fn deliver(shared: Arc<Shared>, id: String) {
             tokio::time::sleep(shared.options.idle).await;
             continue;
         }
-        let next = shared
-            .read
-            .view(WEBHOOKS)
-            .and_then(|view| view.scan(&keys::queue(&id), None, 1));
+        // Redriven dead letters first (they are older than anything queued, and the
+        // recorded progress, a watermark, must not drop them), then the queue.
+        let next = shared.read.view(WEBHOOKS).and_then(|view| {
+            let mut rows = view.scan(&keys::redriven(&id), None, 1)?;
+            if rows.is_empty() {
+                rows = view.scan(&keys::queue(&id), None, 1)?;
+            }
+            Ok(rows)
+        });
         let next = next.ok().and_then(|rows| rows.into_iter().next());
-        let due = finished > subscription.delivered_up_to
-            && (next.is_none() || recorded.elapsed() >= Duration::from_secs(1));
+        // At most once a second; an empty queue is waited on for at most `idle`, so the
+        // last progress is recorded soon after the last delivery. Recorded progress
+        // reaches this node's projection a moment later: what this task recorded itself
+        // counts too, so no position is recorded twice.
+        let due = finished > subscription.delivered_up_to.max(recorded_up_to)
+            && recorded.elapsed() >= Duration::from_secs(1);
         if in_cluster && due {
             record_progress(&shared, &id, finished).await;
+            recorded_up_to = finished;
             recorded = std::time::Instant::now();
         }
         let Some((key, body)) = next else {
@@ -387,18 +399,28 @@ async fn deliver(shared: Arc<Shared>, id: String) {
                     *counters.last_error.lock().expect("error lock") = Some(error.clone());
                     tracing::debug!(webhook = %id, position = position.0, attempts, %error, "delivery failed");
                     if attempts >= shared.options.retry.max_attempts {
-                        break Err(error);
+                        break Err(Some(error));
                     }
                     tokio::time::sleep(shared.options.retry.backoff(attempts)).await;
+                    // A node that lost the lease leaves the event to the new writer.
+                    if shared
+                        .options
+                        .active_when
+                        .as_ref()
+                        .is_some_and(|a| !a.holds())
+                    {
+                        break Err(None);
+                    }
                 }
             }
         };
         let written = match outcome {
+            Err(None) => continue,
             Ok(()) => {
                 counters.delivered.fetch_add(1, Ordering::Relaxed);
                 shared.read.write_rows(WEBHOOKS, &[], &[key])
             }
-            Err(error) => {
+            Err(Some(error)) => {
                 tracing::warn!(webhook = %id, position = position.0, %error, "delivery parked as a dead letter");
                 let dead = DeadLetter {
                     webhook: id.clone(),

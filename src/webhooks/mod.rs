@@ -51,6 +51,17 @@ pub(crate) mod keys {
         [queue(id).as_slice(), &position.0.to_be_bytes()].concat()
     }
 
+    /// Prefix of one subscription's redriven dead letters, delivered before its queue and
+    /// never dropped by recorded progress: `r ‖ id ‖ 0x00`.
+    pub fn redriven(id: &str) -> Vec<u8> {
+        [b"r", id.as_bytes(), b"\0"].concat()
+    }
+
+    /// A redriven dead letter.
+    pub fn redriven_at(id: &str, position: Position) -> Vec<u8> {
+        [redriven(id).as_slice(), &position.0.to_be_bytes()].concat()
+    }
+
     /// Prefix of one subscription's dead letters: `x ‖ id ‖ 0x00`.
     pub fn dead(id: &str) -> Vec<u8> {
         [b"x", id.as_bytes(), b"\0"].concat()

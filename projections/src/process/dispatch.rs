@@ -431,6 +431,7 @@ where
             .as_ref()
             .is_some_and(|a| !a.holds())
         {
+            self.sweep().await?;
             return Ok(None);
         }
         let now = s.clock.now();
@@ -500,6 +501,35 @@ where
             return Ok(Some(now));
         }
         Ok(next)
+    }
+
+    /// On a node that does not act: removes the outbox rows whose commands the acting
+    /// node carried out (their first event, with the id the idempotency key gives it, is
+    /// in the log), so that a node taking over resends only what is really left. Commands
+    /// that had no effect (refused, or deciding nothing) stay and are sent again then,
+    /// to be refused again. Deadlines need no sweep: the acting node's `DeadlineReached`
+    /// removes them here too, through the projection.
+    async fn sweep(&self) -> Result<(), ProjectionError> {
+        let s = &self.shared;
+        let rows = s
+            .read
+            .view(&s.name)?
+            .scan(&[keys::OUTBOX], None, self.options.batch)?;
+        let mut done = Vec::new();
+        for (key, value) in rows {
+            let entry: OutboxEntry = serde_json::from_slice(&value)?;
+            let ctx = CommandContext {
+                idempotency_key: Some(entry.idempotency_key),
+                actor: Some(format!("process:{}", s.name)),
+                ..CommandContext::default()
+            };
+            if let Some(id) = ctx.event_id(0)
+                && self.store.find_event(id).await?.is_some()
+            {
+                done.push(key);
+            }
+        }
+        s.read.write_rows(&s.name, &[], &done)
     }
 
     /// Sends one instance's commands of this round in order. A command that fails or is

@@ -433,3 +433,96 @@ fn the_kit_shows_commands_deadlines_and_their_expiry() {
         .when(asked("q").remove(0))
         .then_nothing();
 }
+
+/// Carries out a reply by appending it to the log under the id its key gives it, as the
+/// command bus does.
+struct LogDesk {
+    log: Arc<InMemoryEventStore>,
+}
+
+impl CommandExecutor<Act> for LogDesk {
+    async fn execute(&self, command: Act, ctx: CommandContext) -> Result<(), CommandFailure> {
+        let (Act::Reply(id) | Act::Escalate(id)) = command;
+        let event = NewEvent::json("Replied", &json!({})).with_id(ctx.event_id(0).unwrap());
+        let stream = StreamId::new(format!("reply-{id}")).unwrap();
+        match self
+            .log
+            .append(stream, ExpectedVersion::Any, vec![event])
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(CommandFailure::Transient(e.to_string())),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_does_not_act_drops_what_the_acting_node_carried_out() {
+    let log = new_log();
+    let (acting_dir, idle_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let clock = Arc::new(ManualClock::starting_now());
+    let acts = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate = acts.clone();
+    let pm = Arc::new(Helpdesk);
+    let read = Arc::new(ReadModelStore::open(idle_dir.path()).unwrap());
+    let runtime = ProjectionRuntime::start(
+        log.clone(),
+        read,
+        vec![Arc::new(ProcessProjection::new(pm.clone()))],
+        Arc::new(Upcasters::new()),
+        RuntimeOptions::default(),
+    )
+    .unwrap();
+    let options = DispatcherOptions {
+        retry: quick_retries(3),
+        idle: Duration::from_millis(20),
+        active_when: Some(crate::process::ActiveWhen(Arc::new(move || {
+            gate.load(std::sync::atomic::Ordering::Relaxed)
+        }))),
+        ..DispatcherOptions::default()
+    };
+    let idle = Dispatcher::start(
+        pm,
+        Arc::new(Desk::new(&Arc::new(Ledger::default()))),
+        log.clone(),
+        runtime.clone(),
+        clock.clone(),
+        options,
+    )
+    .unwrap();
+    let acting = start(
+        &log,
+        acting_dir.path(),
+        Desk::new(&Arc::new(Ledger::default())),
+        &clock,
+        quick_retries(3),
+    );
+    acting.handle.shutdown().await;
+    let acting = Running {
+        handle: Dispatcher::start(
+            Arc::new(Helpdesk),
+            Arc::new(LogDesk { log: log.clone() }),
+            log.clone(),
+            acting.runtime.clone(),
+            clock.clone(),
+            DispatcherOptions::default(),
+        )
+        .unwrap(),
+        runtime: acting.runtime,
+    };
+    for i in 0..5 {
+        ask(&log, &format!("q{i}"), "Asked").await;
+    }
+    until("five replies in the log", None, || {
+        acting.handle.status().unwrap().sent == 5
+    })
+    .await;
+    until("the idle node's outbox to empty", None, || {
+        idle.status().unwrap().outbox == 0
+    })
+    .await;
+    assert_eq!(idle.status().unwrap().sent, 0, "it sent nothing itself");
+    acting.stop().await;
+    idle.shutdown().await;
+    runtime.shutdown().await;
+}
