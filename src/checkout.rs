@@ -20,8 +20,10 @@
 
 use std::time::Duration;
 
-use annals_projections::HandlerError;
-use annals_projections::process::{CommandExecutor, CommandFailure, ProcessManager, Reaction};
+use annals_projections::process::{
+    CommandExecutor, CommandFailure, Instance, ProcessManager, Reaction,
+};
+use annals_projections::{HandlerError, ProjectionError, ReadModelStore};
 use annals_store::{
     CommandContext, CommandError, EventStore, ReadFilter, RecordedEvent, SnapshotStore,
 };
@@ -377,6 +379,18 @@ fn note(state: &mut CheckoutState, event: &RecordedEvent) {
         event_type: event.event_type.clone(),
         position: event.position.0,
     });
+}
+
+/// The checkout of an order as the process manager keeps it (`None`: no such order, or
+/// the checkout does not run here).
+pub fn load(
+    read: &ReadModelStore,
+    order_id: &str,
+) -> Result<Option<Instance<CheckoutState>>, ProjectionError> {
+    match annals_projections::process::load_instance(read, CHECKOUT, order_id) {
+        Err(ProjectionError::UnknownProjection { .. }) => Ok(None),
+        other => other,
+    }
 }
 
 /// Carries out the checkout's commands through the domain.

@@ -277,7 +277,8 @@ impl CheckoutQuery {
             return Ok(None);
         }
         super::read_models::consistent(ctx, crate::checkout::CHECKOUT, at_least).await?;
-        let Some(instance) = api.read_models.checkout(&order_id)? else {
+        let Some(instance) = crate::checkout::load(api.projections.read_models(), &order_id)?
+        else {
             return Ok(None);
         };
         let state = instance.state;

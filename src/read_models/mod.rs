@@ -6,8 +6,9 @@
 //! - `products`: stock per product (on hand, reserved, available) and a low-stock index
 //!   ordered by available units.
 //! - `payments`: every payment with its status and the gateway's answers.
-//! - `checkout`: the checkout saga's instances (kept by the process manager of
-//!   [`crate::checkout`], read here).
+//!
+//! The checkout saga's instances are the process manager's own state, read through
+//! [`crate::checkout::load`].
 //!
 //! [`CommerceReadModels`] answers the queries over them, with cursor pagination done in
 //! the read-model store (a cursor is the hex of the index key it stopped at).
@@ -187,24 +188,6 @@ impl CommerceReadModels {
             .read
             .view(PAYMENTS)?
             .get_json(&payments::payment_key(id))?)
-    }
-
-    /// The checkout of an order: the saga's step, pending deadline and history.
-    pub fn checkout(
-        &self,
-        order_id: &str,
-    ) -> Result<
-        Option<annals_projections::process::Instance<crate::checkout::CheckoutState>>,
-        QueryError,
-    > {
-        match annals_projections::process::load_instance(
-            &self.read,
-            crate::checkout::CHECKOUT,
-            order_id,
-        ) {
-            Err(ProjectionError::UnknownProjection { .. }) => Ok(None),
-            other => Ok(other?),
-        }
     }
 
     /// A customer's order statistics.
