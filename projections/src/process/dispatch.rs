@@ -460,11 +460,11 @@ where
                 });
             groups[at].push((key, entry));
         }
-        for group in &groups {
-            if let Some((_, first)) = group.first()
-                && first.not_before > now
-            {
-                earliest(first.not_before);
+        // Rows waiting for their retries (wherever they are in their instance's order)
+        // say when the next round is due.
+        for (_, entry) in groups.iter().flatten() {
+            if entry.not_before > now {
+                earliest(entry.not_before);
             }
         }
         let outcomes: Vec<Outcome> = futures::stream::iter(groups)
@@ -576,7 +576,8 @@ where
             }
             // A command this build cannot read will not become readable by waiting.
             Err(error) => {
-                entry.attempts = self.options.retry.max_attempts;
+                // Counted as the last attempt below: it is parked at once.
+                entry.attempts = self.options.retry.max_attempts.saturating_sub(1);
                 Err(CommandFailure::Transient(format!(
                     "the command cannot be decoded: {error}"
                 )))
