@@ -3,6 +3,8 @@
 //! event enters a subscription's queue exactly when the checkpoint passes it, so none is
 //! skipped and none is queued twice, whatever the crashes.
 
+use std::sync::Arc;
+
 use annals_projections::{HandlerError, Projection, ReadModelTx};
 use annals_store::{ReadFilter, RecordedEvent};
 use serde::{Deserialize, Serialize};
@@ -35,10 +37,18 @@ impl Projection for WebhooksProjection {
     }
 
     fn handle(&self, event: &RecordedEvent, tx: &mut ReadModelTx<'_>) -> Result<(), HandlerError> {
-        let mut active: Vec<Subscription> = tx.get_typed(keys::ACTIVE)?.unwrap_or_default();
+        // Every event of the log comes here, so the subscriptions are read from the
+        // database once per batch and shared from then on: a value read from the database
+        // (or absent) is the only holder of its `Arc`, and is stored typed for the rest of
+        // the batch; one taken from the batch is shared, and needs no write.
+        let active: Arc<Vec<Subscription>> = tx.get_typed(keys::ACTIVE)?.unwrap_or_default();
+        if Arc::strong_count(&active) == 1 && event.category() != "webhook" {
+            tx.put_typed(keys::ACTIVE, active.clone());
+        }
         if event.category() == "webhook" {
+            let mut active = Vec::clone(&active);
             // A raw append to another stream of the category is not a subscription's.
-            let Some(id) = event.stream_id.as_str().strip_prefix("webhook-") else {
+            let Some(id) = event.stream_id.aggregate_id() else {
                 return Ok(());
             };
             let id = id.to_string();
@@ -70,16 +80,11 @@ impl Projection for WebhooksProjection {
                     }
                 }
             }
-            tx.put_typed(keys::ACTIVE, active);
+            tx.put_typed(keys::ACTIVE, Arc::new(active));
             return Ok(());
         }
-        if active.is_empty() {
-            return Ok(());
-        }
-        // Kept typed for the rest of the batch: the next events read it without parsing.
-        tx.put_typed(keys::ACTIVE, active.clone());
         let mut delivery: Option<Vec<u8>> = None;
-        for subscription in &active {
+        for subscription in active.iter() {
             if !subscription
                 .filter
                 .matches(event.stream_id.as_str(), &event.event_type)
