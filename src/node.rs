@@ -388,11 +388,6 @@ impl Node {
         &self.commerce
     }
 
-    /// The checkout's dispatcher, if the checkout runs.
-    pub fn checkout(&self) -> Option<&ProcessHandle> {
-        self.checkout.as_ref()
-    }
-
     /// The API state (`server::app(state)` is the router).
     pub fn state(&self) -> &AppState {
         &self.state

@@ -284,7 +284,7 @@ impl CheckoutQuery {
         let state = instance.state;
         Ok(Some(Checkout {
             order_id,
-            step: state.step.into(),
+            step: state.step().into(),
             amount_cents: Amount(state.amount_cents),
             cancel_reason: state.cancel_reason,
             deadlines: instance

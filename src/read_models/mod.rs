@@ -373,9 +373,9 @@ impl<'de> serde::de::MapAccess<'de> for TaggedFields<'de> {
     }
 }
 
-/// The id of an aggregate from its stream id (`order-42` → `42`).
-fn aggregate_id(stream_id: &str) -> &str {
-    stream_id.split_once('-').map_or("", |(_, id)| id)
+/// The id of an aggregate from its stream id (`order-42` → `42`; empty without a `-`).
+fn aggregate_id(stream_id: &annals_store::StreamId) -> &str {
+    stream_id.aggregate_id().unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -151,7 +151,7 @@ impl Projection for OrdersProjection {
 
     fn handle(&self, event: &RecordedEvent, tx: &mut ReadModelTx<'_>) -> Result<(), HandlerError> {
         let decoded: OrderEvent = super::decode(event)?;
-        let id = aggregate_id(event.stream_id.as_str());
+        let id = aggregate_id(&event.stream_id);
         let key = order_key(id);
         // An `OrderPlaced` that opens its stream (the aggregate appends it to a stream that
         // does not exist) names an order no event before it named, and the runtime hands

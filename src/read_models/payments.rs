@@ -49,7 +49,7 @@ impl Projection for PaymentsProjection {
 
     fn handle(&self, event: &RecordedEvent, tx: &mut ReadModelTx<'_>) -> Result<(), HandlerError> {
         let decoded: PaymentEvent = super::decode(event)?;
-        let id = aggregate_id(event.stream_id.as_str());
+        let id = aggregate_id(&event.stream_id);
         let key = payment_key(id);
         let previous: Option<PaymentView> = tx.get_typed(&key)?;
         let mut payment = match (&decoded, previous) {

@@ -68,7 +68,7 @@ impl Projection for ProductsProjection {
 
     fn handle(&self, event: &RecordedEvent, tx: &mut ReadModelTx<'_>) -> Result<(), HandlerError> {
         let decoded: ProductEvent = super::decode(event)?;
-        let id = aggregate_id(event.stream_id.as_str());
+        let id = aggregate_id(&event.stream_id);
         let key = product_key(id);
         let previous: Option<ProductView> = tx.get_typed(&key)?;
         let old_low_stock = previous.as_ref().map(low_stock_key);

@@ -171,11 +171,6 @@ impl Deliverer {
         self.shared.wake.notify_waiters();
     }
 
-    /// The active subscriptions.
-    pub fn subscriptions(&self) -> Result<Vec<Subscription>, ProjectionError> {
-        active(&self.shared.read)
-    }
-
     /// Every active subscription's delivery.
     pub fn status(&self) -> Result<Vec<WebhookStatus>, ProjectionError> {
         let view = self.shared.read.view(WEBHOOKS)?;

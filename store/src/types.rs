@@ -45,6 +45,12 @@ impl StreamId {
     pub fn category(&self) -> &str {
         category_of(&self.0)
     }
+
+    /// The aggregate's id: the part after the first `-` (`42` of `order-42`), what
+    /// [`Self::for_category`] was given; `None` when the id has no `-`.
+    pub fn aggregate_id(&self) -> Option<&str> {
+        self.0.split_once('-').map(|(_, id)| id)
+    }
 }
 
 /// The category of a raw stream id (the part before the first `-`).

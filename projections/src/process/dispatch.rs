@@ -20,7 +20,6 @@ use annals_store::{
     StreamId, Timestamp,
 };
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -148,12 +147,11 @@ impl Default for DispatcherOptions {
 }
 
 /// What a process manager is doing, for operators.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ProcessStatus {
     /// The process manager.
     pub name: String,
     /// Its decision half, a projection.
-    #[serde(skip)]
     pub projection: Option<ProjectionStatus>,
     /// Commands decided and not yet sent successfully (counted up to 100,000).
     pub outbox: u64,
@@ -344,11 +342,6 @@ impl ProcessHandle {
             &[keys::command(keys::PARKED, position, index)],
         )?;
         Ok(true)
-    }
-
-    /// Wakes the dispatcher now (after the clock moved, for instance).
-    pub fn wake(&self) {
-        self.shared.wake.notify_one();
     }
 
     /// Stops the dispatcher after its current round and waits for it. Commands of the

@@ -159,15 +159,10 @@ pub struct Instance<S> {
     pub state: S,
     /// Pending deadlines: name → due time.
     pub deadlines: BTreeMap<String, Timestamp>,
-    /// The correlation id of the instance's first event, carried by every command and
-    /// deadline event of the instance.
+    /// The correlation id of the instance's first event (its own id when it has none),
+    /// carried by every command and deadline event of the instance; `None` until the
+    /// instance has seen an event.
     pub correlation_id: Option<Uuid>,
-    /// When the instance's first event was recorded.
-    pub started_at: Timestamp,
-    /// When the last event it reacted to was recorded.
-    pub updated_at: Timestamp,
-    /// Events it reacted to.
-    pub events: u64,
 }
 
 /// A deadline the decision half set, to be written as a row.
@@ -201,7 +196,7 @@ pub(crate) fn deadline_of(name: &str, event: &RecordedEvent) -> Option<(String, 
     if event.event_type != DEADLINE_REACHED || event.category() != name {
         return None;
     }
-    let instance = event.stream_id.as_str().get(name.len() + 1..)?.to_string();
+    let instance = event.stream_id.aggregate_id()?.to_string();
     let reached = serde_json::from_slice(&event.payload).ok()?;
     Some((instance, reached))
 }
@@ -244,12 +239,9 @@ pub(crate) fn step<P: ProcessManager>(
     } else {
         pm.react(&mut instance.state, event, &mut out)?;
     }
-    if instance.events == 0 {
-        instance.started_at = event.recorded_at;
+    if instance.correlation_id.is_none() {
         instance.correlation_id = event.metadata.correlation_id.or(Some(event.event_id));
     }
-    instance.events += 1;
-    instance.updated_at = event.recorded_at;
     for name in out.cancel {
         if let Some(due) = instance.deadlines.remove(&name) {
             removed.push(SetDeadline { name, due });
