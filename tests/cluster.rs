@@ -717,13 +717,9 @@ async fn receive(
     axum::http::StatusCode::OK
 }
 
-/// A webhook of a cluster is delivered by the writing node alone, once per event while
-/// nothing fails, and the other node drops what the writer recorded as delivered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clusters_webhook_is_delivered_once_by_the_writer() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let (nats, root, http) = cluster();
-    let [a, b] = two_nodes(&nats, root.path(), &http).await;
+/// Starts a receiver in the test and subscribes it, through `base`, to every product
+/// event; returns what it receives.
+async fn subscribe_a_receiver(http: &reqwest::Client, base: &str) -> Deliveries {
     let seen: Deliveries = Arc::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
@@ -732,13 +728,24 @@ async fn a_clusters_webhook_is_delivered_once_by_the_writer() {
         .with_state(seen.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     graphql(
-        &http,
-        &b.base(),
+        http,
+        base,
         r#"mutation($url: String!) { createWebhook(id: "stock", url: $url, categories: ["product"]) { id } }"#,
         json!({ "url": url }),
     )
     .await
     .unwrap();
+    seen
+}
+
+/// A webhook of a cluster is delivered by the writing node alone, once per event while
+/// nothing fails, and the other node drops what the writer recorded as delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clusters_webhook_is_delivered_once_by_the_writer() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (nats, root, http) = cluster();
+    let [a, b] = two_nodes(&nats, root.path(), &http).await;
+    let seen = subscribe_a_receiver(&http, &b.base()).await;
     const PRODUCTS: usize = 10;
     for i in 0..PRODUCTS {
         let base = if i % 2 == 0 { a.base() } else { b.base() };
@@ -799,21 +806,7 @@ async fn a_webhook_loses_nothing_when_the_writer_is_killed() {
     let _one = ONE_AT_A_TIME.lock().await;
     let (nats, root, http) = cluster();
     let mut nodes = two_nodes(&nats, root.path(), &http).await;
-    let seen: Deliveries = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let app = axum::Router::new()
-        .route("/hook", axum::routing::post(receive))
-        .with_state(seen.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    graphql(
-        &http,
-        &nodes[0].base(),
-        r#"mutation($url: String!) { createWebhook(id: "stock", url: $url, categories: ["product"]) { id } }"#,
-        json!({ "url": url }),
-    )
-    .await
-    .unwrap();
+    let seen = subscribe_a_receiver(&http, &nodes[0].base()).await;
     for i in 0..10 {
         register_through(&http, &nodes[i % 2].base(), &format!("p{i}")).await;
     }

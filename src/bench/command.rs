@@ -97,16 +97,7 @@ pub fn run_command(bench: &CommandBench) -> Result<CommandReport, BenchError> {
         let placing = app.clone();
         let place = move |product: String, order: String| {
             let app = placing.clone();
-            async move {
-                let lines = [LineRequest {
-                    product_id: product,
-                    quantity: 1,
-                }];
-                let ctx = CommandContext::by("bench");
-                app.place_order(&order, "bench-customer", &lines, &ctx)
-                    .await?;
-                Ok(())
-            }
+            async move { place_one(&app, product, &order).await }
         };
         let run = Clients::new("bench", bench.writers, limit, "commands", 2);
         run.go(&app, place).await
@@ -168,13 +159,7 @@ fn run_saga(
                     .lock()
                     .expect("waiting lock")
                     .insert(order.clone(), done);
-                let lines = [LineRequest {
-                    product_id: product,
-                    quantity: 1,
-                }];
-                let ctx = CommandContext::by("bench");
-                app.place_order(&order, "bench-customer", &lines, &ctx)
-                    .await?;
+                place_one(&app, product, &order).await?;
                 match tokio::time::timeout(Duration::from_secs(60), outcome).await {
                     Ok(Ok(true)) => Ok(()),
                     Ok(Ok(false)) => Err(BenchError::Invalid(format!(
@@ -218,11 +203,7 @@ async fn observe_outcomes(store: SharedStore, waiting: Waiting) -> Result<(), St
     loop {
         let page = store.read_all(from, 4096, &filter).await?;
         for event in &page.events {
-            let order = event
-                .stream_id
-                .as_str()
-                .split_once('-')
-                .map_or("", |(_, id)| id);
+            let order = event.stream_id.aggregate_id().unwrap_or_default();
             if let Some(done) = waiting.lock().expect("waiting lock").remove(order) {
                 let _ = done.send(event.event_type == "OrderConfirmed");
             }
@@ -328,4 +309,20 @@ impl Clients {
             None => Ok((meter, elapsed, latency, sampler.finish())),
         }
     }
+}
+
+/// Places order `order` for one unit of `product`, as every bench client does.
+async fn place_one<S: annals_store::EventStore + annals_store::SnapshotStore>(
+    app: &Commerce<S>,
+    product: String,
+    order: &str,
+) -> Result<(), BenchError> {
+    let lines = [LineRequest {
+        product_id: product,
+        quantity: 1,
+    }];
+    let ctx = CommandContext::by("bench");
+    app.place_order(order, "bench-customer", &lines, &ctx)
+        .await?;
+    Ok(())
 }

@@ -50,7 +50,7 @@ impl ProcessManager for Helpdesk {
     }
 
     fn instance_of(&self, event: &RecordedEvent) -> Option<String> {
-        Some(event.stream_id.as_str().split_once('-')?.1.to_string())
+        event.stream_id.aggregate_id().map(str::to_string)
     }
 
     fn react(
@@ -156,6 +156,21 @@ fn start(
     clock: &Arc<ManualClock>,
     retry: RetryPolicy,
 ) -> Running {
+    let options = DispatcherOptions {
+        retry,
+        ..DispatcherOptions::default()
+    };
+    start_with(log, dir, desk.into(), clock, options)
+}
+
+/// The helpdesk's projection over `dir` and its dispatcher sending through `executor`.
+fn start_with<X: CommandExecutor<Act>>(
+    log: &Arc<InMemoryEventStore>,
+    dir: &std::path::Path,
+    executor: Arc<X>,
+    clock: &Arc<ManualClock>,
+    options: DispatcherOptions,
+) -> Running {
     let pm = Arc::new(Helpdesk);
     let read = Arc::new(ReadModelStore::open(dir).unwrap());
     let runtime = ProjectionRuntime::start(
@@ -166,13 +181,9 @@ fn start(
         RuntimeOptions::default(),
     )
     .unwrap();
-    let options = DispatcherOptions {
-        retry,
-        ..DispatcherOptions::default()
-    };
     let handle = Dispatcher::start(
         pm,
-        desk.into(),
+        executor,
         log.clone(),
         runtime.clone(),
         clock.clone(),
@@ -461,55 +472,25 @@ async fn a_node_that_does_not_act_drops_what_the_acting_node_carried_out() {
     let log = new_log();
     let (acting_dir, idle_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let clock = Arc::new(ManualClock::starting_now());
-    let acts = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let gate = acts.clone();
-    let pm = Arc::new(Helpdesk);
-    let read = Arc::new(ReadModelStore::open(idle_dir.path()).unwrap());
-    let runtime = ProjectionRuntime::start(
-        log.clone(),
-        read,
-        vec![Arc::new(ProcessProjection::new(pm.clone()))],
-        Arc::new(Upcasters::new()),
-        RuntimeOptions::default(),
-    )
-    .unwrap();
-    let options = DispatcherOptions {
-        retry: quick_retries(3),
+    let never = DispatcherOptions {
         idle: Duration::from_millis(20),
-        active_when: Some(crate::process::ActiveWhen(Arc::new(move || {
-            gate.load(std::sync::atomic::Ordering::Relaxed)
-        }))),
+        active_when: Some(crate::process::ActiveWhen(Arc::new(|| false))),
         ..DispatcherOptions::default()
     };
-    let idle = Dispatcher::start(
-        pm,
+    let idle = start_with(
+        &log,
+        idle_dir.path(),
         Arc::new(Desk::new(&Arc::new(Ledger::default()))),
-        log.clone(),
-        runtime.clone(),
-        clock.clone(),
-        options,
-    )
-    .unwrap();
-    let acting = start(
+        &clock,
+        never,
+    );
+    let acting = start_with(
         &log,
         acting_dir.path(),
-        Desk::new(&Arc::new(Ledger::default())),
+        Arc::new(LogDesk { log: log.clone() }),
         &clock,
-        quick_retries(3),
+        DispatcherOptions::default(),
     );
-    acting.handle.shutdown().await;
-    let acting = Running {
-        handle: Dispatcher::start(
-            Arc::new(Helpdesk),
-            Arc::new(LogDesk { log: log.clone() }),
-            log.clone(),
-            acting.runtime.clone(),
-            clock.clone(),
-            DispatcherOptions::default(),
-        )
-        .unwrap(),
-        runtime: acting.runtime,
-    };
     for i in 0..5 {
         ask(&log, &format!("q{i}"), "Asked").await;
     }
@@ -518,11 +499,14 @@ async fn a_node_that_does_not_act_drops_what_the_acting_node_carried_out() {
     })
     .await;
     until("the idle node's outbox to empty", None, || {
-        idle.status().unwrap().outbox == 0
+        idle.handle.status().unwrap().outbox == 0
     })
     .await;
-    assert_eq!(idle.status().unwrap().sent, 0, "it sent nothing itself");
+    assert_eq!(
+        idle.handle.status().unwrap().sent,
+        0,
+        "it sent nothing itself"
+    );
     acting.stop().await;
-    idle.shutdown().await;
-    runtime.shutdown().await;
+    idle.stop().await;
 }
