@@ -57,6 +57,15 @@ pub enum Command {
     /// A running server's process managers (the checkout): status, parked commands,
     /// retry, skip.
     Processes(ProcessesArgs),
+    /// Erase a subject's personal data (crypto-shredding: its key is deleted, every record
+    /// stays and verifies).
+    Forget(ForgetArgs),
+    /// Take an online, incremental backup (log, read models, keys) into a backup directory.
+    Backup(BackupArgs),
+    /// Restore a backup into a new data directory, verified, or list a directory's backups.
+    Restore(RestoreArgs),
+    /// Build a new data directory from an export: the audit trail as the source of truth.
+    Import(ImportArgs),
 }
 
 /// Options of `annals processes`.
@@ -180,6 +189,14 @@ pub struct ServeArgs {
     /// Repeatable.
     #[arg(long, env = "ANNALS_GATEWAY_OUTAGE", value_delimiter = ',', value_parser = parse_outage)]
     pub gateway_outage: Vec<crate::payments::OutageWindow>,
+    /// A retention rule, `CATEGORY:max-age=AGE,max-count=N` (either or both; ages like
+    /// `90s`, `15m`, `12h`, `30d`): the category's events older than the age, or beyond
+    /// the last N of their stream, become tombstones. Repeatable.
+    #[arg(long = "retention", env = "ANNALS_RETENTION", value_delimiter = ';', value_parser = crate::lifecycle::parse_retention_rule)]
+    pub retention: Vec<annals_store::RetentionRule>,
+    /// How often the retention rules run, in seconds.
+    #[arg(long, env = "ANNALS_RETENTION_INTERVAL_SECS", default_value_t = 300)]
+    pub retention_interval_secs: u64,
 }
 
 /// On or off.
@@ -258,6 +275,10 @@ impl ServeArgs {
         simulated.latency = Duration::from_millis(self.gateway_latency_ms);
         simulated.decline_rate = self.gateway_decline_rate;
         simulated.outages = self.gateway_outage.clone();
+        config.retention = crate::lifecycle::RetentionConfig {
+            rules: self.retention.clone(),
+            interval: Some(Duration::from_secs(self.retention_interval_secs.max(1))),
+        };
         config
     }
 
@@ -398,6 +419,11 @@ pub struct BenchCommandArgs {
     /// latency) instead of `placeOrder` alone.
     #[arg(long)]
     pub saga: bool,
+    /// Seal the customer id (personal data) under its customer's key, as `annals serve`
+    /// does; `off` stores it in clear, to measure what sealing costs. Orders are spread
+    /// over 1,000 customers.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub seal: Switch,
     /// When an append is acknowledged.
     #[arg(long, value_enum, default_value = "fsync")]
     pub durability: DurabilityArg,
@@ -501,4 +527,80 @@ pub struct ReplayArgs {
     /// Rebuild every projection.
     #[arg(long)]
     pub all: bool,
+}
+
+/// Where a lifecycle command runs: against the data directory itself when no server holds
+/// it, else through the server that does (found in `<data-dir>/serve.json`, or `--url`).
+#[derive(Debug, clap::Args)]
+pub struct NodeTargetArgs {
+    /// The node's data directory.
+    #[arg(long, env = "ANNALS_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// The server to ask instead (`http://HOST:PORT`); by default the one serving the data
+    /// directory, if any.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// An admin API key for the server, sent as `Authorization: Bearer <key>`.
+    #[arg(long, env = "ANNALS_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `annals forget`.
+#[derive(Debug, clap::Args)]
+pub struct ForgetArgs {
+    /// The subject whose personal data is erased (for the reference domain, a customer id).
+    pub subject: String,
+    /// Why (recorded with the erasure: a ticket number, a legal basis).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Which node.
+    #[command(flatten)]
+    pub target: NodeTargetArgs,
+}
+
+/// Options of `annals backup`.
+#[derive(Debug, clap::Args)]
+pub struct BackupArgs {
+    /// The backup directory (created if missing; outside the data directory). Backups
+    /// into the same directory share the files they have in common.
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Which node.
+    #[command(flatten)]
+    pub target: NodeTargetArgs,
+}
+
+/// Options of `annals restore`.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// The backup directory.
+    pub backup_dir: PathBuf,
+    /// The new data directory (must not hold a log, read models or keys yet).
+    #[arg(long, required_unless_present = "list")]
+    pub data_dir: Option<PathBuf>,
+    /// Which backup (default: the latest).
+    #[arg(long)]
+    pub backup: Option<u32>,
+    /// List the directory's complete backups instead.
+    #[arg(long)]
+    pub list: bool,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `annals import`.
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// The export (NDJSON, CSV or CloudEvents) of a whole log, from position 1.
+    pub file: PathBuf,
+    /// The new data directory (must not hold a log yet).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -39,6 +39,11 @@ pub fn generate() -> Result<Vec<Contract>, String> {
         1,
         "A process manager's deadline fired (stream `{process}-{instance}`, e.g. `checkout-{order id}`).",
     ));
+    contracts.push(struct_schema::<crate::lifecycle::SubjectForgotten>(
+        crate::lifecycle::SUBJECT_FORGOTTEN,
+        1,
+        "A subject's personal data was erased: its key is deleted (stream `erasure-{subject ref}`). Names the subject by its ref only.",
+    ));
     contracts.push(struct_schema::<OrderPlacedV1>(
         "OrderPlaced",
         1,

@@ -59,6 +59,13 @@ pub enum ErrorCode {
     /// The store cannot do the operation right now: its disk is full or failing, it is
     /// closed or shutting down, or it was opened read-only. Nothing was written.
     Unavailable,
+    /// The operation is not available here: a lifecycle operation (deletion, retention,
+    /// erasure, backup) on a node of a cluster, a restore or import over a data directory
+    /// that already holds a log.
+    Unsupported,
+    /// A backup is incomplete or damaged (a backup cut short by a crash has no manifest
+    /// entry; a file that fails its checksum): it is refused, never half restored.
+    IncompleteBackup,
     /// A stored record or read-model value is damaged.
     Corruption,
     /// A stored event does not decode into its type (unknown type, failing upcaster).
@@ -95,7 +102,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of the table.
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 34] = [
         ErrorCode::BadUserInput,
         ErrorCode::NotFound,
         ErrorCode::WrongExpectedVersion,
@@ -112,6 +119,8 @@ impl ErrorCode {
         ErrorCode::QueryTooComplex,
         ErrorCode::StaleReadTimeout,
         ErrorCode::Unavailable,
+        ErrorCode::Unsupported,
+        ErrorCode::IncompleteBackup,
         ErrorCode::Corruption,
         ErrorCode::Decode,
         ErrorCode::UnsupportedFormat,
@@ -149,6 +158,8 @@ impl ErrorCode {
             ErrorCode::QueryTooComplex => "QUERY_TOO_COMPLEX",
             ErrorCode::StaleReadTimeout => "STALE_READ_TIMEOUT",
             ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::Unsupported => "UNSUPPORTED",
+            ErrorCode::IncompleteBackup => "INCOMPLETE_BACKUP",
             ErrorCode::Corruption => "CORRUPTION",
             ErrorCode::Decode => "DECODE",
             ErrorCode::UnsupportedFormat => "UNSUPPORTED_FORMAT",
@@ -234,6 +245,8 @@ impl HasCode for StoreError {
             | StoreError::NotWriter
             | StoreError::Unavailable { .. }
             | StoreError::ReadOnly { .. } => ErrorCode::Unavailable,
+            StoreError::Unsupported { .. } => ErrorCode::Unsupported,
+            StoreError::KeyStore { .. } => ErrorCode::Corruption,
             // A variant added to the store later is an internal failure until it is
             // given its own line here.
             _ => ErrorCode::Internal,
@@ -296,6 +309,37 @@ impl HasCode for crate::webhooks::WebhookError {
     }
 }
 
+impl HasCode for crate::privacy::PrivacyError {
+    fn code(&self) -> ErrorCode {
+        use crate::privacy::PrivacyError;
+        match self {
+            PrivacyError::UnknownSubject => ErrorCode::NotFound,
+            PrivacyError::EmptySubject => ErrorCode::BadUserInput,
+            PrivacyError::Unsupported { .. } => ErrorCode::Unsupported,
+            PrivacyError::Store(e) => e.code(),
+        }
+    }
+}
+
+impl HasCode for crate::lifecycle::LifecycleError {
+    fn code(&self) -> ErrorCode {
+        use crate::lifecycle::LifecycleError;
+        match self {
+            LifecycleError::Unsupported(_) => ErrorCode::Unsupported,
+            LifecycleError::UnknownSubject(_) | LifecycleError::StreamNotFound(_) => {
+                ErrorCode::NotFound
+            }
+            LifecycleError::Invalid(_) => ErrorCode::BadUserInput,
+            LifecycleError::IncompleteBackup { .. } => ErrorCode::IncompleteBackup,
+            LifecycleError::Store(e) => e.code(),
+            LifecycleError::Privacy(e) => e.code(),
+            LifecycleError::Audit(e) => e.code(),
+            LifecycleError::ReadModels(e) => e.code(),
+            LifecycleError::Io { .. } => ErrorCode::Io,
+        }
+    }
+}
+
 impl HasCode for QueryError {
     fn code(&self) -> ErrorCode {
         match self {
@@ -341,6 +385,7 @@ impl HasCode for NodeError {
             NodeError::Log { source, .. } => source.code(),
             NodeError::ReadModels { source, .. } => source.code(),
             NodeError::TempDir(_) | NodeError::WebhookKey(_) => ErrorCode::Io,
+            NodeError::Keys(e) => e.code(),
         }
     }
 }
@@ -387,6 +432,8 @@ mod tests {
                 | ErrorCode::QueryTooComplex
                 | ErrorCode::StaleReadTimeout
                 | ErrorCode::Unavailable
+                | ErrorCode::Unsupported
+                | ErrorCode::IncompleteBackup
                 | ErrorCode::Corruption
                 | ErrorCode::Decode
                 | ErrorCode::UnsupportedFormat

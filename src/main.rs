@@ -17,6 +17,7 @@ use annals_cluster::ClusterEventStore;
 use annals_store::EventStore;
 
 mod bench;
+mod ops;
 
 /// mimalloc: the many small allocations of record decoding and read-model batches are
 /// markedly cheaper than with the system allocator.
@@ -74,6 +75,7 @@ fn main() -> anyhow::Result<()> {
                 limit: (&args.limit).into(),
                 data_dir: args.data_dir,
                 saga: args.saga,
+                seal: args.seal == annals::cli::Switch::On,
             })?;
             print_report(&report, args.json, || report.table())
         }
@@ -107,6 +109,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Projections(args) => admin(&args.server, &args.action),
         Command::Processes(args) => admin(&args.server, &args.action),
+        Command::Forget(args) => ops::forget(args),
+        Command::Backup(args) => ops::backup(args),
+        Command::Restore(args) => ops::restore(args),
+        Command::Import(args) => ops::import(args),
         Command::Keys(KeysCommand::NewSigning(args)) => {
             audit::exit_on_error(audit::run_new_signing(args));
             Ok(())
@@ -208,6 +214,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.storage = Storage::Cluster(dir, store);
     }
     let node = Node::start(config).map_err(|e| coded(&e))?;
+    let data_dir = DataDir::new(&args.data_dir);
+    if let Err(error) = data_dir.announce(listener.local_addr()?) {
+        tracing::warn!(%error, "cannot write serve.json: `annals backup` and `annals forget` need --url");
+    }
     tracing::info!(
         addr = %listener.local_addr()?,
         head = node.store().head().get(),
@@ -218,6 +228,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Serving ends on SIGINT/SIGTERM; the node then stops its workers at a checkpoint and
     // closes the log, even when serving failed.
     let served = node.serve(listener, shutdown_signal()).await;
+    data_dir.withdraw();
     #[cfg(unix)]
     reloader.abort();
     tracing::info!("event store closed");
@@ -245,7 +256,7 @@ fn init_logging(format: LogFormat) {
 }
 
 /// An error for the command line: its message with its code from the one table.
-fn coded<E: annals::error::HasCode + std::fmt::Display>(error: &E) -> anyhow::Error {
+pub(crate) fn coded<E: annals::error::HasCode + std::fmt::Display>(error: &E) -> anyhow::Error {
     anyhow::anyhow!("{error} [{}]", error.code())
 }
 

@@ -35,9 +35,11 @@ use tokio::net::TcpListener;
 
 use crate::checkout::{Checkout, CheckoutExecutor};
 use crate::domain::{self, Commerce};
+use crate::lifecycle::{Lifecycle, RetentionConfig};
 use crate::payments::{
     GatewayOptions, GuardOptions, GuardedGateway, PaymentGateway, SimulatedGateway,
 };
+use crate::privacy::{Privacy, PrivacyError, RocksKeyStore};
 use crate::server::{self, AppState, ServerConfig};
 use crate::webhooks::{Deliverer, DelivererOptions, WebhookKey, WebhooksProjection};
 
@@ -69,7 +71,38 @@ impl DataDir {
     pub fn read(&self) -> PathBuf {
         self.root.join("read")
     }
+
+    /// Where the key store (the subjects' data keys) lives.
+    pub fn keys(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+
+    /// Records that a server on `addr` serves this directory (`serve.json`), so that
+    /// `annals backup` and `annals forget` pointed at the directory can reach it.
+    pub fn announce(&self, addr: std::net::SocketAddr) -> std::io::Result<()> {
+        let mut addr = addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let body = serde_json::json!({ "url": format!("http://{addr}") }).to_string();
+        std::fs::write(self.root.join(SERVE_FILE), body)
+    }
+
+    /// The URL of the server that announced itself on this directory, if any.
+    pub fn announced_url(&self) -> Option<String> {
+        let bytes = std::fs::read(self.root.join(SERVE_FILE)).ok()?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        value["url"].as_str().map(str::to_string)
+    }
+
+    /// Removes the announcement (the server stopped).
+    pub fn withdraw(&self) {
+        let _ = std::fs::remove_file(self.root.join(SERVE_FILE));
+    }
 }
+
+/// The file in which a server announces itself in its data directory.
+const SERVE_FILE: &str = "serve.json";
 
 /// Where a node keeps its log.
 #[derive(Clone, Debug)]
@@ -107,6 +140,8 @@ pub struct NodeConfig {
     pub gateway: GatewayConfig,
     /// Webhook delivery.
     pub webhooks: DelivererOptions,
+    /// Retention rules and how often they run.
+    pub retention: RetentionConfig,
 }
 
 /// The checkout saga's settings.
@@ -153,6 +188,7 @@ impl NodeConfig {
             checkout: Some(CheckoutConfig::default()),
             gateway: GatewayConfig::default(),
             webhooks: DelivererOptions::default(),
+            retention: RetentionConfig::default(),
         }
     }
 
@@ -188,6 +224,9 @@ pub enum NodeError {
         #[source]
         source: ProjectionError,
     },
+    /// The key store did not open.
+    #[error("opening the key store: {0}")]
+    Keys(#[source] PrivacyError),
     /// The webhook key file could not be read or made.
     #[error("the webhook key: {0}")]
     WebhookKey(#[source] std::io::Error),
@@ -230,6 +269,10 @@ pub struct Node {
     _scratch: Option<tempfile::TempDir>,
     /// The cluster this node belongs to, left in order on shutdown.
     cluster: Option<ClusterEventStore>,
+    /// Erasure, deletion, retention, backup.
+    lifecycle: Arc<Lifecycle>,
+    /// Stops the retention job.
+    retention_stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Node {
@@ -246,9 +289,11 @@ impl Node {
             mut checkout,
             gateway,
             mut webhooks,
+            retention,
         } = config;
         let mut cluster = None;
-        let (store, read_dir, scratch) = match storage {
+        let mut own_log = None;
+        let (store, read_dir, keys_dir, scratch) = match storage {
             Storage::Dir(dir) => {
                 let path = dir.log();
                 let store = RocksEventStore::open(&path, store_options)
@@ -256,13 +301,15 @@ impl Node {
                 server
                     .data_dir
                     .get_or_insert_with(|| dir.root().to_path_buf());
-                (SharedStore::new(store), dir.read(), None)
+                own_log = Some(store.clone());
+                (SharedStore::new(store), dir.read(), Some(dir.keys()), None)
             }
             Storage::InMemory => {
                 let scratch = tempfile::tempdir().map_err(NodeError::TempDir)?;
                 let read = scratch.path().join("read");
+                let keys = scratch.path().join("keys");
                 let store = SharedStore::new(InMemoryEventStore::new(store_options));
-                (store, read, Some(scratch))
+                (store, read, Some(keys), Some(scratch))
             }
             Storage::Cluster(dir, store) => {
                 server
@@ -278,8 +325,20 @@ impl Node {
                 }
                 webhooks.active_when = Some(leading);
                 cluster = Some(store.clone());
-                (SharedStore::new(store), dir.read(), None)
+                // The key store is the node's own: until it is replicated, a cluster
+                // stores personal fields in clear (docs/operations.md).
+                (SharedStore::new(store), dir.read(), None, None)
             }
+        };
+        let privacy = match &keys_dir {
+            Some(path) => match RocksKeyStore::open(path) {
+                Ok(keys) => Privacy::new(Arc::new(keys)),
+                Err(source) => {
+                    store.close();
+                    return Err(NodeError::Keys(source.into()));
+                }
+            },
+            None => Privacy::disabled(),
         };
         let key = match &server.data_dir {
             Some(dir) => WebhookKey::load_or_create(&dir.join("webhook.key")),
@@ -322,7 +381,8 @@ impl Node {
         let inner = gateway
             .gateway
             .unwrap_or_else(|| Arc::new(SimulatedGateway::new(gateway.simulated)));
-        let commerce = Commerce::with_gateway(bus, GuardedGateway::new(inner, gateway.guard));
+        let commerce = Commerce::with_gateway(bus, GuardedGateway::new(inner, gateway.guard))
+            .with_privacy(privacy.clone());
         let commerce = Arc::new(match checkout {
             Some(_) => commerce.confirmed_by_checkout(),
             None => commerce,
@@ -352,6 +412,32 @@ impl Node {
                 });
             }
         };
+        let lifecycle = Arc::new(Lifecycle::new(
+            own_log,
+            store.clone(),
+            commerce.clone(),
+            projections.read_models().clone(),
+            privacy,
+            server.data_dir.clone(),
+            retention.rules,
+        ));
+        // An erasure cut short by a crash (its record written, its key not yet deleted)
+        // is finished before long; sealed values read as erased from the record on anyway
+        // once the key is gone.
+        let reconciling = lifecycle.clone();
+        tokio::spawn(async move {
+            match reconciling.reconcile().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(keys = n, "finished erasures cut short"),
+                Err(error) => tracing::warn!(%error, "checking the erasure records failed"),
+            }
+        });
+        let (retention_stop, stop) = tokio::sync::watch::channel(false);
+        if let Some(interval) = retention.interval
+            && !lifecycle.retention_rules().is_empty()
+        {
+            lifecycle.spawn_retention(interval, stop);
+        }
         let state = AppState::new(
             store.clone(),
             commerce.clone(),
@@ -360,6 +446,7 @@ impl Node {
             cluster.clone(),
             dispatcher.iter().cloned().collect(),
             deliverer.clone(),
+            lifecycle.clone(),
         );
         Ok(Node {
             store,
@@ -370,7 +457,14 @@ impl Node {
             commerce,
             _scratch: scratch,
             cluster,
+            lifecycle,
+            retention_stop,
         })
+    }
+
+    /// Erasure, stream deletion, retention and backup.
+    pub fn lifecycle(&self) -> &Arc<Lifecycle> {
+        &self.lifecycle
     }
 
     /// The event log.
@@ -409,6 +503,7 @@ impl Node {
     /// outbox), the projection workers at a checkpoint (every batch is atomic), then leaves
     /// the cluster (if any) and closes the log.
     pub async fn shutdown(self) {
+        let _ = self.retention_stop.send(true);
         if let Some(checkout) = &self.checkout {
             checkout.shutdown().await;
         }

@@ -109,9 +109,11 @@ async fn csv_parses_with_the_csv_crate_and_quotes_properly() {
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
     assert_eq!(rows.len() as u64, EVENTS);
     for (i, row) in rows.iter().enumerate() {
-        assert_eq!(row.len(), 12);
+        assert_eq!(row.len(), 13);
         assert_eq!(row[0].parse::<u64>().unwrap(), i as u64 + 1);
         assert_eq!(row[11].len(), 64);
+        // Only a tombstone says so in the last column.
+        assert_eq!(&row[12], "");
         let metadata: serde_json::Value = serde_json::from_str(&row[7]).unwrap();
         assert_eq!(metadata["extra"]["ip"], "10.0.0.1");
     }

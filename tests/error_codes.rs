@@ -10,7 +10,9 @@ use annals::audit::{AuditError, Fault, FaultKind};
 use annals::domain::CommerceError;
 use annals::error::{ErrorCode, HasCode};
 use annals::graphql::error::ApiError;
+use annals::lifecycle::LifecycleError;
 use annals::node::NodeError;
+use annals::privacy::PrivacyError;
 use annals::read_models::QueryError;
 use annals::replay::ReplayError;
 use annals::webhooks::WebhookError;
@@ -50,6 +52,8 @@ fn store_code(error: &StoreError) -> ErrorCode {
         | StoreError::NotWriter
         | StoreError::Unavailable { .. }
         | StoreError::ReadOnly { .. } => ErrorCode::Unavailable,
+        StoreError::Unsupported { .. } => ErrorCode::Unsupported,
+        StoreError::KeyStore { .. } => ErrorCode::Corruption,
         other => panic!("a store error this test does not know: {other:?}"),
     }
 }
@@ -173,7 +177,7 @@ fn check_client(error: ApiError, expected: ErrorCode) {
 #[test]
 fn every_store_error_has_its_code_and_shows_nothing_internal() {
     let errors = one_of_each_store_error();
-    assert_eq!(errors.len(), 19);
+    assert_eq!(errors.len(), 21);
     for error in errors {
         let expected = store_code(&error);
         assert_eq!(error.code(), expected, "{error:?}");
@@ -358,13 +362,18 @@ fn node_and_replay_errors_have_the_codes_of_their_causes() {
             NodeError::WebhookKey(std::io::Error::other("Permission denied")),
             ErrorCode::Io,
         ),
+        (
+            NodeError::Keys(PrivacyError::Store(locked())),
+            ErrorCode::Locked,
+        ),
     ];
     for (error, expected) in errors {
         match &error {
             NodeError::Log { .. }
             | NodeError::ReadModels { .. }
             | NodeError::TempDir(_)
-            | NodeError::WebhookKey(_) => {}
+            | NodeError::WebhookKey(_)
+            | NodeError::Keys(_) => {}
         }
         assert_eq!(error.code(), expected, "{error}");
     }
@@ -399,5 +408,101 @@ fn node_and_replay_errors_have_the_codes_of_their_causes() {
             | ReplayError::Node(_) => {}
         }
         assert_eq!(error.code(), expected, "{error}");
+    }
+}
+
+#[test]
+fn lifecycle_and_privacy_errors_have_their_codes_and_show_nothing_internal() {
+    let errors = vec![
+        (
+            LifecycleError::Unsupported("cannot delete a stream on this node".into()),
+            ErrorCode::Unsupported,
+        ),
+        (
+            LifecycleError::UnknownSubject("customer-7".into()),
+            ErrorCode::NotFound,
+        ),
+        (
+            LifecycleError::StreamNotFound("order-7".into()),
+            ErrorCode::NotFound,
+        ),
+        (
+            LifecycleError::Invalid("max-count must be at least 1".into()),
+            ErrorCode::BadUserInput,
+        ),
+        (
+            LifecycleError::IncompleteBackup {
+                path: PathBuf::from("/srv/annals/secret-backup"),
+                reason: "no manifest".into(),
+            },
+            ErrorCode::IncompleteBackup,
+        ),
+        (
+            LifecycleError::Store(StoreError::Closed),
+            ErrorCode::Unavailable,
+        ),
+        (
+            LifecycleError::Privacy(PrivacyError::Store(StoreError::KeyStore {
+                reason: "a key in /srv/annals/secret-dir is short".into(),
+            })),
+            ErrorCode::Corruption,
+        ),
+        (
+            LifecycleError::Audit(AuditError::NotAnExport("line 1".into())),
+            ErrorCode::NotAnExport,
+        ),
+        (
+            LifecycleError::ReadModels(ProjectionError::Closed),
+            ErrorCode::Unavailable,
+        ),
+        (
+            LifecycleError::Io {
+                what: "writing /srv/annals/secret-backup/manifest.json".into(),
+                source: std::io::Error::other("No space left on device"),
+            },
+            ErrorCode::Io,
+        ),
+    ];
+    for (error, expected) in errors {
+        match &error {
+            LifecycleError::Unsupported(_)
+            | LifecycleError::UnknownSubject(_)
+            | LifecycleError::StreamNotFound(_)
+            | LifecycleError::Invalid(_)
+            | LifecycleError::IncompleteBackup { .. }
+            | LifecycleError::Store(_)
+            | LifecycleError::Privacy(_)
+            | LifecycleError::Audit(_)
+            | LifecycleError::ReadModels(_)
+            | LifecycleError::Io { .. } => {}
+        }
+        assert_eq!(error.code(), expected, "{error}");
+        if expected != ErrorCode::IncompleteBackup {
+            check_client(ApiError::from(error), expected);
+        }
+    }
+    let privacy = vec![
+        (PrivacyError::UnknownSubject, ErrorCode::NotFound),
+        (PrivacyError::EmptySubject, ErrorCode::BadUserInput),
+        (
+            PrivacyError::Unsupported {
+                reason: "a cluster node".into(),
+            },
+            ErrorCode::Unsupported,
+        ),
+        (
+            PrivacyError::Store(StoreError::Closed),
+            ErrorCode::Unavailable,
+        ),
+    ];
+    for (error, expected) in privacy {
+        match &error {
+            PrivacyError::UnknownSubject
+            | PrivacyError::EmptySubject
+            | PrivacyError::Unsupported { .. }
+            | PrivacyError::Store(_) => {}
+        }
+        assert_eq!(error.code(), expected, "{error}");
+        check_client(ApiError::from(error), expected);
     }
 }

@@ -63,6 +63,7 @@ impl EventLog {
             payload: serde_json::to_vec(&payload).expect("JSON encodes"),
             prev_hash: [0; 32],
             hash: [0; 32],
+            removed: false,
         });
         self
     }

@@ -18,6 +18,12 @@
 //! | previous hash | `prev_hash` | `annalsprevhash` | 64 lowercase hex digits |
 //! | hash | `hash` | `annalshash` | 64 lowercase hex digits |
 //!
+//! | removed | `removed` (only `true`, on a tombstone) | `annalsremoved` | boolean |
+//!
+//! A **tombstone** (an event removed by a hard deletion or retention) keeps its envelope
+//! and hashes with empty metadata and an empty payload; verification checks that the chain
+//! links through it, not its own hash (its content is gone).
+//!
 //! CloudEvents lines also have `specversion` (`1.0`), `source` (`/annals/{category}`),
 //! `datacontenttype` and, for convenience, `annalsactor` and `annalscorrelationid` (copies
 //! of the metadata, omitted when unset).
@@ -44,7 +50,7 @@ use uuid::Uuid;
 use crate::time;
 
 /// The header row of CSV exports.
-pub const CSV_HEADER: [&str; 12] = [
+pub const CSV_HEADER: [&str; 13] = [
     "position",
     "stream_id",
     "stream_version",
@@ -57,6 +63,7 @@ pub const CSV_HEADER: [&str; 12] = [
     "payload_base64",
     "prev_hash",
     "hash",
+    "removed",
 ];
 
 /// A hash as 64 lowercase hex digits, formatted on the stack.
@@ -244,6 +251,9 @@ pub(crate) fn write_ndjson(buf: &mut Vec<u8>, e: &RecordedEvent) {
     plain_str(buf, HexOut::of(&e.prev_hash).as_str().as_bytes());
     buf.extend_from_slice(b",\"hash\":");
     plain_str(buf, HexOut::of(&e.hash).as_str().as_bytes());
+    if e.removed {
+        buf.extend_from_slice(b",\"removed\":true");
+    }
     buf.extend_from_slice(b"}\n");
 }
 
@@ -265,6 +275,8 @@ struct NdjsonIn {
     payload_base64: Option<String>,
     prev_hash: String,
     hash: String,
+    #[serde(default)]
+    removed: bool,
 }
 
 /// Why a line or row could not be read back as an event.
@@ -294,6 +306,7 @@ fn build_event(
     payload: Vec<u8>,
     prev_hash: &str,
     hash: &str,
+    removed: bool,
 ) -> ParseResult<RecordedEvent> {
     Ok(RecordedEvent {
         position: Position(position),
@@ -307,6 +320,7 @@ fn build_event(
         payload,
         prev_hash: parse_hash(prev_hash).ok_or("prev_hash is not 64 hex digits")?,
         hash: parse_hash(hash).ok_or("hash is not 64 hex digits")?,
+        removed,
     })
 }
 
@@ -326,6 +340,7 @@ pub(crate) fn parse_ndjson(line: &str) -> ParseResult<RecordedEvent> {
         payload,
         &l.prev_hash,
         &l.hash,
+        l.removed,
     )
 }
 
@@ -354,6 +369,8 @@ pub(crate) struct CloudEventOut<'a> {
     annalscorrelationid: Option<Uuid>,
     annalsprevhash: HexOut,
     annalshash: HexOut,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    annalsremoved: bool,
 }
 
 impl<'a> CloudEventOut<'a> {
@@ -388,6 +405,7 @@ impl<'a> CloudEventOut<'a> {
             annalscorrelationid: e.metadata.correlation_id,
             annalsprevhash: HexOut::of(&e.prev_hash),
             annalshash: HexOut::of(&e.hash),
+            annalsremoved: e.removed,
         }
     }
 }
@@ -412,6 +430,8 @@ struct CloudEventIn {
     annalsmetadata: String,
     annalsprevhash: String,
     annalshash: String,
+    #[serde(default)]
+    annalsremoved: bool,
 }
 
 /// Reads one CloudEvents line back into the record it was exported from.
@@ -435,6 +455,7 @@ pub(crate) fn parse_cloudevent(line: &str) -> ParseResult<RecordedEvent> {
         payload,
         &c.annalsprevhash,
         &c.annalshash,
+        c.annalsremoved,
     )
 }
 
@@ -453,6 +474,7 @@ pub(crate) struct CsvOut<'a> {
     payload_base64: String,
     prev_hash: HexOut,
     hash: HexOut,
+    removed: &'static str,
 }
 
 impl<'a> CsvOut<'a> {
@@ -476,6 +498,7 @@ impl<'a> CsvOut<'a> {
             payload_base64,
             prev_hash: HexOut::of(&e.prev_hash),
             hash: HexOut::of(&e.hash),
+            removed: if e.removed { "true" } else { "" },
         }
     }
 }
@@ -495,6 +518,9 @@ struct CsvIn {
     payload_base64: String,
     prev_hash: String,
     hash: String,
+    /// Absent from exports written before tombstones existed.
+    #[serde(default)]
+    removed: String,
 }
 
 /// Reads one CSV row back into the record it was exported from.
@@ -531,6 +557,7 @@ pub(crate) fn parse_csv(
         payload,
         &r.prev_hash,
         &r.hash,
+        r.removed == "true",
     )
 }
 
@@ -554,6 +581,7 @@ mod tests {
             payload: payload.to_vec(),
             prev_hash: [1; 32],
             hash: [0; 32],
+            removed: false,
         };
         e.hash = annals_store::codec::recompute_hash(&e);
         e

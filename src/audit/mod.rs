@@ -32,7 +32,9 @@ pub use export::{
 pub use manifest::{
     Manifest, ManifestSignature, generate_signing_key, parse_public_key, parse_signing_key,
 };
-pub use verify::{Fault, FaultKind, VerifyOptions, VerifyReport, sidecar_path, verify};
+pub use verify::{
+    Fault, FaultKind, VerifyOptions, VerifyReport, read_export, sidecar_path, verify,
+};
 
 use annals_store::StoreError;
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use annals::domain::{self, Commerce, LineRequest};
 use annals::node::{Node, NodeConfig};
+use annals::privacy::{Privacy, RocksKeyStore};
 use annals_store::{
     BusOptions, CommandBus, CommandContext, Durability, EventStore, Position, ReadFilter,
     RocksEventStore, SharedStore, StoreError, StoreOptions,
@@ -37,6 +38,8 @@ pub struct CommandBench {
     pub data_dir: Option<PathBuf>,
     /// Measure whole checkouts through the saga instead of `placeOrder` alone.
     pub saga: bool,
+    /// Seal the customer id under its customer's key (the product's default).
+    pub seal: bool,
 }
 
 /// What `annals bench command` reports.
@@ -84,11 +87,16 @@ pub fn run_command(bench: &CommandBench) -> Result<CommandReport, BenchError> {
         }
         Err(e) => return Err(e.into()),
     };
-    let app = Arc::new(Commerce::new(CommandBus::with_options(
+    let mut commerce = Commerce::new(CommandBus::with_options(
         store.clone(),
         domain::upcasters(),
         BusOptions::default(),
-    )));
+    ));
+    if bench.seal {
+        let keys = RocksKeyStore::open(&dir.path().join("keys"))?;
+        commerce = commerce.with_privacy(Privacy::new(Arc::new(keys)));
+    }
+    let app = Arc::new(commerce);
     let limit = match bench.limit {
         Limit::Events(n) => Limit::Events(n.div_ceil(2)),
         other => other,
@@ -114,7 +122,11 @@ pub fn run_command(bench: &CommandBench) -> Result<CommandReport, BenchError> {
         },
         limit: bench.limit,
         machine: Machine::current(),
-        operation: "placeOrder",
+        operation: if bench.seal {
+            "placeOrder (customer id sealed)"
+        } else {
+            "placeOrder (customer id in clear)"
+        },
         annals: stats::figures(&meter, elapsed, &latency, &rates),
         store_head,
     })
@@ -322,7 +334,13 @@ async fn place_one<S: annals_store::EventStore + annals_store::SnapshotStore>(
         quantity: 1,
     }];
     let ctx = CommandContext::by("bench");
-    app.place_order(order, "bench-customer", &lines, &ctx)
+    // 1,000 customers: each gets its key (a synced write) with its first order, then
+    // reuses it.
+    let customer = order
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+        % 1000;
+    app.place_order(order, &format!("customer-{customer}"), &lines, &ctx)
         .await?;
     Ok(())
 }

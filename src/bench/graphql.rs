@@ -280,6 +280,7 @@ impl InProcess {
                 NodeError::Log { source, .. } => BenchError::Store(source),
                 NodeError::ReadModels { source, .. } => BenchError::Projection(source),
                 NodeError::TempDir(e) | NodeError::WebhookKey(e) => BenchError::Io(e),
+                NodeError::Keys(e) => BenchError::Io(std::io::Error::other(e)),
             })?
         };
         let store = node.store().clone();

@@ -22,6 +22,7 @@ pub use payment::{Payment, PaymentCommand, PaymentEvent, PaymentStatus};
 pub use product::{Product, ProductCommand, ProductEvent};
 
 use crate::payments::{Authorization, GatewayOptions, GuardedGateway};
+use crate::privacy::Privacy;
 
 /// Why the domain refused a command. Each error names the aggregate it is about; its
 /// client-visible code is in `crate::error`.
@@ -135,6 +136,8 @@ pub struct Commerce<S> {
     /// Whether orders are confirmed by hand (`confirm_order`), or by the checkout once
     /// paid.
     manual_confirmation: bool,
+    /// Seals the personal fields of the events it writes (the customer id).
+    privacy: Privacy,
 }
 
 impl<S: EventStore + SnapshotStore> Commerce<S> {
@@ -150,7 +153,19 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
             bus,
             gateway: Arc::new(gateway),
             manual_confirmation: true,
+            privacy: Privacy::disabled(),
         }
+    }
+
+    /// The same domain sealing personal fields with `privacy`'s keys.
+    pub fn with_privacy(mut self, privacy: Privacy) -> Self {
+        self.privacy = privacy;
+        self
+    }
+
+    /// How this domain seals personal fields.
+    pub fn privacy(&self) -> &Privacy {
+        &self.privacy
     }
 
     /// The same domain with orders confirmed by the checkout only: `confirm_order` is
@@ -228,9 +243,21 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
         lines: &[LineRequest],
         ctx: &CommandContext,
     ) -> Result<CommandOutcome, CommandError<CommerceError>> {
+        if customer_id.trim().is_empty() {
+            return Err(CommandError::Rejected(CommerceError::Validation {
+                reason: "customer_id must not be empty".into(),
+            }));
+        }
+        // The customer id is personal data: stored sealed under the customer's key, so
+        // forgetting the customer erases it everywhere without touching the log.
+        let sealed = self.privacy.seal(customer_id, customer_id).map_err(|e| {
+            CommandError::Store(annals_store::StoreError::Unavailable {
+                reason: e.to_string(),
+            })
+        })?;
         let decision = PlaceOrder {
             order_id,
-            customer_id,
+            customer_id: &sealed,
             lines,
         };
         self.bus.run(ctx, &decision).await

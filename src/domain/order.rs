@@ -88,7 +88,8 @@ pub struct OrderPlacedV1 {
 pub enum OrderEvent {
     /// The customer placed the order (schema v2: v1 had no `total_cents`).
     OrderPlaced {
-        /// Who ordered.
+        /// Who ordered. Personal data: stored sealed under the customer's key
+        /// (`pii:1:…`), readable until the customer is forgotten, `[erased]` after.
         customer_id: String,
         /// What was ordered.
         lines: Vec<OrderLine>,

@@ -1,10 +1,10 @@
 //! Payments, the checkout saga's state, and the administration of process managers.
 
 use annals_projections::process::{ParkedCommand, ProcessHandle, ProcessStatus};
-use async_graphql::{ComplexObject, Context, Enum, Object, SimpleObject};
+use async_graphql::{Context, Enum, Object, SimpleObject};
 
 use super::error::ApiError;
-use super::read_models::{Amount, Order, ProjectionStatusObject};
+use super::read_models::{Amount, ProjectionStatusObject};
 use super::scalars::{Position, Version};
 use super::{RoleGuard, api};
 use crate::checkout::CheckoutStep as DomainCheckoutStep;
@@ -76,17 +76,6 @@ impl From<PaymentView> for Payment {
             updated_at: time::format(p.updated_at_micros).unwrap_or_default(),
             version: Version(p.version),
         }
-    }
-}
-
-#[ComplexObject]
-impl Order {
-    /// The order's payment, once the checkout requested it.
-    async fn payment(&self, ctx: &Context<'_>) -> Result<Option<Payment>, ApiError> {
-        let Some(id) = &self.payment_id else {
-            return Ok(None);
-        };
-        Ok(api(ctx).read_models.payment(id)?.map(Payment::from))
     }
 }
 

@@ -424,6 +424,24 @@ impl From<crate::read_models::QueryError> for ApiError {
     }
 }
 
+impl From<crate::privacy::PrivacyError> for ApiError {
+    fn from(error: crate::privacy::PrivacyError) -> Self {
+        ApiError::coded(&error)
+    }
+}
+
+impl From<crate::lifecycle::LifecycleError> for ApiError {
+    fn from(error: crate::lifecycle::LifecycleError) -> Self {
+        use crate::lifecycle::LifecycleError as E;
+        match error {
+            E::Store(e) => e.into(),
+            E::Audit(e) => e.into(),
+            E::ReadModels(e) => e.into(),
+            other => ApiError::coded(&other),
+        }
+    }
+}
+
 impl From<crate::audit::AuditError> for ApiError {
     fn from(error: crate::audit::AuditError) -> Self {
         match error {

@@ -8,6 +8,7 @@
 
 mod checkout;
 pub mod error;
+mod lifecycle;
 mod mutation;
 mod query;
 mod read_models;
@@ -30,6 +31,7 @@ use crate::read_models::CommerceReadModels;
 use crate::server::auth::{KeyRing, Principal, Role};
 use checkout::{CheckoutQuery, ProcessMutation};
 use error::ApiError;
+use lifecycle::LifecycleMutation;
 use webhooks::{WebhookMutation, WebhookQuery};
 
 pub use mutation::{AdminMutation, CommandMutation};
@@ -49,6 +51,7 @@ pub struct Mutation(
     ProjectionMutation,
     ProcessMutation,
     WebhookMutation,
+    LifecycleMutation,
 );
 
 /// Every subscription.
@@ -108,6 +111,10 @@ pub struct ApiContext {
     pub processes: Vec<annals_projections::process::ProcessHandle>,
     /// Webhook delivery (status, dead letters, redrive).
     pub webhooks: crate::webhooks::Deliverer,
+    /// Reveals personal fields (or `[erased]`) in what the API returns.
+    pub privacy: crate::privacy::Privacy,
+    /// Erasure, deletion, retention and backup (admin).
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
 
 /// Counts live subscriptions per principal. A slot is a guard: it is given back when the

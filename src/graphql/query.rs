@@ -39,6 +39,11 @@ impl LogQuery {
                 "stream {stream} has no events"
             )));
         }
+        if api.lifecycle.deleted_through(&stream)? >= version {
+            return Err(ApiError::not_found(format!(
+                "stream {stream} is deleted (through version {version}); appending recreates it"
+            )));
+        }
         let backwards = backwards.unwrap_or(false);
         let (from, direction) = if backwards {
             (from_version.map_or(u64::MAX, |v| v.0), Direction::Backward)
@@ -60,7 +65,10 @@ impl LogQuery {
         Ok(StreamPage {
             stream_id: stream.into(),
             version: Version(version),
-            events: events.into_iter().map(Event::from).collect(),
+            events: events
+                .into_iter()
+                .map(|e| Event::revealed(e, &api.privacy))
+                .collect(),
             next_version,
         })
     }
@@ -95,7 +103,11 @@ impl LogQuery {
         // one before it; it never goes backwards.
         let cursor = page.next.get().saturating_sub(1).max(after);
         Ok(EventPage {
-            events: page.events.into_iter().map(Event::from).collect(),
+            events: page
+                .events
+                .into_iter()
+                .map(|e| Event::revealed(e, &api.privacy))
+                .collect(),
             cursor: Position(cursor),
             head: page.head.into(),
             has_more: cursor < page.head.get(),

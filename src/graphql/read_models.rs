@@ -4,10 +4,11 @@
 use annals_projections::{ProjectionError, ProjectionState, ProjectionStatus};
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{
-    Context, Enum, InputValueError, InputValueResult, Object, Scalar, ScalarType, SimpleObject,
-    Value,
+    ComplexObject, Context, Enum, InputValueError, InputValueResult, Object, Scalar, ScalarType,
+    SimpleObject, Value,
 };
 
+use super::checkout::Payment;
 use super::error::ApiError;
 use super::scalars::{Position, Version};
 use super::{RoleGuard, api};
@@ -98,8 +99,9 @@ pub struct OrderLine {
 pub struct Order {
     /// The order's id.
     pub id: String,
-    /// Who ordered.
-    pub customer_id: String,
+    /// The customer id as stored (sealed), revealed by the `customerId` field.
+    #[graphql(skip)]
+    pub stored_customer_id: String,
     /// Where it is.
     pub status: OrderStatus,
     /// What was ordered.
@@ -127,7 +129,7 @@ impl From<OrderView> for Order {
     fn from(o: OrderView) -> Self {
         Self {
             id: o.id,
-            customer_id: o.customer_id,
+            stored_customer_id: o.customer_id,
             status: o.status.into(),
             lines: o
                 .lines
@@ -147,6 +149,25 @@ impl From<OrderView> for Order {
             position: Position(o.last_position),
             payment_id: o.payment_id,
         }
+    }
+}
+
+#[ComplexObject]
+impl Order {
+    /// Who ordered: `"[erased]"` once the customer was forgotten.
+    async fn customer_id(&self, ctx: &Context<'_>) -> String {
+        api(ctx)
+            .privacy
+            .reveal(&self.stored_customer_id)
+            .into_owned()
+    }
+
+    /// The order's payment, once the checkout requested it.
+    async fn payment(&self, ctx: &Context<'_>) -> Result<Option<Payment>, ApiError> {
+        let Some(id) = &self.payment_id else {
+            return Ok(None);
+        };
+        Ok(api(ctx).read_models.payment(id)?.map(Payment::from))
     }
 }
 
@@ -388,6 +409,10 @@ impl ReadModelQuery {
         at_least: Option<Position>,
     ) -> Result<Connection<String, Order>, ApiError> {
         consistent(ctx, read_models::ORDERS, at_least).await?;
+        let customer_id = match customer_id {
+            Some(id) => Some(customer_index_id(ctx, &id)?),
+            None => None,
+        };
         let filter = OrderFilter {
             customer_id,
             status: status.map(Into::into),
@@ -406,12 +431,13 @@ impl ReadModelQuery {
         at_least: Option<Position>,
     ) -> Result<Option<CustomerStats>, ApiError> {
         consistent(ctx, read_models::ORDERS, at_least).await?;
+        let privacy = &api(ctx).privacy;
         Ok(api(ctx)
             .read_models
-            .customer_stats(&id)?
+            .customer_stats(&customer_index_id(ctx, &id)?)?
             .map(|s| CustomerStats {
                 average_order_value_cents: Amount(s.average_order_value_cents()),
-                customer_id: s.customer_id,
+                customer_id: privacy.reveal(&s.customer_id).into_owned(),
                 total_orders: Amount(s.total_orders),
                 cancelled_orders: Amount(s.cancelled_orders),
                 revenue_cents: Amount(s.revenue_cents),
@@ -645,4 +671,13 @@ fn control(
     let runtime = &api(ctx).projections;
     operation(runtime)?;
     Ok(runtime.status_of(name)?.into())
+}
+
+/// The id the read models file a customer's orders under: its ref when its personal data
+/// is sealed, the id itself otherwise (orders placed before sealing, or with it off).
+fn customer_index_id(ctx: &Context<'_>, customer: &str) -> Result<String, ApiError> {
+    Ok(match api(ctx).privacy.subject_ref(customer)? {
+        Some(subject) => crate::privacy::index_id_of(&subject),
+        None => customer.to_string(),
+    })
 }

@@ -137,9 +137,13 @@ impl LogSubscription {
             keys: api.keys.clone(),
             keys_changed: api.keys.watch(),
         };
-        Ok(futures::stream::unfold(tail, |mut tail| async move {
-            let item = tail.next_event().await?;
-            Some((item.map(Event::from), tail))
+        let privacy = api.privacy.clone();
+        Ok(futures::stream::unfold(tail, move |mut tail| {
+            let privacy = privacy.clone();
+            async move {
+                let item = tail.next_event().await?;
+                Some((item.map(|e| Event::revealed(e, &privacy)), tail))
+            }
         })
         .boxed())
     }

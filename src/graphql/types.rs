@@ -7,6 +7,7 @@ use async_graphql::{Enum, InputObject, Json, OneofObject, SimpleObject};
 use uuid::Uuid;
 
 use super::scalars::{Position, Version};
+use crate::privacy::Privacy;
 use crate::time;
 
 /// An event as it is in the log.
@@ -30,10 +31,14 @@ pub struct Event {
     /// When the commit was made, RFC 3339 in UTC with microseconds.
     pub recorded_at: String,
     /// The payload. A payload that is not JSON is returned as a JSON string of its bytes
-    /// (lossy UTF-8).
+    /// (lossy UTF-8). Personal fields read in clear, or as `"[erased]"` once their subject
+    /// was forgotten; `null` for a removed event.
     pub payload: Json<serde_json::Value>,
-    /// Who, why and free key/values.
+    /// Who, why and free key/values (empty for a removed event).
     pub metadata: EventMetadata,
+    /// Whether the event was removed (a hard deletion or retention): a tombstone that
+    /// keeps its position, envelope and hashes, without metadata or payload.
+    pub removed: bool,
 }
 
 /// Who did what, and why.
@@ -49,12 +54,19 @@ pub struct EventMetadata {
     pub extra: Json<BTreeMap<String, String>>,
 }
 
-impl From<RecordedEvent> for Event {
-    fn from(e: RecordedEvent) -> Self {
-        let payload = serde_json::from_slice(&e.payload).unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(&e.payload).into_owned())
-        });
+impl Event {
+    /// The event as a client sees it: personal fields revealed through `privacy`.
+    pub fn revealed(e: RecordedEvent, privacy: &Privacy) -> Self {
+        let mut payload = if e.removed {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&e.payload).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&e.payload).into_owned())
+            })
+        };
+        privacy.reveal_json(&mut payload);
         Event {
+            removed: e.removed,
             position: e.position.into(),
             category: e.category().to_string(),
             stream_id: e.stream_id.into(),

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::aggregate_id;
 use crate::domain::{OrderEvent, OrderStatus};
+use crate::privacy::index_id;
 
 /// One line of an order in the read model.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,7 +24,8 @@ pub struct OrderLineView {
 pub struct OrderView {
     /// The order's id.
     pub id: String,
-    /// Who ordered.
+    /// Who ordered, as the log holds it: sealed (`pii:1:…`) when personal data is sealed;
+    /// the API reveals it through the key store.
     pub customer_id: String,
     /// Where the order is.
     pub status: OrderStatus,
@@ -53,7 +55,7 @@ pub struct OrderView {
 /// A customer's order statistics.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CustomerStats {
-    /// The customer.
+    /// The customer, as the last order's event holds it (sealed, see [`OrderView`]).
     pub customer_id: String,
     /// Orders placed, cancelled or not.
     pub total_orders: u64,
@@ -126,7 +128,7 @@ pub(super) fn index_prefixes(customer: Option<&str>, status: Option<OrderStatus>
 fn index_keys(order: &OrderView) -> [Vec<u8>; 2] {
     let position = order.placed_position.to_be_bytes();
     [
-        index_key(Some(&order.customer_id), order.status, &position),
+        index_key(Some(&index_id(&order.customer_id)), order.status, &position),
         index_key(None, order.status, &position),
     ]
 }
@@ -198,7 +200,7 @@ impl Projection for OrdersProjection {
                     placed_position: event.position.0,
                     last_position: event.position.0,
                 };
-                let stats_key = customer_stats_key(customer_id);
+                let stats_key = customer_stats_key(&index_id(customer_id));
                 let mut stats: CustomerStats = tx.get_typed(&stats_key)?.unwrap_or_default();
                 stats.customer_id = customer_id.clone();
                 stats.total_orders += 1;
@@ -226,7 +228,7 @@ impl Projection for OrdersProjection {
             OrderEvent::OrderCancelled { reason } => {
                 order.status = OrderStatus::Cancelled;
                 order.cancel_reason = Some(reason);
-                let stats_key = customer_stats_key(&order.customer_id);
+                let stats_key = customer_stats_key(&index_id(&order.customer_id));
                 let mut stats: CustomerStats = tx.get_typed(&stats_key)?.unwrap_or_default();
                 stats.cancelled_orders += 1;
                 stats.revenue_cents = stats.revenue_cents.saturating_sub(order.total_cents);

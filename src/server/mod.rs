@@ -128,6 +128,8 @@ impl AppState {
     /// The state of a server over `store`, the domain's commands over the same store and
     /// the projections that follow it; the schema is built here. `crate::node::Node`
     /// is the one place that calls it.
+    // The node hands over each part it built; a struct of them would only repeat the list.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: SharedStore,
         commerce: Arc<Commerce<SharedStore>>,
@@ -136,6 +138,7 @@ impl AppState {
         cluster: Option<annals_cluster::ClusterEventStore>,
         processes: Vec<ProcessHandle>,
         webhooks: crate::webhooks::Deliverer,
+        lifecycle: Arc<crate::lifecycle::Lifecycle>,
     ) -> Self {
         // The recorder must exist before the first request so that no sample is lost.
         let _ = metrics::handle();
@@ -157,6 +160,8 @@ impl AppState {
             keys: keys.clone(),
             processes: processes.clone(),
             webhooks: webhooks.clone(),
+            privacy: lifecycle.privacy().clone(),
+            lifecycle,
         });
         Self {
             inner: Arc::new(Inner {

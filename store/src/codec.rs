@@ -19,6 +19,11 @@ use crate::types::{Hash, Metadata, Position, RecordedEvent, StreamId, Timestamp}
 /// The format byte of records written by this build.
 pub const RECORD_FORMAT_V1: u8 = 1;
 
+/// The format byte of a tombstone: a removed record, encoded like a V1 record whose
+/// metadata and payload are empty, keeping the original `prev_hash` and `hash` so the
+/// chain links through it.
+pub const RECORD_TOMBSTONE_V1: u8 = 2;
+
 /// The largest encoded record the decoder accepts. It bounds every allocation a damaged or
 /// hostile record can cause (a length prefix of 2^60 is refused, not allocated).
 pub const MAX_RECORD_BYTES: usize = 32 * 1024 * 1024;
@@ -195,7 +200,7 @@ pub fn encode_record(fields: &RecordFields<'_>, prev_hash: &Hash, hash: &Hash, o
 /// allocation larger than [`MAX_RECORD_BYTES`].
 pub fn decode_record(bytes: &[u8]) -> Result<RecordedEvent, DecodeError> {
     let (&format, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if format != RECORD_FORMAT_V1 {
+    if format != RECORD_FORMAT_V1 && format != RECORD_TOMBSTONE_V1 {
         return Err(DecodeError::UnknownFormat(format));
     }
     let (body, used): (Body, usize) = bincode::serde::decode_from_slice(rest, bincode_config())
@@ -226,7 +231,29 @@ pub fn decode_record(bytes: &[u8]) -> Result<RecordedEvent, DecodeError> {
         payload: body.payload,
         prev_hash,
         hash,
+        removed: format == RECORD_TOMBSTONE_V1,
     })
+}
+
+/// Encodes the tombstone of `event` (see [`RECORD_TOMBSTONE_V1`]): its envelope and both
+/// hashes, without metadata or payload.
+pub fn encode_tombstone(event: &RecordedEvent) -> Vec<u8> {
+    let empty = Metadata::default();
+    let fields = RecordFields {
+        metadata: &empty,
+        payload: &[],
+        ..RecordFields::of(event)
+    };
+    let mut out = Vec::with_capacity(96 + event.stream_id.as_str().len() + event.event_type.len());
+    encode_record(&fields, &event.prev_hash, &event.hash, &mut out);
+    out[0] = RECORD_TOMBSTONE_V1;
+    out
+}
+
+/// Whether a stored record's hash can be checked: a tombstone's cannot (its content is
+/// gone), so a verifier checks only that the chain links through it.
+pub fn hash_checks(event: &RecordedEvent) -> bool {
+    event.removed || recompute_hash(event) == event.hash
 }
 
 /// The fields a read filter looks at, borrowed from a stored record without decoding the
@@ -259,7 +286,7 @@ struct HeadRef<'a> {
 /// first). Like [`decode_record`], arbitrary bytes give an error, never a panic.
 pub fn peek_head(bytes: &[u8]) -> Result<RecordHead<'_>, DecodeError> {
     let (&format, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if format != RECORD_FORMAT_V1 {
+    if format != RECORD_FORMAT_V1 && format != RECORD_TOMBSTONE_V1 {
         return Err(DecodeError::UnknownFormat(format));
     }
     let (head, _): (HeadRef<'_>, usize) =
@@ -319,6 +346,7 @@ mod tests {
             payload: br#"{"total_cents":100}"#.to_vec(),
             prev_hash: [9; 32],
             hash: [0; 32],
+            removed: false,
         };
         ev.hash = recompute_hash(&ev);
         ev

@@ -138,6 +138,28 @@ pub enum StoreError {
         path: PathBuf,
     },
 
+    /// The operation is not one this store can do (deleting from a replica of a
+    /// replicated log, restoring over an existing log).
+    ///
+    /// Handling: run it where it applies (an embedded node, an empty directory).
+    #[error("cannot {operation}: {reason}")]
+    Unsupported {
+        /// What was asked.
+        operation: &'static str,
+        /// Why it cannot be done here.
+        reason: String,
+    },
+
+    /// An entry of the key store is damaged (a key of the wrong length, a dump that is not
+    /// hex).
+    ///
+    /// Handling: restore the key store from a backup.
+    #[error("the key store is damaged: {reason}")]
+    KeyStore {
+        /// What is wrong.
+        reason: String,
+    },
+
     /// The store was closed; no more appends are taken.
     #[error("the event store is closed")]
     Closed,

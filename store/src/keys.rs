@@ -30,6 +30,19 @@ pub const META_FORMAT_VERSION: &[u8] = b"format_version";
 /// Meta key of a replica: the sequence (u64 BE) of the replicated log's last group that the
 /// replica holds, written in the same batch as the group's records.
 pub const META_LOG_SEQUENCE: &[u8] = b"log_sequence";
+/// Meta key prefix of a deleted stream: `prefix ‖ stream key` → the version (u64 BE) up to
+/// which its events are deleted. Stream reads skip the versions at or below it; appends
+/// continue after it.
+pub const META_DELETED_PREFIX: &[u8] = b"deleted/";
+
+/// The meta key recording how far `stream_key`'s events are deleted.
+pub fn deleted_key(stream_key: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(META_DELETED_PREFIX.len() + stream_key.len());
+    key.extend_from_slice(META_DELETED_PREFIX);
+    key.extend_from_slice(stream_key);
+    key
+}
+
 /// The on-disk format version this build writes and the highest it reads.
 pub const FORMAT_VERSION: u32 = 1;
 

@@ -111,7 +111,14 @@ pub use command::{
 pub use error::StoreError;
 pub use memory::InMemoryEventStore;
 pub use replica::{Acknowledger, ReplicaGroup, ReplicationError, Replicator};
-pub use rocks::RocksEventStore;
+pub use rocks::keystore::{DumpedKey, KeyDump, RocksKeyStore, SubjectRef, fill_random};
+pub use rocks::{
+    BackupPoint, DeleteMode, RetentionReport, RetentionRule, RocksEventStore, StreamDeletion,
+};
+/// Backups of RocksDB databases (the log's and the read models').
+pub mod backup {
+    pub use crate::rocks::{backup_db, hash_hex, restore_db, verify_backup};
+}
 pub use shared::SharedStore;
 pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{

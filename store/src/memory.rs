@@ -156,6 +156,7 @@ impl InMemoryEventStore {
                     payload: new.payload,
                     prev_hash,
                     hash: [0; 32],
+                    removed: false,
                 };
                 event.hash = codec::chain_hash(&RecordFields::of(&event), &prev_hash);
                 state.ids.insert(event.event_id, (state.log.len(), i, n));

@@ -221,6 +221,13 @@ pub fn one_of_each_store_error() -> Vec<crate::StoreError> {
             sequence: 77,
             reason: "position 12 follows head 9 at /srv/annals/secret-dir".into(),
         },
+        E::Unsupported {
+            operation: "delete a stream",
+            reason: "a replica takes only the log's groups".into(),
+        },
+        E::KeyStore {
+            reason: "a key in /srv/annals/secret-dir/keys is not 32 bytes".into(),
+        },
     ]
 }
 
@@ -247,8 +254,10 @@ pub fn store_error_variant(error: &crate::StoreError) -> (usize, usize) {
         E::NotWriter => 16,
         E::Unavailable { .. } => 17,
         E::ReplicaDiverged { .. } => 18,
+        E::Unsupported { .. } => 19,
+        E::KeyStore { .. } => 20,
     };
-    (index, 19)
+    (index, 21)
 }
 
 /// A replicated log in memory, for replicas in tests: groups in order, with the fencing of

@@ -322,6 +322,11 @@ pub struct RecordedEvent {
     pub prev_hash: Hash,
     /// `blake3(prev_hash ‖ canonical encoding of this record without its hash)`.
     pub hash: Hash,
+    /// Whether the event was removed (a hard deletion or retention): the record is a
+    /// tombstone that keeps the envelope and both hashes, with no metadata and no payload.
+    /// Its hash cannot be recomputed any more; the chain still links through it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
 }
 
 impl RecordedEvent {

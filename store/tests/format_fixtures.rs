@@ -27,6 +27,7 @@ fn sample() -> RecordedEvent {
         payload: br#"{"customer_id":"c-1","lines":[],"total_cents":0}"#.to_vec(),
         prev_hash: [7; 32],
         hash: [0; 32],
+        removed: false,
     };
     event.hash = codec::recompute_hash(&event);
     event

@@ -54,6 +54,11 @@ impl TestServer {
         Self::launch(node, Some(dir)).await
     }
 
+    /// A server over exactly `config` (its data directory is the caller's to keep).
+    pub async fn with_config(config: NodeConfig) -> Self {
+        Self::launch(config, None).await
+    }
+
     /// A server with the default configuration, in memory or on disk.
     pub async fn open_on(in_memory: bool) -> Self {
         if in_memory {

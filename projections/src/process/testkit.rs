@@ -74,6 +74,7 @@ impl<P: ProcessManager> Given<P> {
             .expect("JSON encodes"),
             prev_hash: [0; 32],
             hash: [0; 32],
+            removed: false,
         };
         self.when(event)
     }

@@ -102,6 +102,11 @@ pub(super) fn handle_events(
     };
     let mut parked = Vec::new();
     'events: for event in events.iter_mut() {
+        if event.removed {
+            // A tombstone has no content to project: a rebuild after retention or a hard
+            // deletion builds the read model without it.
+            continue;
+        }
         let mut attempts = 0u32;
         loop {
             attempts += 1;

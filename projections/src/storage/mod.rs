@@ -98,6 +98,13 @@ impl ReadModelStore {
         &self.path
     }
 
+    /// Backs the read models up into the backup engine directory `dir` while the
+    /// projections write (every batch is atomic, so the backup holds each projection at a
+    /// checkpoint), and returns the backup's id.
+    pub fn backup(&self, dir: &Path) -> Result<u32, ProjectionError> {
+        Ok(annals_store::backup::backup_db(&self.db, dir)?)
+    }
+
     /// A column family's handle (see [`crate::keys`] for what each holds).
     fn cf(&self, name: &str) -> &ColumnFamily {
         self.db

@@ -104,6 +104,12 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
         &self.options
     }
 
+    /// Drops the cached state of `stream`: after the stream was deleted, the next command
+    /// loads it from the store.
+    pub fn evict(&self, stream: &StreamId) {
+        self.cache.remove(stream);
+    }
+
     /// The per-stream queues of this bus.
     pub fn gates(&self) -> &StreamGates {
         &self.gates
@@ -143,6 +149,11 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
                 .read_stream(&stream, version + 1, Direction::Forward, LOAD_PAGE)
                 .await?;
             for recorded in &events {
+                if recorded.removed {
+                    // A tombstone (retention) keeps its version but has nothing to apply.
+                    version = recorded.stream_version;
+                    continue;
+                }
                 let event: A::Event = decode_event(&self.upcasters, recorded)?;
                 state.apply(&event);
                 version = recorded.stream_version;

@@ -4,7 +4,14 @@
 //! go through one writer thread (see [`writer`]) that turns whatever is queued into one
 //! `WriteBatch` and one WAL sync.
 
+pub mod keystore;
+mod lifecycle;
 mod writer;
+
+pub use lifecycle::{
+    BackupPoint, DeleteMode, RetentionReport, RetentionRule, StreamDeletion, backup_db, hash_hex,
+    restore_db, verify_backup,
+};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -499,6 +506,13 @@ impl RocksEventStore {
         }
         let head = self.head();
         let db = self.db();
+        // A deleted stream's events up to its deletion read as absent.
+        let hidden = lifecycle::deleted_through(&db, stream)?;
+        let from_version = match direction {
+            Direction::Forward => from_version.max(hidden + 1),
+            Direction::Backward if from_version <= hidden => return Ok(Vec::new()),
+            Direction::Backward => from_version,
+        };
         let positions = stream_positions(&db, stream, from_version, direction, limit)?;
         let cf = cf(&db, CF_EVENTS);
         let keys: Vec<[u8; 8]> = positions
@@ -514,6 +528,9 @@ impl RocksEventStore {
             let event = decode_at(position, &value)?;
             if &event.stream_id != stream {
                 return Err(StoreError::Corruption { position });
+            }
+            if event.stream_version <= hidden {
+                break;
             }
             events.push(event);
         }
@@ -631,9 +648,7 @@ impl RocksEventStore {
                     Err(_) => Some(ChainFault::Undecodable),
                     Ok(event) if event.position != expected => Some(ChainFault::Undecodable),
                     Ok(event) if event.prev_hash != prev => Some(ChainFault::BrokenLink),
-                    Ok(event) if codec::recompute_hash(&event) != event.hash => {
-                        Some(ChainFault::HashMismatch)
-                    }
+                    Ok(event) if !codec::hash_checks(&event) => Some(ChainFault::HashMismatch),
                     Ok(event) => {
                         prev = event.hash;
                         None

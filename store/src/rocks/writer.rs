@@ -63,7 +63,8 @@ use crate::keys::{self, CF_EVENT_IDS, CF_EVENTS, CF_META, CF_STREAMS, EventIdEnt
 use crate::replica::{Ack, Acknowledger, ReplicaGroup, ReplicationError, Replicator};
 use crate::store::{Durability, StoreOptions};
 use crate::types::{
-    AppendResult, Hash, MultiAppendResult, Position, StreamAppend, StreamId, Timestamp,
+    AppendResult, ExpectedVersion, Hash, MultiAppendResult, Position, StreamAppend, StreamId,
+    Timestamp,
 };
 
 pub(crate) enum WriteRequest {
@@ -814,7 +815,15 @@ impl Writer {
         let mut current = Vec::with_capacity(appends.len());
         for append in &appends {
             let actual = self.current_version(&append.stream_id, &group.versions)?;
-            if !append.expected.accepts(actual) {
+            // A deleted stream reads as empty, so "no stream" also accepts a stream whose
+            // every event is deleted: it is recreated, its versions continuing. The lookup
+            // runs only when the check has already failed.
+            let recreates = matches!(
+                append.expected,
+                ExpectedVersion::NoStream | ExpectedVersion::Exact(0)
+            ) && actual > 0
+                && super::lifecycle::deleted_through(&self.db, &append.stream_id)? == actual;
+            if !append.expected.accepts(actual) && !recreates {
                 return Err(StoreError::WrongExpectedVersion {
                     stream: append.stream_id.clone(),
                     expected: append.expected,
