@@ -225,9 +225,11 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
 
 /// `annals import FILE --data-dir D`.
 pub fn import(args: ImportArgs) -> anyhow::Result<()> {
-    let report = lifecycle::import(&args.file, &args.data_dir).map_err(|e| coded(&e))?;
-    // The read models are built from the imported log before the command returns.
     let runtime = runtime()?;
+    let report = runtime
+        .block_on(lifecycle::import(&args.file, &args.data_dir))
+        .map_err(|e| coded(&e))?;
+    // The read models are built from the imported log before the command returns.
     runtime
         .block_on(annals::replay::replay(&args.data_dir, &[]))
         .map_err(|e| coded(&e))?;

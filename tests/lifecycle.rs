@@ -460,15 +460,61 @@ async fn retention_and_deletion_remove_what_they_should_and_the_chain_still_veri
         .unwrap();
     assert!(report.is_ok(), "{report:?}");
     let work = tempfile::tempdir().unwrap();
-    for file in export_all(&data, work.path()) {
-        ok(annals(&["verify", p(&file), "--data-dir", p(&data)]));
-        let text = std::fs::read_to_string(&file).unwrap();
+    let exports = export_all(&data, work.path());
+    for file in &exports {
+        ok(annals(&["verify", p(file), "--data-dir", p(&data)]));
+        let text = std::fs::read_to_string(file).unwrap();
         assert!(
             text.contains("removed"),
             "{} marks its tombstones",
             file.display()
         );
     }
+    // A forged tombstone is refused: one that still carries its payload, and (against the
+    // store) one that hides an event the log holds.
+    let text = std::fs::read_to_string(&exports[0]).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let live = lines
+        .iter()
+        .position(|l| l["removed"].is_null() && l["manifest"].is_null())
+        .unwrap();
+    let forge = |edit: &dyn Fn(&mut Value)| {
+        let mut forged = lines.clone();
+        edit(&mut forged[live]);
+        let body: Vec<String> = forged.iter().map(Value::to_string).collect();
+        let path = work.path().join("forged.ndjson");
+        std::fs::write(&path, body.join("\n") + "\n").unwrap();
+        path
+    };
+    let said = |output: Output| {
+        assert!(!output.status.success());
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+    let keeps_payload = forge(&|l| l["removed"] = json!(true));
+    let refused = said(annals(&["verify", p(&keeps_payload)]));
+    assert!(refused.contains("MODIFIED_EVENT"), "{refused}");
+    let hides = forge(&|l| {
+        l["removed"] = json!(true);
+        l["payload"] = Value::Null;
+        l["payload_base64"] = json!("");
+        l["metadata"] =
+            json!({"correlation_id": null, "causation_id": null, "actor": null, "extra": {}});
+    });
+    // Alone, a tombstone is only a link of the chain (its content is gone by design);
+    // the store knows the event is still there.
+    ok(annals(&["verify", p(&hides)]));
+    let refused = said(annals(&["verify", p(&hides), "--data-dir", p(&data)]));
+    assert!(
+        refused.contains("MODIFIED_EVENT") && refused.contains("marks as removed"),
+        "{refused}"
+    );
     server.stop().await;
 }
 
@@ -646,8 +692,81 @@ async fn an_imported_export_equals_the_original_log_record_by_record() {
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        stderr.contains("position 4") && stderr.contains("BAD_USER_INPUT"),
+        stderr.contains("position 3") && stderr.contains("DELETED_EVENT"),
         "{stderr}"
     );
     assert!(!target.join("log").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_forgets_and_backs_up_through_a_server_and_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let work = tempfile::tempdir().unwrap();
+    let mut config = NodeConfig::on_disk(&data);
+    config.checkout = None;
+    // The data directory outlives this server: the CLI opens it once the server stops.
+    let server = TestServer::with_config(config).await;
+    common::product(&server, "p1", 500, 100).await;
+    place(&server, "c0", "carol").await;
+    let at = place(&server, "d0", "dave").await;
+    let url = format!("http://{}", server.addr);
+
+    // Through the server (--url).
+    let out = ok(annals(&["forget", "carol", "--url", &url, "--json"]));
+    let erased: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(erased["subjectRef"].as_str().unwrap().len(), 32);
+    let again = annals(&["forget", "carol", "--url", &url]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("NOT_FOUND"));
+    let order = server.ok(ORDER, json!({ "id": "c0", "at": at })).await;
+    assert_eq!(order["order"]["customerId"], "[erased]");
+    // A data directory held by a process that announces no server is a clear error.
+    let held = annals(&["forget", "dave", "--data-dir", p(&data)]);
+
+    assert!(!held.status.success());
+    assert!(String::from_utf8_lossy(&held.stderr).contains("pass --url"));
+    server.stop().await;
+
+    // On its own: the CLI opens the data directory itself.
+    ok(annals(&[
+        "forget",
+        "dave",
+        "--data-dir",
+        p(&data),
+        "--reason",
+        "request 7",
+    ]));
+    let backup_dir = work.path().join("b");
+    let out = ok(annals(&[
+        "backup",
+        "--data-dir",
+        p(&data),
+        "--to",
+        p(&backup_dir),
+        "--json",
+    ]));
+    let taken: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(taken["id"], 1);
+    let listed = ok(annals(&["restore", p(&backup_dir), "--list"]));
+    assert!(listed.starts_with("backup 1: "), "{listed}");
+    // A backup inside the data directory is refused.
+    let inside = annals(&["backup", "--data-dir", p(&data), "--to", p(&data.join("b"))]);
+    assert!(!inside.status.success());
+    assert!(String::from_utf8_lossy(&inside.stderr).contains("BAD_USER_INPUT"));
+
+    let mut config = NodeConfig::on_disk(&data);
+    config.checkout = None;
+    let server = TestServer::with_config(config).await;
+    let head = server.store.head().get().to_string();
+    let order = server.ok(ORDER, json!({ "id": "d0", "at": head })).await;
+    assert_eq!(order["order"]["customerId"], "[erased]");
+    let records = server
+        .ok(EVENTS, json!({ "f": { "categories": ["erasure"] } }))
+        .await;
+    let records = records["events"]["events"].as_array().unwrap().clone();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[1]["payload"]["reason"], "request 7");
+    assert_eq!(records[1]["metadata"]["actor"], "cli");
+    server.stop().await;
 }

@@ -761,6 +761,14 @@ impl<'a, S: EventStore> Verifier<'a, S> {
                     ));
                 }
                 Some(s) if s.position.get() == p => {
+                    if event.removed && !s.removed {
+                        return Err(fault(
+                            FaultKind::ModifiedEvent,
+                            Some(p),
+                            Some(line),
+                            "the export marks as removed an event the store still holds",
+                        ));
+                    }
                     if s.hash != event.hash {
                         return Err(fault(
                             FaultKind::InsertedEvent,
@@ -786,6 +794,14 @@ impl<'a, S: EventStore> Verifier<'a, S> {
                 .read_all(event.position, 1, &ReadFilter::all())
                 .await?;
             match page.events.first() {
+                Some(s) if event.removed && !s.removed && s.position == event.position => {
+                    return Err(fault(
+                        FaultKind::ModifiedEvent,
+                        Some(p),
+                        Some(line),
+                        "the export marks as removed an event the store still holds",
+                    ));
+                }
                 Some(s) if s.position == event.position && s.hash == event.hash => {}
                 _ => {
                     return Err(fault(

@@ -82,10 +82,11 @@ pub struct LifecycleMutation;
 #[Object]
 impl LifecycleMutation {
     /// Erases a subject's personal data (for the reference domain, a customer): deletes its
-    /// key, so every value sealed with it reads as `"[erased]"` in queries, subscriptions,
-    /// read models and exports, in this node's backups too. Every record stays and the
-    /// chain still verifies. The erasure is recorded as an event naming the subject's ref,
-    /// not its id. `NOT_FOUND` when no personal data is held for the subject.
+    /// key here and in the key copies of this node's backups, so every value sealed with it
+    /// reads as `"[erased]"` in queries, subscriptions and read models, and stays unreadable
+    /// sealed text in exports and webhook bodies. Every record stays and the chain still
+    /// verifies. The erasure is recorded as an event naming the subject's ref, not its id.
+    /// `NOT_FOUND` when no personal data is held for the subject.
     #[graphql(guard = "RoleGuard(Role::Admin)")]
     async fn forget_subject(
         &self,

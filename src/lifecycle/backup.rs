@@ -22,6 +22,7 @@
 //! where the node can scrub them, or re-run the erasures after restoring one (the erasure
 //! records are in the log).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -198,11 +199,14 @@ fn register(data_dir: &Path, backup: &Path) -> Result<(), LifecycleError> {
     Ok(())
 }
 
-/// Removes `subject`'s key from the key copies of every backup the node on `data_dir`
-/// wrote; returns how many backup directories held it. A directory that is gone is
-/// skipped (moved away, or deleted by the operator).
-pub fn scrub(data_dir: &Path, subject: &SubjectRef) -> Result<usize, LifecycleError> {
-    let wanted = subject.to_hex();
+/// Removes the keys of `subjects` from the key copies of every backup the node on
+/// `data_dir` wrote; returns how many backup directories held one. A directory that is
+/// gone is skipped (moved away, or deleted by the operator). Idempotent.
+pub fn scrub(data_dir: &Path, subjects: &HashSet<SubjectRef>) -> Result<usize, LifecycleError> {
+    if subjects.is_empty() {
+        return Ok(0);
+    }
+    let wanted: HashSet<String> = subjects.iter().map(SubjectRef::to_hex).collect();
     let mut scrubbed = 0;
     for dir in registered(data_dir)? {
         let Ok(entries) = std::fs::read_dir(dir.join("keys")) else {
@@ -219,7 +223,7 @@ pub fn scrub(data_dir: &Path, subject: &SubjectRef) -> Result<usize, LifecycleEr
                 continue;
             };
             let before = dump.keys.len();
-            dump.keys.retain(|k| k.subject_ref != wanted);
+            dump.keys.retain(|k| !wanted.contains(&k.subject_ref));
             if dump.keys.len() != before {
                 write_atomic(&path, &to_json(&dump))?;
                 held = true;
@@ -304,6 +308,10 @@ pub async fn restore(
         }
     }
     let verified = result?;
+    // The restored node's erasures reach the backups it came from.
+    if let Ok(source) = dir.canonicalize() {
+        register(data_dir, &source)?;
+    }
     Ok(RestoreReport {
         backup: entry,
         verified,

@@ -12,6 +12,7 @@
 
 pub mod backup;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -292,7 +293,7 @@ impl Lifecycle {
             .await?;
         keys.forget(&subject_ref)?;
         let backups_scrubbed = match &self.data_dir {
-            Some(dir) => backup::scrub(dir, &subject_ref)?,
+            Some(dir) => backup::scrub(dir, &HashSet::from([subject_ref]))?,
             None => 0,
         };
         tracing::info!(subject_ref = %subject_ref.to_hex(), backups_scrubbed, "subject forgotten");
@@ -303,12 +304,14 @@ impl Lifecycle {
         })
     }
 
-    /// Deletes the keys of every subject the log records as forgotten: finishes an erasure
-    /// cut short by a crash. Returns how many keys it deleted.
+    /// Deletes the keys of every subject the log records as forgotten, here and in this
+    /// node's backups: finishes an erasure cut short by a crash. Returns how many keys it
+    /// deleted here.
     pub async fn reconcile(&self) -> Result<usize, LifecycleError> {
         let Some(keys) = self.privacy.keys() else {
             return Ok(0);
         };
+        let mut forgotten = HashSet::new();
         let filter = ReadFilter::categories([ERASURE_CATEGORY]);
         let mut from = annals_store::Position::FIRST;
         let mut deleted = 0;
@@ -316,16 +319,19 @@ impl Lifecycle {
             let page = self.store.read_all(from, 1024, &filter).await?;
             for event in &page.events {
                 let record: Option<SubjectForgotten> = serde_json::from_slice(&event.payload).ok();
-                if let Some(subject) = record.and_then(|r| SubjectRef::from_hex(&r.subject_ref))
-                    && keys.forget(&subject)?
-                {
-                    deleted += 1;
+                if let Some(subject) = record.and_then(|r| SubjectRef::from_hex(&r.subject_ref)) {
+                    deleted += usize::from(keys.forget(&subject)?);
+                    forgotten.insert(subject);
                 }
             }
             if page.next > page.head {
                 break;
             }
             from = page.next;
+        }
+        if let Some(dir) = &self.data_dir {
+            let _op = self.ops.lock().await;
+            backup::scrub(dir, &forgotten)?;
         }
         Ok(deleted)
     }
@@ -422,8 +428,13 @@ pub struct ImportReport {
 /// position 1, as `annals export` writes with no filter): every record as it was, checked
 /// against the chain as it is written. The read models are built by the node that opens
 /// the directory. A refused import leaves no log behind.
-pub fn import(file: &Path, data_dir: &Path) -> Result<ImportReport, LifecycleError> {
+pub async fn import(file: &Path, data_dir: &Path) -> Result<ImportReport, LifecycleError> {
     let log = data_dir.join("log");
+    // The export as a whole first: its manifest (when it has one) says where it ends and
+    // what its signature covers, so a file cut at a line boundary is refused, not
+    // imported as a shorter log.
+    crate::audit::verify::<RocksEventStore>(file, None, &crate::audit::VerifyOptions::default())
+        .await?;
     if log.join("CURRENT").exists() {
         return Err(LifecycleError::Unsupported(format!(
             "{} already holds a log",

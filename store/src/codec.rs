@@ -250,10 +250,16 @@ pub fn encode_tombstone(event: &RecordedEvent) -> Vec<u8> {
     out
 }
 
-/// Whether a stored record's hash can be checked: a tombstone's cannot (its content is
-/// gone), so a verifier checks only that the chain links through it.
+/// Whether a record is consistent with its hash: its contents hash to it, or it is a
+/// tombstone, whose hash cannot be recomputed (its content is gone) and which a verifier
+/// accepts only as a link of the chain. A "tombstone" that still carries metadata or a
+/// payload is refused: a removed event keeps nothing.
 pub fn hash_checks(event: &RecordedEvent) -> bool {
-    event.removed || recompute_hash(event) == event.hash
+    if event.removed {
+        event.payload.is_empty() && event.metadata == Metadata::default()
+    } else {
+        recompute_hash(event) == event.hash
+    }
 }
 
 /// The fields a read filter looks at, borrowed from a stored record without decoding the
