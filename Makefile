@@ -48,3 +48,4 @@ soak: deps
 	ANNALS_CRASH_ROUNDS=100 $(CARGO) test --release -p annals-store --test crash -- --nocapture
 	ANNALS_PROJECTION_CRASH_ROUNDS=100 ANNALS_PROJECTION_REBUILD_KILLS=50 ANNALS_PROJECTION_REBUILD_EVENTS=500000 $(CARGO) test --release --test projection_crash -- --nocapture
 	ANNALS_SERVER_CRASH_ROUNDS=100 $(CARGO) test --release --test server_crash -- --nocapture
+	ANNALS_LIFECYCLE_CRASH_ROUNDS=50 $(CARGO) test --release --test lifecycle_crash -- --nocapture

@@ -421,7 +421,7 @@ pub struct BenchCommandArgs {
     pub saga: bool,
     /// Seal the customer id (personal data) under its customer's key, as `annals serve`
     /// does; `off` stores it in clear, to measure what sealing costs. Orders are spread
-    /// over 1,000 customers.
+    /// over 1,000 customers whose keys exist before the run.
     #[arg(long, value_enum, default_value_t = Switch::On)]
     pub seal: Switch,
     /// When an append is acknowledged.

@@ -412,15 +412,16 @@ impl Node {
                 });
             }
         };
-        let lifecycle = Arc::new(Lifecycle::new(
-            own_log,
-            store.clone(),
-            commerce.clone(),
-            projections.read_models().clone(),
+        let lifecycle = Arc::new(Lifecycle {
+            log: own_log,
+            store: store.clone(),
+            commerce: commerce.clone(),
+            read: projections.read_models().clone(),
             privacy,
-            server.data_dir.clone(),
-            retention.rules,
-        ));
+            data_dir: server.data_dir.clone(),
+            retention: retention.rules,
+            ops: Default::default(),
+        });
         // An erasure cut short by a crash (its record written, its key not yet deleted)
         // is finished before long; sealed values read as erased from the record on anyway
         // once the key is gone.

@@ -7,13 +7,14 @@
 //! `restore` and `import` build a new data directory and need no server.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use annals::admin::AdminCall;
 use annals::cli::{BackupArgs, ForgetArgs, ImportArgs, NodeTargetArgs, RestoreArgs};
-use annals::lifecycle::{self, backup};
+use annals::lifecycle::{self, Lifecycle, backup};
 use annals::node::{DataDir, Node, NodeConfig};
 
 use crate::coded;
@@ -104,35 +105,45 @@ async fn ask(url: &str, args: &NodeTargetArgs, call: Call) -> anyhow::Result<Val
     Ok(data[call.field].clone())
 }
 
-/// `annals forget SUBJECT`.
-pub fn forget(args: ForgetArgs) -> anyhow::Result<()> {
+/// Runs `here` on the node of the data directory when this process can open it, or sends
+/// `call` to the server that holds it; returns the answer.
+fn on_node<F, Fut>(args: &NodeTargetArgs, call: Call, here: F) -> anyhow::Result<Value>
+where
+    F: FnOnce(Arc<Lifecycle>) -> Fut,
+    Fut: Future<Output = anyhow::Result<Value>>,
+{
     let runtime = runtime()?;
     let _entered = runtime.enter();
-    let target = target(&args.target)?;
-    let answer = runtime.block_on(async {
+    let target = target(args)?;
+    runtime.block_on(async {
         match target {
             Target::Here(node) => {
-                let result = node
-                    .lifecycle()
-                    .forget(&args.subject, args.reason.clone(), Some("cli".into()))
-                    .await;
+                let result = here(node.lifecycle().clone()).await;
                 node.shutdown().await;
-                let erasure = result.map_err(|e| coded(&e))?;
-                Ok::<_, anyhow::Error>(json!({
-                    "subjectRef": erasure.subject_ref.to_hex(),
-                    "position": erasure.position.to_string(),
-                    "backupsScrubbed": erasure.backups_scrubbed,
-                }))
+                result
             }
-            Target::Server(url) => {
-                let call = Call {
-                    query: FORGET,
-                    variables: json!({ "s": args.subject, "r": args.reason }),
-                    field: "forgetSubject",
-                };
-                ask(&url, &args.target, call).await
-            }
+            Target::Server(url) => ask(&url, args, call).await,
         }
+    })
+}
+
+/// `annals forget SUBJECT`.
+pub fn forget(args: ForgetArgs) -> anyhow::Result<()> {
+    let call = Call {
+        query: FORGET,
+        variables: json!({ "s": args.subject, "r": args.reason }),
+        field: "forgetSubject",
+    };
+    let answer = on_node(&args.target, call, |lifecycle| async move {
+        let erasure = lifecycle
+            .forget(&args.subject, args.reason.clone(), Some("cli".into()))
+            .await
+            .map_err(|e| coded(&e))?;
+        Ok(json!({
+            "subjectRef": erasure.subject_ref.to_hex(),
+            "position": erasure.position.to_string(),
+            "backupsScrubbed": erasure.backups_scrubbed,
+        }))
     })?;
     print(args.target.json, &answer);
     Ok(())
@@ -145,26 +156,14 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
         .to
         .canonicalize()
         .with_context(|| format!("resolving {}", args.to.display()))?;
-    let runtime = runtime()?;
-    let _entered = runtime.enter();
-    let target = target(&args.target)?;
-    let answer = runtime.block_on(async {
-        match target {
-            Target::Here(node) => {
-                let result = node.lifecycle().backup(&to).await;
-                node.shutdown().await;
-                let entry = result.map_err(|e| coded(&e))?;
-                Ok::<_, anyhow::Error>(entry_json(&to, &entry))
-            }
-            Target::Server(url) => {
-                let call = Call {
-                    query: BACKUP,
-                    variables: json!({ "d": to.display().to_string() }),
-                    field: "backup",
-                };
-                ask(&url, &args.target, call).await
-            }
-        }
+    let call = Call {
+        query: BACKUP,
+        variables: json!({ "d": to.display().to_string() }),
+        field: "backup",
+    };
+    let answer = on_node(&args.target, call, |lifecycle| async move {
+        let entry = lifecycle.backup(&to).await.map_err(|e| coded(&e))?;
+        Ok(entry_json(&to, &entry))
     })?;
     print(args.target.json, &answer);
     Ok(())

@@ -380,24 +380,13 @@ async fn check_log(data: &Path, placed: &[String]) -> (usize, usize, usize) {
 
 #[test]
 fn kill_9_during_checkouts_leaves_every_order_in_one_final_state() {
-    let rounds: usize = std::env::var("ANNALS_CHECKOUT_CRASH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(10);
+    let rounds = binary::rounds("ANNALS_CHECKOUT_CRASH_ROUNDS", 10);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log: PathBuf = dir.path().join("server.log");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (rt, http) = binary::client_runtime();
     let started = Instant::now();
     rt.block_on(async {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap();
         let journal = Arc::new(Journal::default());
         let mut server = spawn_server(&data, &log);
         wait_ready(&mut server, &http, &log).await;

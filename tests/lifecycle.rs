@@ -59,6 +59,14 @@ fn ok(output: Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// A node on the data directory `data`, without the checkout (these tests follow orders
+/// themselves).
+fn node_on(data: &Path) -> NodeConfig {
+    let mut config = NodeConfig::on_disk(data);
+    config.checkout = None;
+    config
+}
+
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
@@ -343,8 +351,7 @@ async fn a_forgotten_customer_reads_as_erased_everywhere_and_the_chain_still_ver
     let report: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(report["head"], taken["backup"]["head"]);
     assert!(holding(&backup_dir, ALICE).is_empty());
-    let mut config = NodeConfig::on_disk(&restored);
-    config.checkout = None;
+    let config = node_on(&restored);
     let restored_server = TestServer::with_config(config).await;
     let head = restored_server.store.head().get().to_string();
     let order = restored_server
@@ -362,8 +369,7 @@ async fn a_forgotten_customer_reads_as_erased_everywhere_and_the_chain_still_ver
 async fn retention_and_deletion_remove_what_they_should_and_the_chain_still_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_path_buf();
-    let mut config = NodeConfig::on_disk(&data);
-    config.checkout = None;
+    let mut config = node_on(&data);
     config.retention.rules = vec![RetentionRule {
         category: "line".into(),
         max_age: None,
@@ -581,8 +587,7 @@ async fn a_backup_taken_under_16_writers_restores_to_exactly_its_head() {
         );
         // The restored node starts, its read models catch up to the restored head.
         restored.close();
-        let mut config = NodeConfig::on_disk(&target);
-        config.checkout = None;
+        let config = node_on(&target);
         let node = TestServer::with_config(config).await;
         let orders = node
             .ok(
@@ -621,8 +626,7 @@ async fn an_imported_export_equals_the_original_log_record_by_record() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_path_buf();
     let work = tempfile::tempdir().unwrap();
-    let mut config = NodeConfig::on_disk(&data);
-    config.checkout = None;
+    let mut config = node_on(&data);
     config.retention.rules = vec![RetentionRule {
         category: "line".into(),
         max_age: None,
@@ -664,8 +668,7 @@ async fn an_imported_export_equals_the_original_log_record_by_record() {
         assert_eq!(log_of(&imported).await, original, "{}", export.display());
         imported.close();
         // Its read models were built by the import.
-        let mut config = NodeConfig::on_disk(&target);
-        config.checkout = None;
+        let config = node_on(&target);
         let node = TestServer::with_config(config).await;
         let products = node
             .ok(
@@ -703,8 +706,7 @@ async fn the_cli_forgets_and_backs_up_through_a_server_and_on_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_path_buf();
     let work = tempfile::tempdir().unwrap();
-    let mut config = NodeConfig::on_disk(&data);
-    config.checkout = None;
+    let config = node_on(&data);
     // The data directory outlives this server: the CLI opens it once the server stops.
     let server = TestServer::with_config(config).await;
     common::product(&server, "p1", 500, 100).await;
@@ -755,8 +757,7 @@ async fn the_cli_forgets_and_backs_up_through_a_server_and_on_its_own() {
     assert!(!inside.status.success());
     assert!(String::from_utf8_lossy(&inside.stderr).contains("BAD_USER_INPUT"));
 
-    let mut config = NodeConfig::on_disk(&data);
-    config.checkout = None;
+    let config = node_on(&data);
     let server = TestServer::with_config(config).await;
     let head = server.store.head().get().to_string();
     let order = server.ok(ORDER, json!({ "id": "d0", "at": head })).await;
@@ -768,5 +769,59 @@ async fn the_cli_forgets_and_backs_up_through_a_server_and_on_its_own() {
     assert_eq!(records.len(), 2);
     assert_eq!(records[1]["payload"]["reason"], "request 7");
     assert_eq!(records[1]["metadata"]["actor"], "cli");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_erasure_cut_short_before_its_key_was_deleted_is_finished_at_the_next_start() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let config = || node_on(&data);
+    let server = TestServer::with_config(config()).await;
+    common::product(&server, "p1", 500, 100).await;
+    let at = place(&server, "e0", "erin").await;
+    // The record of an erasure, written as `forgetSubject` writes it first, and then a
+    // crash before the key is deleted: the key is still there.
+    let placed = log_of(&server.store)
+        .await
+        .into_iter()
+        .find(|e| e.event_type == "OrderPlaced")
+        .unwrap();
+    let payload: Value = serde_json::from_slice(&placed.payload).unwrap();
+    let sealed = payload["customer_id"].as_str().unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sealed.strip_prefix("pii:1:").unwrap())
+        .unwrap();
+    let subject_ref = hex::encode(&bytes[..16]);
+    server
+        .store
+        .append(
+            annals_store::StreamId::new(format!("erasure-{subject_ref}")).unwrap(),
+            annals_store::ExpectedVersion::NoStream,
+            vec![annals_store::NewEvent::json(
+                "SubjectForgotten",
+                &json!({ "subject_ref": subject_ref }),
+            )],
+        )
+        .await
+        .unwrap();
+    let order = server.ok(ORDER, json!({ "id": "e0", "at": at })).await;
+    assert_eq!(order["order"]["customerId"], "erin");
+    server.stop().await;
+
+    let server = TestServer::with_config(config()).await;
+    let mut erased = false;
+    for _ in 0..100 {
+        let order = server.ok(ORDER, json!({ "id": "e0", "at": at })).await;
+        if order["order"]["customerId"] == "[erased]" {
+            erased = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(erased, "the start finished the erasure");
+    let (code, _) = server.error(FORGET, json!({ "s": "erin" })).await;
+    assert_eq!(code, "NOT_FOUND");
     server.stop().await;
 }

@@ -139,25 +139,14 @@ async fn check_backup(dir: &Path, scratch: &Path) -> Option<u64> {
 
 #[test]
 fn kill_9_during_backups_and_retention_leaves_everything_complete_or_refused() {
-    let rounds: usize = std::env::var("ANNALS_LIFECYCLE_CRASH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(5);
+    let rounds = binary::rounds("ANNALS_LIFECYCLE_CRASH_ROUNDS", 5);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let backups = dir.path().join("backups");
     let log: PathBuf = dir.path().join("server.log");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (rt, http) = binary::client_runtime();
     let started = Instant::now();
     rt.block_on(async {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap();
         let acked: Acked = Arc::default();
         let mut server = spawn_server(&data, &log);
         binary::wait_ready(&mut server, &http, &log, Duration::from_secs(30)).await;

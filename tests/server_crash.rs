@@ -553,24 +553,13 @@ async fn check_products(
 
 #[test]
 fn kill_9_of_the_whole_server_loses_nothing_acknowledged() {
-    let rounds: usize = std::env::var("ANNALS_SERVER_CRASH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(20);
+    let rounds = binary::rounds("ANNALS_SERVER_CRASH_ROUNDS", 20);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log: PathBuf = dir.path().join("server.log");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (rt, http) = binary::client_runtime();
     let started = Instant::now();
     rt.block_on(async {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap();
         let journal = Arc::new(Journal::default());
         let mut rng = Rng::seeded(7);
         let mut server = spawn_server(&data, &log);

@@ -180,18 +180,24 @@ fn parse_age(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(seconds))
 }
 
-/// The running node's lifecycle operations.
+/// The running node's lifecycle operations, built by the node from its parts.
 pub struct Lifecycle {
     /// The node's own log, when it has one (not on a cluster node).
-    log: Option<RocksEventStore>,
-    store: SharedStore,
-    commerce: Arc<Commerce<SharedStore>>,
-    read: Arc<ReadModelStore>,
-    privacy: Privacy,
-    data_dir: Option<PathBuf>,
-    retention: Vec<RetentionRule>,
+    pub(crate) log: Option<RocksEventStore>,
+    /// The log, as the API writes to it (erasure records go through it).
+    pub(crate) store: SharedStore,
+    /// The domain, whose cached states a deletion drops.
+    pub(crate) commerce: Arc<Commerce<SharedStore>>,
+    /// The read models, backed up with the log.
+    pub(crate) read: Arc<ReadModelStore>,
+    /// The key store and the sealing.
+    pub(crate) privacy: Privacy,
+    /// The data directory (`None` in memory).
+    pub(crate) data_dir: Option<PathBuf>,
+    /// The retention rules in force.
+    pub(crate) retention: Vec<RetentionRule>,
     /// One operation at a time: a backup never copies keys while a forget scrubs them.
-    ops: AsyncMutex<()>,
+    pub(crate) ops: AsyncMutex<()>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -204,28 +210,6 @@ impl std::fmt::Debug for Lifecycle {
 }
 
 impl Lifecycle {
-    /// The operations over a node's parts (`log` is `None` on a cluster node).
-    pub fn new(
-        log: Option<RocksEventStore>,
-        store: SharedStore,
-        commerce: Arc<Commerce<SharedStore>>,
-        read: Arc<ReadModelStore>,
-        privacy: Privacy,
-        data_dir: Option<PathBuf>,
-        retention: Vec<RetentionRule>,
-    ) -> Self {
-        Self {
-            log,
-            store,
-            commerce,
-            read,
-            privacy,
-            data_dir,
-            retention,
-            ops: AsyncMutex::new(()),
-        }
-    }
-
     fn log(&self, what: &str) -> Result<&RocksEventStore, LifecycleError> {
         self.log.as_ref().ok_or_else(|| {
             LifecycleError::Unsupported(format!(
@@ -313,7 +297,9 @@ impl Lifecycle {
         };
         let mut forgotten = HashSet::new();
         let filter = ReadFilter::categories([ERASURE_CATEGORY]);
-        let mut from = annals_store::Position::FIRST;
+        // Only the records after those applied at an earlier start: a key store restored
+        // from a backup starts over (its copy holds no checkpoint).
+        let mut from = annals_store::Position(keys.checkpoint()?.max(1));
         let mut deleted = 0;
         loop {
             let page = self.store.read_all(from, 1024, &filter).await?;
@@ -324,15 +310,16 @@ impl Lifecycle {
                     forgotten.insert(subject);
                 }
             }
+            from = page.next;
             if page.next > page.head {
                 break;
             }
-            from = page.next;
         }
         if let Some(dir) = &self.data_dir {
             let _op = self.ops.lock().await;
             backup::scrub(dir, &forgotten)?;
         }
+        keys.set_checkpoint(from.0)?;
         Ok(deleted)
     }
 

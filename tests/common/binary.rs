@@ -70,3 +70,29 @@ pub async fn wait_ready(
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// The number of kills a crash loop runs: `var` from the environment, else `default`.
+pub fn rounds(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The runtime a crash loop drives its clients on (two workers, as the machine has two
+/// cores), and the HTTP client they share.
+pub fn client_runtime() -> (tokio::runtime::Runtime, reqwest::Client) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let http = {
+        let _entered = rt.enter();
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap()
+    };
+    (rt, http)
+}

@@ -7,6 +7,8 @@
 //!
 //! Layout (one column family):
 //! - `m/secret` → 32 random bytes: the key of the keyed hash that names subjects here;
+//! - `m/checkpoint` → a position (u64 BE) its owner keeps here (how far the erasure
+//!   records of the log were applied);
 //! - `s/ ‖ blake3_keyed(secret, subject id)` → the subject's ref (16 bytes);
 //! - `k/ ‖ ref` → the data key (32 bytes) ‖ the subject's keyed hash (32 bytes).
 //!
@@ -23,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::StoreError;
 
 const SECRET: &[u8] = b"m/secret";
+const CHECKPOINT: &[u8] = b"m/checkpoint";
 /// Past this many cached entries the caches start over: they speed up the customers seen
 /// lately, and a miss costs one point read.
 const CACHE_LIMIT: usize = 100_000;
@@ -272,6 +275,23 @@ impl RocksKeyStore {
         self.db.flush()?;
         self.db.compact_range::<&[u8], &[u8]>(None, None);
         Ok(true)
+    }
+
+    /// A position the key store keeps for its owner (how far the erasure records were
+    /// applied), 0 when never set.
+    pub fn checkpoint(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .db
+            .get_pinned(CHECKPOINT)?
+            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// Records the position [`RocksKeyStore::checkpoint`] returns.
+    pub fn set_checkpoint(&self, position: u64) -> Result<(), StoreError> {
+        Ok(self
+            .db
+            .put_opt(CHECKPOINT, position.to_be_bytes(), &synced())?)
     }
 
     /// Every key, for a backup.
