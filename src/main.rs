@@ -211,6 +211,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let store = ClusterEventStore::start(dir.log(), cluster)
             .await
             .context("joining the cluster")?;
+        store
+            .share_keys(dir.keys())
+            .await
+            .context("opening the key store with the cluster's keys")?;
         config.storage = Storage::Cluster(dir, store);
     }
     let node = Node::start(config).map_err(|e| coded(&e))?;

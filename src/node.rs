@@ -325,20 +325,22 @@ impl Node {
                 }
                 webhooks.active_when = Some(leading);
                 cluster = Some(store.clone());
-                // The key store is the node's own: until it is replicated, a cluster
-                // stores personal fields in clear (docs/operations.md).
+                // The key store follows the cluster's keys ([`ClusterEventStore::share_keys`],
+                // which `annals serve` calls before the node starts).
                 (SharedStore::new(store), dir.read(), None, None)
             }
         };
-        let privacy = match &keys_dir {
-            Some(path) => match RocksKeyStore::open(path) {
+        let shared_keys = cluster.as_ref().and_then(ClusterEventStore::keys);
+        let privacy = match (&keys_dir, shared_keys) {
+            (_, Some(keys)) => Privacy::replicated(keys.local, keys.shared),
+            (Some(path), None) => match RocksKeyStore::open(path) {
                 Ok(keys) => Privacy::new(Arc::new(keys)),
                 Err(source) => {
                     store.close();
                     return Err(NodeError::Keys(source.into()));
                 }
             },
-            None => Privacy::disabled(),
+            (None, None) => Privacy::disabled(),
         };
         let key = match &server.data_dir {
             Some(dir) => WebhookKey::load_or_create(&dir.join("webhook.key")),

@@ -838,3 +838,163 @@ async fn a_webhook_loses_nothing_when_the_writer_is_killed() {
         "every ProductRegistered, and nothing else, was delivered"
     );
 }
+
+const ORDER_OF: &str =
+    r#"query($id: String!, $at: Position) { order(id: $id, atLeast: $at) { customerId } }"#;
+
+/// The customer id a node reveals for an order once its read model reached `at`.
+async fn customer_of(http: &reqwest::Client, node: &Node, order: &str, at: &str) -> String {
+    let data = graphql(
+        http,
+        &node.base(),
+        ORDER_OF,
+        json!({ "id": order, "at": at }),
+    )
+    .await
+    .unwrap();
+    data["order"]["customerId"].as_str().unwrap().to_string()
+}
+
+/// A cluster keeps its customers' keys once, in its key bucket: what one node sealed
+/// another reveals, and a customer forgotten through one node reads as erased on both,
+/// while no file of either data directory ever holds the id in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_sealed_on_one_node_is_revealed_and_forgotten_on_every_node() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (nats, root, http) = cluster();
+    let [a, b] = two_nodes(&nats, root.path(), &http).await;
+    graphql(&http, &a.base(), REGISTER, json!({ "id": "p" }))
+        .await
+        .unwrap();
+    graphql(&http, &a.base(), RECEIVE, json!({ "id": "p", "n": 100 }))
+        .await
+        .unwrap();
+    // Orders of one new customer through both nodes at once: one key for the customer.
+    let orders = (0..8).map(|i| {
+        let base = [a.base(), b.base()][i % 2].clone();
+        let http = http.clone();
+        async move {
+            let variables = json!({ "order": format!("k-{i}"), "customer": "kim@example.com", "product": "p", "key": format!("k-{i}") });
+            loop {
+                match graphql(&http, &base, PLACE, variables.clone()).await {
+                    Ok(data) => return position(&data, "placeOrder"),
+                    Err(code) if code == "CONFLICT" || code == "UNAVAILABLE" => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(code) => panic!("placing an order: {code}"),
+                }
+            }
+        }
+    });
+    let at = futures::future::join_all(orders)
+        .await
+        .into_iter()
+        .max()
+        .unwrap()
+        .to_string();
+    let other = graphql(
+        &http,
+        &b.base(),
+        PLACE,
+        json!({ "order": "l-0", "customer": "lee@example.com", "product": "p", "key": "l-0" }),
+    )
+    .await
+    .unwrap();
+    let at = position(&other, "placeOrder")
+        .max(at.parse().unwrap())
+        .to_string();
+    for node in [&a, &b] {
+        for i in 0..8 {
+            assert_eq!(
+                customer_of(&http, node, &format!("k-{i}"), &at).await,
+                "kim@example.com",
+                "{}",
+                node.name
+            );
+        }
+        let mine = graphql(
+            &http,
+            &node.base(),
+            r#"query($at: Position) { orders(customerId: "kim@example.com", atLeast: $at) { edges { node { id } } } }"#,
+            json!({ "at": at }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            mine["orders"]["edges"].as_array().unwrap().len(),
+            8,
+            "one key, one index: {}",
+            node.name
+        );
+    }
+
+    // Forgotten through node b (which forwards the record to the writer): erased on both.
+    let erased = graphql(
+        &http,
+        &b.base(),
+        r#"mutation { forgetSubject(subjectId: "kim@example.com") { position } }"#,
+        json!({}),
+    )
+    .await
+    .unwrap();
+    let at = position(&erased, "forgetSubject").to_string();
+    for node in [&a, &b] {
+        let started = Instant::now();
+        while customer_of(&http, node, "k-0", &at).await != "[erased]" {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{} still reveals her",
+                node.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(customer_of(&http, node, "k-7", &at).await, "[erased]");
+        assert_eq!(
+            customer_of(&http, node, "l-0", &at).await,
+            "lee@example.com"
+        );
+    }
+    let again = graphql(
+        &http,
+        &a.base(),
+        r#"mutation { forgetSubject(subjectId: "kim@example.com") { position } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(again.unwrap_err(), "NOT_FOUND");
+    // Deletion and backups are one node's operations: refused on a cluster.
+    let refused = graphql(
+        &http,
+        &a.base(),
+        r#"mutation { deleteStream(streamId: "order-k-0") { removed } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(refused.unwrap_err(), "UNSUPPORTED");
+    drop((a, b));
+    for dir in [root.path().join("a"), root.path().join("b")] {
+        for file in walk(&dir) {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            for id in [b"kim@example.com".as_slice(), b"lee@example.com"] {
+                assert!(
+                    !bytes.windows(id.len()).any(|w| w == id),
+                    "{} holds a customer id in clear",
+                    file.display()
+                );
+            }
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -31,6 +31,10 @@
 //!   checking positions, versions and the chain ([`annals_store::RocksEventStore::apply_groups`]).
 //! - **Other nodes forward appends** to the writer over NATS request/reply and answer
 //!   their caller once their own replica holds the result, so a node reads its own writes.
+//! - **Subjects' keys** (crypto-shredding) are kept once for the cluster in a key-value
+//!   bucket that every node's key store follows ([`ClusterEventStore::share_keys`]): a key
+//!   is created there before any node seals with it, and purged there to forget its
+//!   subject.
 //! - **Failover.** When the writer stops renewing its lease the key expires; another node
 //!   creates it, catches its replica up to the stream's last group, and writes on.
 //!
@@ -59,6 +63,7 @@ mod error;
 mod follower;
 mod forward;
 mod health;
+mod keys;
 mod lease;
 pub mod local;
 pub mod names;
@@ -68,4 +73,4 @@ mod store;
 
 pub use error::ClusterError;
 pub use options::{ClusterOptions, Role};
-pub use store::{ClusterEventStore, ClusterStatus, remove_cluster};
+pub use store::{ClusterEventStore, ClusterStatus, SharedKeyStore, remove_cluster};

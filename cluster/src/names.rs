@@ -30,6 +30,11 @@ pub fn lease_bucket(cluster: &str) -> String {
     format!("annals_{cluster}_lease")
 }
 
+/// The key-value bucket that holds the subjects' keys (crypto-shredding).
+pub fn keys_bucket(cluster: &str) -> String {
+    format!("annals_{cluster}_keys")
+}
+
 /// Whether `name` can be a cluster name: it becomes part of subjects and stream names,
 /// so only `[a-z0-9_-]`, 1 to 32 characters.
 pub fn is_valid_cluster_name(name: &str) -> bool {
@@ -49,6 +54,7 @@ mod tests {
         assert_eq!(log_subject("shop"), "annals.shop.log");
         assert_eq!(append_subject("shop"), "annals.shop.append");
         assert_eq!(lease_bucket("shop"), "annals_shop_lease");
+        assert_eq!(keys_bucket("shop"), "annals_shop_keys");
         assert!(is_valid_cluster_name("shop-eu_1"));
         for bad in ["", "Shop", "a.b", "a b", "a*", &"x".repeat(33)] {
             assert!(!is_valid_cluster_name(bad), "{bad}");

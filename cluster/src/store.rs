@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use annals_store::{
     ChainReport, Direction, EventPage, EventStore, MultiAppendResult, Position, ReadFilter,
-    RecordedEvent, RocksEventStore, Snapshot, SnapshotStore, StoreError, StoreStats, StreamAppend,
-    StreamId, codec, validate_appends,
+    RecordedEvent, RocksEventStore, RocksKeyStore, SharedKeys, Snapshot, SnapshotStore, StoreError,
+    StoreStats, StreamAppend, StreamId, codec, validate_appends,
 };
 use async_nats::jetstream::stream::{Config as StreamConfig, DiscardPolicy, StorageType};
 use async_nats::jetstream::{self, kv};
@@ -61,6 +61,17 @@ struct Inner {
     health: Arc<Health>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The node's key store and the cluster's keys it follows, once shared.
+    keys: Mutex<Option<SharedKeyStore>>,
+}
+
+/// A node's key store and the cluster's keys it follows.
+#[derive(Clone, Debug)]
+pub struct SharedKeyStore {
+    /// The node's copy, which reveals and seals locally.
+    pub local: Arc<RocksKeyStore>,
+    /// The cluster's keys, where keys are created and purged.
+    pub shared: Arc<dyn SharedKeys>,
 }
 
 impl std::fmt::Debug for ClusterEventStore {
@@ -79,7 +90,7 @@ const MAX_RETRY: Duration = Duration::from_millis(500);
 /// Room left in a NATS message for its headers and the group's framing.
 const MESSAGE_HEADROOM: usize = 64 * 1024;
 /// How long joining a cluster waits for JetStream to answer its set-up requests.
-const SETUP_PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const SETUP_PATIENCE: Duration = Duration::from_secs(30);
 /// Bytes a record takes beyond its payload, stream id, type and metadata, at most.
 const RECORD_OVERHEAD: usize = 160;
 
@@ -204,8 +215,50 @@ impl ClusterEventStore {
                 health,
                 stop,
                 tasks: Mutex::new(tasks),
+                keys: Mutex::new(None),
             }),
         })
+    }
+
+    /// Opens this node's key store in `path` as a follower of the cluster's keys (the
+    /// bucket is created when missing, and the node adopts the cluster's keyed-hash
+    /// secret), and keeps it for [`ClusterEventStore::keys`].
+    pub async fn share_keys(&self, path: impl AsRef<Path>) -> Result<SharedKeyStore, ClusterError> {
+        let jetstream = jetstream::ContextBuilder::new()
+            .timeout(self.inner.options.request_timeout)
+            .build(self.inner.client.clone());
+        let (local, shared, follower) = crate::keys::share(
+            &jetstream,
+            &self.inner.options,
+            path.as_ref(),
+            self.inner.stop.subscribe(),
+        )
+        .await?;
+        let keys = SharedKeyStore {
+            local,
+            shared: Arc::new(shared),
+        };
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(follower);
+        *self
+            .inner
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(keys.clone());
+        Ok(keys)
+    }
+
+    /// The node's key store and the cluster's keys, once [`ClusterEventStore::share_keys`]
+    /// opened them.
+    pub fn keys(&self) -> Option<SharedKeyStore> {
+        self.inner
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The local replica.
@@ -323,7 +376,7 @@ async fn connect(servers: &[String], options: ConnectOptions) -> Result<Client, 
 
 /// Runs a set-up request until it succeeds, is refused for a reason other than JetStream
 /// not answering, or `deadline` passes.
-async fn until<T, F, Fut>(deadline: Instant, mut request: F) -> Result<T, ClusterError>
+pub(crate) async fn until<T, F, Fut>(deadline: Instant, mut request: F) -> Result<T, ClusterError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ClusterError>>,
@@ -586,7 +639,7 @@ impl SnapshotStore for ClusterEventStore {
     }
 }
 
-/// Removes a cluster's log stream and lease bucket from NATS: every event of that
+/// Removes a cluster's log stream, lease bucket and keys bucket from NATS: every event of that
 /// cluster is gone. For benchmarks and tests that make throwaway clusters; no node of
 /// the cluster may be running.
 pub async fn remove_cluster(servers: &[String], name: &str) -> Result<(), ClusterError> {
@@ -605,5 +658,7 @@ pub async fn remove_cluster(servers: &[String], name: &str) -> Result<(), Cluste
             what: "delete the lease bucket",
             reason: e.to_string(),
         })?;
+    // A cluster whose nodes never sealed has no keys bucket.
+    let _ = jetstream.delete_key_value(names::keys_bucket(name)).await;
     Ok(())
 }

@@ -22,7 +22,7 @@ pub use payment::{Payment, PaymentCommand, PaymentEvent, PaymentStatus};
 pub use product::{Product, ProductCommand, ProductEvent};
 
 use crate::payments::{Authorization, GatewayOptions, GuardedGateway};
-use crate::privacy::Privacy;
+use crate::privacy::{Privacy, PrivacyError};
 
 /// Why the domain refused a command. Each error names the aggregate it is about; its
 /// client-visible code is in `crate::error`.
@@ -250,11 +250,16 @@ impl<S: EventStore + SnapshotStore> Commerce<S> {
         }
         // The customer id is personal data: stored sealed under the customer's key, so
         // forgetting the customer erases it everywhere without touching the log.
-        let sealed = self.privacy.seal(customer_id, customer_id).map_err(|e| {
-            CommandError::Store(annals_store::StoreError::Unavailable {
-                reason: e.to_string(),
-            })
-        })?;
+        let sealed = self
+            .privacy
+            .seal(customer_id, customer_id)
+            .await
+            .map_err(|e| match e {
+                PrivacyError::Store(e) => CommandError::Store(e),
+                e => CommandError::Store(annals_store::StoreError::Unavailable {
+                    reason: e.to_string(),
+                }),
+            })?;
         let decision = PlaceOrder {
             order_id,
             customer_id: &sealed,

@@ -7,8 +7,9 @@
 //! chain covers stays), a deletion or retention leaves tombstones that carry their hashes,
 //! and a restore or import checks the chain of what it wrote.
 //!
-//! The operations need the node's own RocksDB log and key store: on a node of a cluster
+//! Deletion, retention and backup need the node's own RocksDB log: on a node of a cluster
 //! they are refused with [`LifecycleError::Unsupported`] (the replicas would differ).
+//! Erasure works there too: the keys are the cluster's ([`crate::privacy::Privacy`]).
 
 pub mod backup;
 
@@ -28,7 +29,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use crate::audit::AuditError;
 use crate::domain::Commerce;
-use crate::privacy::{Privacy, PrivacyError, SubjectRef};
+use crate::privacy::{Privacy, PrivacyError, RocksKeyStore, SubjectRef};
 
 /// The category of the erasure records: one stream per forgotten subject,
 /// `erasure-{subject ref}`.
@@ -246,7 +247,6 @@ impl Lifecycle {
         actor: Option<String>,
     ) -> Result<Erasure, LifecycleError> {
         let _op = self.ops.lock().await;
-        self.log("forget a subject")?;
         let keys = self.privacy.keys().ok_or_else(|| {
             LifecycleError::Unsupported("personal data is not sealed on this node".into())
         })?;
@@ -275,7 +275,7 @@ impl Lifecycle {
             .store
             .append(stream, ExpectedVersion::Any, vec![event])
             .await?;
-        keys.forget(&subject_ref)?;
+        self.delete_key(keys, &subject_ref).await?;
         let backups_scrubbed = match &self.data_dir {
             Some(dir) => backup::scrub(dir, &HashSet::from([subject_ref]))?,
             None => 0,
@@ -286,6 +286,21 @@ impl Lifecycle {
             position: appended.first_position.0,
             backups_scrubbed,
         })
+    }
+
+    /// Deletes a subject's key: from the cluster's shared keys first (every node follows),
+    /// then here. Returns whether this node held it.
+    async fn delete_key(
+        &self,
+        keys: &RocksKeyStore,
+        subject: &SubjectRef,
+    ) -> Result<bool, LifecycleError> {
+        if let Some(shared) = self.privacy.shared()
+            && let Some(hash) = keys.hash_of(subject)?
+        {
+            shared.remove(hash).await?;
+        }
+        Ok(keys.forget(subject)?)
     }
 
     /// Deletes the keys of every subject the log records as forgotten, here and in this
@@ -306,7 +321,7 @@ impl Lifecycle {
             for event in &page.events {
                 let record: Option<SubjectForgotten> = serde_json::from_slice(&event.payload).ok();
                 if let Some(subject) = record.and_then(|r| SubjectRef::from_hex(&r.subject_ref)) {
-                    deleted += usize::from(keys.forget(&subject)?);
+                    deleted += usize::from(self.delete_key(keys, &subject).await?);
                     forgotten.insert(subject);
                 }
             }

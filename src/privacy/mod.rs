@@ -29,7 +29,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde_json::Value;
 
-pub use annals_store::{KeyDump, RocksKeyStore, SubjectRef, fill_random};
+pub use annals_store::{KeyDump, RocksKeyStore, SharedKeys, SubjectKey, SubjectRef, fill_random};
 
 /// What a personal field reads as once its subject is forgotten.
 pub const ERASED: &str = "[erased]";
@@ -49,8 +49,7 @@ pub enum PrivacyError {
     /// The subject id is empty.
     #[error("the subject id must not be empty")]
     EmptySubject,
-    /// Erasure needs the node's own key store, which this node does not have (a node of
-    /// a cluster).
+    /// Erasure needs a key store, which this node does not have (sealing is off).
     #[error("personal data is not sealed on this node: {reason}")]
     Unsupported {
         /// Why.
@@ -65,18 +64,39 @@ pub enum PrivacyError {
 #[derive(Clone, Debug)]
 pub struct Privacy {
     keys: Option<Arc<RocksKeyStore>>,
+    /// A cluster's keys, which the local key store follows: keys are created and removed
+    /// there.
+    shared: Option<Arc<dyn SharedKeys>>,
 }
 
 impl Privacy {
-    /// Sealing over a key store.
+    /// Sealing over a node's own key store.
     pub fn new(keys: Arc<RocksKeyStore>) -> Self {
-        Self { keys: Some(keys) }
+        Self {
+            keys: Some(keys),
+            shared: None,
+        }
     }
 
-    /// No sealing: personal fields are stored in clear (a node of a cluster, until the key
-    /// store is replicated), and sealed values read as erased.
+    /// Sealing over a cluster's keys, followed by this node's key store.
+    pub fn replicated(keys: Arc<RocksKeyStore>, shared: Arc<dyn SharedKeys>) -> Self {
+        Self {
+            keys: Some(keys),
+            shared: Some(shared),
+        }
+    }
+
+    /// No sealing: personal fields are stored in clear, and sealed values read as erased.
     pub fn disabled() -> Self {
-        Self { keys: None }
+        Self {
+            keys: None,
+            shared: None,
+        }
+    }
+
+    /// The cluster's keys, when the node belongs to one.
+    pub fn shared(&self) -> Option<&Arc<dyn SharedKeys>> {
+        self.shared.as_ref()
     }
 
     /// The key store, when sealing is on.
@@ -85,15 +105,39 @@ impl Privacy {
     }
 
     /// Seals `value` as personal data of `subject`, creating the subject's key on its first
-    /// use. With sealing off, returns `value` as it is.
-    pub fn seal(&self, subject: &str, value: &str) -> Result<String, PrivacyError> {
+    /// use (in a cluster, on the cluster's shared keys first). With sealing off, returns
+    /// `value` as it is.
+    pub async fn seal(&self, subject: &str, value: &str) -> Result<String, PrivacyError> {
         let Some(keys) = &self.keys else {
             return Ok(value.to_string());
         };
         if subject.is_empty() {
             return Err(PrivacyError::EmptySubject);
         }
-        let (subject_ref, key) = keys.key_for(subject)?;
+        let held = match keys.ref_of(subject)? {
+            Some(found) => keys.key_of(&found)?.map(|key| (found, key)),
+            None => None,
+        };
+        let (subject_ref, key) = match (held, &self.shared) {
+            (Some(held), _) => held,
+            (None, None) => keys.key_for(subject)?,
+            (None, Some(shared)) => {
+                {
+                    let hash = keys.subject_hash(subject);
+                    let mut key = [0u8; 32];
+                    fill_random(&mut key);
+                    let fresh = SubjectKey {
+                        subject_ref: SubjectRef::random(),
+                        key,
+                    };
+                    // The cluster's copy first: two nodes sealing for a new subject at
+                    // once agree on the first key recorded.
+                    let held = shared.create(hash, fresh).await?;
+                    keys.insert(hash, held)?;
+                    (held.subject_ref, held.key)
+                }
+            }
+        };
         Ok(seal_with(&subject_ref, &key, value))
     }
 
@@ -233,6 +277,10 @@ fn seal_with(subject: &SubjectRef, key: &[u8; 32], value: &str) -> String {
 mod tests {
     use super::*;
 
+    fn seal(p: &Privacy, subject: &str, value: &str) -> String {
+        futures::executor::block_on(p.seal(subject, value)).unwrap()
+    }
+
     fn privacy() -> (tempfile::TempDir, Privacy) {
         let dir = tempfile::tempdir().unwrap();
         let keys = RocksKeyStore::open(&dir.path().join("keys")).unwrap();
@@ -242,15 +290,15 @@ mod tests {
     #[test]
     fn sealed_values_reveal_until_their_subject_is_forgotten() {
         let (_dir, p) = privacy();
-        let sealed = p.seal("alice", "alice").unwrap();
+        let sealed = seal(&p, "alice", "alice");
         assert!(sealed.starts_with(SEALED_PREFIX));
         assert!(!sealed.contains("alice"));
         assert_eq!(p.reveal(&sealed), "alice");
         // The same subject keeps its key and ref; each sealing has its own nonce.
-        let again = p.seal("alice", "alice").unwrap();
+        let again = seal(&p, "alice", "alice");
         assert_ne!(again, sealed);
         assert_eq!(index_id(&again), index_id(&sealed));
-        let bob = p.seal("bob", "bob").unwrap();
+        let bob = seal(&p, "bob", "bob");
         assert_ne!(index_id(&bob), index_id(&sealed));
 
         let subject = p.subject_ref("alice").unwrap().unwrap();
@@ -286,10 +334,10 @@ mod tests {
     #[test]
     fn a_new_key_after_forgetting_does_not_open_old_values() {
         let (_dir, p) = privacy();
-        let old = p.seal("carol", "carol").unwrap();
+        let old = seal(&p, "carol", "carol");
         let subject = p.subject_ref("carol").unwrap().unwrap();
         p.keys().unwrap().forget(&subject).unwrap();
-        let new = p.seal("carol", "carol").unwrap();
+        let new = seal(&p, "carol", "carol");
         assert_eq!(p.reveal(&new), "carol");
         assert_eq!(p.reveal(&old), ERASED);
     }
@@ -297,7 +345,7 @@ mod tests {
     #[test]
     fn json_payloads_are_revealed_in_place() {
         let (_dir, p) = privacy();
-        let sealed = p.seal("dave", "dave@example.com").unwrap();
+        let sealed = seal(&p, "dave", "dave@example.com");
         let mut v = serde_json::json!({"customer_id": sealed, "lines": [{"note": sealed}], "n": 1});
         p.reveal_json(&mut v);
         assert_eq!(
@@ -311,7 +359,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sealed = {
             let keys = RocksKeyStore::open(&dir.path().join("keys")).unwrap();
-            Privacy::new(Arc::new(keys)).seal("erin", "erin").unwrap()
+            seal(&Privacy::new(Arc::new(keys)), "erin", "erin")
         };
         let keys = Arc::new(RocksKeyStore::open(&dir.path().join("keys")).unwrap());
         let p = Privacy::new(keys.clone());

@@ -111,7 +111,9 @@ pub use command::{
 pub use error::StoreError;
 pub use memory::InMemoryEventStore;
 pub use replica::{Acknowledger, ReplicaGroup, ReplicationError, Replicator};
-pub use rocks::keystore::{DumpedKey, KeyDump, RocksKeyStore, SubjectRef, fill_random};
+pub use rocks::keystore::{
+    DumpedKey, KeyDump, RocksKeyStore, SharedKeys, SubjectKey, SubjectRef, fill_random,
+};
 pub use rocks::{
     BackupPoint, DeleteMode, RetentionReport, RetentionRule, RocksEventStore, StreamDeletion,
 };

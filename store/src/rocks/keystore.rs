@@ -63,6 +63,35 @@ pub fn fill_random(bytes: &mut [u8]) {
     getrandom::fill(bytes).expect("the operating system's random generator works");
 }
 
+/// A subject's ref and data key.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SubjectKey {
+    /// The ref sealed values name the subject by.
+    pub subject_ref: SubjectRef,
+    /// The data key.
+    pub key: [u8; 32],
+}
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// The keys of a replicated log, kept once for every node (a cluster's key-value bucket):
+/// a key is created there before any node seals with it, and removed there to forget its
+/// subject. Each node's [`RocksKeyStore`] follows it ([`RocksKeyStore::insert`],
+/// [`RocksKeyStore::forget_hashed`]).
+pub trait SharedKeys: Send + Sync + std::fmt::Debug {
+    /// Records `key` for the subject whose keyed hash is `subject`, unless a key is
+    /// recorded for it already; returns the key in force (the first one recorded), durable
+    /// on the shared store.
+    fn create(
+        &self,
+        subject: [u8; 32],
+        key: SubjectKey,
+    ) -> BoxFuture<'_, Result<SubjectKey, StoreError>>;
+
+    /// Removes the subject's key for every node.
+    fn remove(&self, subject: [u8; 32]) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
 /// The key store of a node.
 pub struct RocksKeyStore {
     db: DB,
@@ -180,7 +209,8 @@ impl RocksKeyStore {
         Self::open(path)
     }
 
-    fn subject_hash(&self, subject: &str) -> [u8; 32] {
+    /// The keyed hash that names `subject` in this store (and in a cluster's shared keys).
+    pub fn subject_hash(&self, subject: &str) -> [u8; 32] {
         *blake3::keyed_hash(&self.secret, subject.as_bytes()).as_bytes()
     }
 
@@ -275,6 +305,70 @@ impl RocksKeyStore {
         self.db.flush()?;
         self.db.compact_range::<&[u8], &[u8]>(None, None);
         Ok(true)
+    }
+
+    /// The secret of the keyed hash that names subjects.
+    pub fn secret(&self) -> [u8; 32] {
+        self.secret
+    }
+
+    /// Opens (or creates) the key store in `path` with the keyed-hash secret of the
+    /// cluster it belongs to. A store that holds keys under another secret is refused:
+    /// its subjects could not be found by their ids any more.
+    pub fn open_with_secret(path: &Path, secret: [u8; 32]) -> Result<Self, StoreError> {
+        let store = Self::open(path)?;
+        if store.secret == secret {
+            return Ok(store);
+        }
+        if store
+            .db
+            .prefix_iterator(b"k/")
+            .next()
+            .transpose()?
+            .is_some_and(|(k, _)| k.starts_with(b"k/"))
+        {
+            return Err(StoreError::KeyStore {
+                reason: "it holds keys under another secret than its cluster's".into(),
+            });
+        }
+        store.db.put_opt(SECRET, secret, &synced())?;
+        drop(store);
+        Self::open(path)
+    }
+
+    /// Records a subject's key as the shared keys hold it (a node following its cluster).
+    pub fn insert(&self, subject: [u8; 32], key: SubjectKey) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put(
+            key_entry(&key.subject_ref),
+            [key.key.as_slice(), &subject].concat(),
+        );
+        batch.put(subject_entry(&subject), key.subject_ref.0);
+        self.db.write_opt(batch, &synced())?;
+        remember(&self.refs, subject, key.subject_ref);
+        remember(&self.keys, key.subject_ref, key.key);
+        Ok(())
+    }
+
+    /// Forgets the subject whose keyed hash is `subject`; returns whether a key was held.
+    pub fn forget_hashed(&self, subject: [u8; 32]) -> Result<bool, StoreError> {
+        let found = self
+            .db
+            .get_pinned(subject_entry(&subject))?
+            .map(|bytes| <[u8; 16]>::try_from(bytes.as_ref()).map(SubjectRef));
+        match found {
+            Some(Ok(subject_ref)) => self.forget(&subject_ref),
+            Some(Err(_)) => Err(corrupt("a ref is not 16 bytes")),
+            None => Ok(false),
+        }
+    }
+
+    /// The keyed hash of the subject a ref names, while its key is held.
+    pub fn hash_of(&self, subject: &SubjectRef) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(self
+            .db
+            .get_pinned(key_entry(subject))?
+            .and_then(|v| v.get(32..64).and_then(|h| <[u8; 32]>::try_from(h).ok())))
     }
 
     /// A position the key store keeps for its owner (how far the erasure records were
