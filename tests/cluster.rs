@@ -25,6 +25,8 @@ use annals_store::{EventStore, Position, ReadFilter, RocksEventStore};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+mod common;
+
 /// One test at a time: each runs three NATS servers and two or three nodes on 2 cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -973,7 +975,7 @@ async fn a_customer_sealed_on_one_node_is_revealed_and_forgotten_on_every_node()
     assert_eq!(refused.unwrap_err(), "UNSUPPORTED");
     drop((a, b));
     for dir in [root.path().join("a"), root.path().join("b")] {
-        for file in walk(&dir) {
+        for file in common::files_under(&dir) {
             let bytes = std::fs::read(&file).unwrap_or_default();
             for id in [b"kim@example.com".as_slice(), b"lee@example.com"] {
                 assert!(
@@ -984,17 +986,4 @@ async fn a_customer_sealed_on_one_node_is_revealed_and_forgotten_on_every_node()
             }
         }
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }

@@ -71,23 +71,9 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// Every file under `dir`.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
 /// The files under `dir` whose bytes contain `needle`.
 fn holding(dir: &Path, needle: &str) -> Vec<PathBuf> {
-    files(dir)
+    common::files_under(dir)
         .into_iter()
         .filter(|f| {
             let bytes = std::fs::read(f).unwrap_or_default();

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use crate::error::ClusterError;
 use crate::names;
 use crate::options::ClusterOptions;
-use crate::store::{SETUP_PATIENCE, until};
+use crate::store::{SETUP_PATIENCE, open_bucket, until};
 
 const SECRET: &str = "secret";
 
@@ -122,7 +122,7 @@ pub(crate) async fn share(
 ) -> Result<(Arc<RocksKeyStore>, BucketKeys, tokio::task::JoinHandle<()>), ClusterError> {
     // Right after the bucket is made, JetStream may not answer at once: retried a while.
     let deadline = Instant::now() + SETUP_PATIENCE;
-    let bucket = until(deadline, || open_bucket(jetstream, options)).await?;
+    let bucket = until(deadline, || open_keys_bucket(jetstream, options)).await?;
     let mut candidate = [0u8; 32];
     annals_store::fill_random(&mut candidate);
     let secret = until(deadline, || agree_on_secret(&bucket, candidate)).await?;
@@ -196,33 +196,19 @@ async fn follow(mut watch: kv::Watch, local: Arc<RocksKeyStore>, mut stop: watch
     }
 }
 
-async fn open_bucket(
+async fn open_keys_bucket(
     jetstream: &async_nats::jetstream::Context,
     options: &ClusterOptions,
 ) -> Result<kv::Store, ClusterError> {
-    let name = names::keys_bucket(&options.name);
-    if let Ok(store) = jetstream.get_key_value(name.clone()).await {
-        return Ok(store);
-    }
     let config = kv::Config {
-        bucket: name.clone(),
+        bucket: names::keys_bucket(&options.name),
         description: "Annals subject keys".into(),
         history: 1,
         num_replicas: options.replicas,
         storage: StorageType::File,
         ..kv::Config::default()
     };
-    match jetstream.create_key_value(config).await {
-        Ok(store) => Ok(store),
-        // Another node created it first.
-        Err(error) => jetstream
-            .get_key_value(name)
-            .await
-            .map_err(|_| ClusterError::JetStream {
-                what: "create the keys bucket",
-                reason: error.to_string(),
-            }),
-    }
+    open_bucket(jetstream, config, "create the keys bucket").await
 }
 
 #[cfg(test)]

@@ -457,12 +457,8 @@ async fn open_lease_bucket(
     jetstream: &jetstream::Context,
     options: &ClusterOptions,
 ) -> Result<kv::Store, ClusterError> {
-    let bucket = names::lease_bucket(&options.name);
-    if let Ok(store) = jetstream.get_key_value(bucket.clone()).await {
-        return Ok(store);
-    }
     let config = kv::Config {
-        bucket: bucket.clone(),
+        bucket: names::lease_bucket(&options.name),
         description: "Annals write lease".into(),
         history: 1,
         max_age: options.lease_ttl,
@@ -470,14 +466,27 @@ async fn open_lease_bucket(
         storage: StorageType::File,
         ..kv::Config::default()
     };
+    open_bucket(jetstream, config, "create the lease bucket").await
+}
+
+/// A key-value bucket of the cluster: opened, or created as `config` says when missing
+/// (when several nodes create it at once, the others open the one made first).
+pub(crate) async fn open_bucket(
+    jetstream: &jetstream::Context,
+    config: kv::Config,
+    what: &'static str,
+) -> Result<kv::Store, ClusterError> {
+    let bucket = config.bucket.clone();
+    if let Ok(store) = jetstream.get_key_value(bucket.clone()).await {
+        return Ok(store);
+    }
     match jetstream.create_key_value(config).await {
         Ok(store) => Ok(store),
-        // Another node created it first.
         Err(error) => jetstream
             .get_key_value(bucket)
             .await
             .map_err(|_| ClusterError::JetStream {
-                what: "create the lease bucket",
+                what,
                 reason: error.to_string(),
             }),
     }

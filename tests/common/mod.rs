@@ -215,3 +215,17 @@ pub async fn park_a_ghost_confirmation(server: &TestServer, admin: &str) -> Valu
         .await;
     position
 }
+
+/// Every file under `dir`, for tests that look for bytes on disk.
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
