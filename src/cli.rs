@@ -134,6 +134,9 @@ pub struct ServeArgs {
     /// Live subscriptions one API key may hold at once (over all its connections).
     #[arg(long, env = "ANNALS_MAX_SUBSCRIPTIONS_PER_KEY", default_value_t = 16)]
     pub max_subscriptions_per_key: usize,
+    /// Most operations one batched request (a JSON array of requests) may hold.
+    #[arg(long, env = "ANNALS_MAX_BATCH", default_value_t = 100)]
+    pub max_batch: usize,
     /// How long a query with `atLeast` waits for its read model, in milliseconds, before
     /// `STALE_READ_TIMEOUT`.
     #[arg(long, env = "ANNALS_STALE_READ_TIMEOUT_MS", default_value_t = 5000)]
@@ -265,6 +268,7 @@ impl ServeArgs {
         server.request_timeout = Duration::from_secs(self.request_timeout_secs);
         server.stale_read_timeout = Duration::from_millis(self.stale_read_timeout_ms);
         server.graphql.max_subscriptions_per_key = self.max_subscriptions_per_key;
+        server.graphql.max_batch = self.max_batch;
         if self.checkout == Switch::Off {
             config.checkout = None;
         }

@@ -54,6 +54,9 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// The query is nested deeper or is more complex than the server allows.
     QueryTooComplex,
+    /// An automatic persisted query's hash the server does not know (yet): send the
+    /// query's text with the hash once.
+    PersistedQueryNotFound,
     /// A read model did not reach the requested position in time.
     StaleReadTimeout,
     /// The store cannot do the operation right now: its disk is full or failing, it is
@@ -102,7 +105,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of the table.
-    pub const ALL: [ErrorCode; 34] = [
+    pub const ALL: [ErrorCode; 35] = [
         ErrorCode::BadUserInput,
         ErrorCode::NotFound,
         ErrorCode::WrongExpectedVersion,
@@ -117,6 +120,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::PayloadTooLarge,
         ErrorCode::QueryTooComplex,
+        ErrorCode::PersistedQueryNotFound,
         ErrorCode::StaleReadTimeout,
         ErrorCode::Unavailable,
         ErrorCode::Unsupported,
@@ -156,6 +160,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ErrorCode::QueryTooComplex => "QUERY_TOO_COMPLEX",
+            ErrorCode::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
             ErrorCode::StaleReadTimeout => "STALE_READ_TIMEOUT",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Unsupported => "UNSUPPORTED",
@@ -430,6 +435,7 @@ mod tests {
                 | ErrorCode::RateLimited
                 | ErrorCode::PayloadTooLarge
                 | ErrorCode::QueryTooComplex
+                | ErrorCode::PersistedQueryNotFound
                 | ErrorCode::StaleReadTimeout
                 | ErrorCode::Unavailable
                 | ErrorCode::Unsupported

@@ -503,12 +503,10 @@ impl<S: EventStore + SnapshotStore> Decision<S> for PlaceOrder<'_> {
     type Error = CommerceError;
 
     async fn decide(&self, tx: &mut Transaction<'_, S>) -> Result<(), CommandError<CommerceError>> {
-        let order = tx.load::<Order>(self.order_id).await?;
-        if order.state.status != OrderStatus::New {
-            return Err(CommandError::Rejected(CommerceError::InvalidState {
-                reason: format!("order {} already exists", self.order_id),
-            }));
-        }
+        // The products first: a transaction waits in the queue of the first aggregate it
+        // loads, and the products are where orders meet (a new order's stream is nobody
+        // else's), so orders for one product follow each other instead of racing to a
+        // conflict.
         let mut priced = Vec::with_capacity(self.lines.len());
         let mut products = Vec::with_capacity(self.lines.len());
         for line in self.lines {
@@ -529,6 +527,12 @@ impl<S: EventStore + SnapshotStore> Decision<S> for PlaceOrder<'_> {
                 unit_price_cents: product.state.price_cents,
             });
             products.push(product);
+        }
+        let order = tx.load::<Order>(self.order_id).await?;
+        if order.state.status != OrderStatus::New {
+            return Err(CommandError::Rejected(CommerceError::InvalidState {
+                reason: format!("order {} already exists", self.order_id),
+            }));
         }
         let placed = order
             .state

@@ -336,6 +336,9 @@ fn tag(error: &mut ServerError) {
     let message = error.message.as_str();
     let code = if message.contains("nested too deep") || message.contains("too complex") {
         ErrorCode::QueryTooComplex
+    } else if message == "PersistedQueryNotFound" {
+        // The message is what Apollo clients look for; they then send the text.
+        ErrorCode::PersistedQueryNotFound
     } else if error.path.is_empty() || is_input_error(message) {
         ErrorCode::BadUserInput
     } else {

@@ -7,6 +7,7 @@
 //! `extensions.code`.
 
 mod checkout;
+mod documents;
 pub mod error;
 mod lifecycle;
 mod mutation;
@@ -23,6 +24,9 @@ use std::time::Duration;
 
 use annals_projections::ProjectionRuntime;
 use annals_store::{CommandContext, SharedStore};
+use async_graphql::extensions::apollo_persisted_queries::{
+    ApolloPersistedQueries, LruCacheStorage,
+};
 use async_graphql::{Context, Guard, MergedObject, MergedSubscription, Schema, SchemaBuilder};
 use tokio::sync::watch;
 
@@ -73,6 +77,8 @@ pub struct GraphqlLimits {
     /// Live subscriptions one principal (API key) may hold at once, over all its
     /// connections; one more is refused with `RATE_LIMITED`.
     pub max_subscriptions_per_key: usize,
+    /// Most operations one batched request (a JSON array) may hold.
+    pub max_batch: usize,
 }
 
 impl Default for GraphqlLimits {
@@ -82,6 +88,7 @@ impl Default for GraphqlLimits {
             max_complexity: 1000,
             max_page: 1000,
             max_subscriptions_per_key: 16,
+            max_batch: 100,
         }
     }
 }
@@ -185,6 +192,10 @@ pub fn schema_builder(limits: GraphqlLimits) -> SchemaBuilder<Query, Mutation, S
     )
     .limit_depth(limits.max_depth)
     .limit_complexity(limits.max_complexity)
+    .extension(documents::DocumentCache::default())
+    // Automatic persisted queries: a client may send the query's sha256 instead of its
+    // text once the server has seen the text (Apollo's protocol).
+    .extension(ApolloPersistedQueries::new(LruCacheStorage::new(1024)))
 }
 
 /// The executable schema.

@@ -350,6 +350,22 @@ impl KeyRateLimiter {
         })
     }
 
+    /// Takes `n` more requests from the key's budget at once (the operations of a batch
+    /// beyond the one its HTTP request paid for), or says how long to wait.
+    pub fn check_n(&self, principal: &Principal, n: u32) -> Result<(), ApiError> {
+        let Some(n) = NonZeroU32::new(n) else {
+            return Ok(());
+        };
+        match self.limiter.check_key_n(&principal.id, n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(ApiError::rate_limited(
+                not_until.wait_time_from(DefaultClock::default().now()),
+            )),
+            // More operations than the burst allows at all: wait for a full budget.
+            Err(_) => Err(ApiError::rate_limited(std::time::Duration::from_secs(1))),
+        }
+    }
+
     /// Forgets keys whose budget is full again, so idle keys cost no memory.
     pub fn prune(&self) {
         self.limiter.retain_recent();

@@ -174,6 +174,22 @@ pub(super) async fn graphql_post(
         }
         Err(rejection) => return error::malformed_body(&rejection.body_text()).into_response(),
     };
+    // A JSON array is a batch; anything else one request (whose parse error then names
+    // what is wrong with it, not with an enum of both).
+    let is_batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    if is_batch {
+        let requests: Vec<async_graphql::Request> = match serde_json::from_slice(&body) {
+            Ok(requests) => requests,
+            Err(e) => return error::malformed_body(&e).into_response(),
+        };
+        return execute_batch(
+            &state,
+            principal.map(|p| p.0),
+            request_id(&headers),
+            requests,
+        )
+        .await;
+    }
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => return error::malformed_body(&e).into_response(),
@@ -185,6 +201,50 @@ pub(super) async fn graphql_post(
         request,
     )
     .await
+}
+
+/// A batch: every operation counts against the key's rate limit, they run concurrently
+/// (so a batch of appends shares the log's group commits) and are answered in order.
+async fn execute_batch(
+    state: &AppState,
+    principal: Option<Principal>,
+    request_id: RequestId,
+    requests: Vec<async_graphql::Request>,
+) -> Response {
+    let Some(principal) = principal else {
+        return ApiError::unauthenticated(
+            "an API key is required: send `Authorization: Bearer <key>`",
+        )
+        .into_response();
+    };
+    let limit = state.config().graphql.max_batch;
+    if requests.is_empty() || requests.len() > limit {
+        return ApiError::bad_input(format!(
+            "a batch holds 1 to {limit} operations, not {}",
+            requests.len()
+        ))
+        .into_response();
+    }
+    // The HTTP request paid for one operation already.
+    let more = u32::try_from(requests.len() - 1).unwrap_or(u32::MAX);
+    if let Err(error) = state.limiter().check_n(&principal, more) {
+        return error.into_response();
+    }
+    let schema = state.schema();
+    let runs = requests.into_iter().map(|request| {
+        let request = request.data(principal.clone()).data(request_id.clone());
+        async move {
+            let mut response = schema.execute(request).await;
+            error::finish_response(&mut response);
+            response
+        }
+    });
+    let responses = futures::future::join_all(runs).await;
+    let mut http =
+        GraphQLResponse::from(async_graphql::BatchResponse::Batch(responses)).into_response();
+    http.extensions_mut()
+        .insert(OperationLabel("batch".to_string()));
+    http
 }
 
 fn wants_html(headers: &HeaderMap) -> bool {
