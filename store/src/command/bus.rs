@@ -31,8 +31,10 @@ pub struct BusOptions {
     /// keeping a caller waiting for long.
     pub max_attempts: u32,
     /// Take a snapshot once a stream has this many events past its last snapshot (0:
-    /// never). Default 500: a cache miss then replays at most 500 events (about a
-    /// millisecond), while a snapshot, a JSON copy of the whole state, is written rarely.
+    /// never), or, past 16 times this many, a sixteenth of its length. Default 500: a cache
+    /// miss then replays at most 500 events (about a millisecond) on a short stream, while
+    /// a snapshot, a JSON copy of the whole state, is written rarely and its cost per event
+    /// stays constant when the state grows with the stream.
     pub snapshot_every: u64,
     /// How many aggregate states are kept in memory. Default 10,000: the hot aggregates
     /// of a shop (its products and open orders) fit, at a few kilobytes each.

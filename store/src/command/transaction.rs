@@ -11,6 +11,10 @@ use super::bus::CommandBus;
 use super::error::CommandError;
 use super::gates::Gate;
 use super::state_cache::{Cached, SnapshotFn, snapshot_of};
+
+/// Past `snapshot_every × SNAPSHOT_SPACING` events, a stream's snapshots are this fraction
+/// of its length apart.
+const SNAPSHOT_SPACING: u64 = 16;
 use super::{CommandContext, CommandOutcome};
 use crate::aggregate::{Aggregate, DomainEvent};
 use crate::error::StoreError;
@@ -237,7 +241,13 @@ impl<S: EventStore + SnapshotStore> Transaction<'_, S> {
         for ((stream, mut snapshot_version, state, snapshot), appended) in
             after.into_iter().zip(&result.streams)
         {
-            let due = every > 0 && appended.last_version - snapshot_version >= every;
+            // A snapshot copies the whole state, and a state may grow with its stream (a
+            // product's open reservations): one every `every` events would make each
+            // event's share of the copy grow without bound. Spacing them by a sixteenth
+            // of the stream's length keeps that share constant, for a replay of at most
+            // that many events after a cache miss.
+            let interval = every.max(snapshot_version / SNAPSHOT_SPACING);
+            let due = every > 0 && appended.last_version - snapshot_version >= interval;
             if due {
                 snapshot_version = appended.last_version;
             }
