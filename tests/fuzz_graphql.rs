@@ -191,6 +191,28 @@ fn check_response(
             String::from_utf8_lossy(body)
         ))
     })?;
+    // A batch (a JSON array sent) is answered with an array: each answer is checked alone.
+    if let Value::Array(answers) = &value {
+        prop_assert!(
+            !answers.is_empty(),
+            "an empty batch answer\ninput: {:?}",
+            input
+        );
+        for answer in answers {
+            check_answer(fixture, status, answer, input)?;
+        }
+        return Ok(());
+    }
+    check_answer(fixture, status, &value, input)
+}
+
+/// Checks one answer: `data` or coded `errors`, never `INTERNAL`.
+fn check_answer(
+    fixture: &Fixture,
+    status: u16,
+    value: &Value,
+    input: &dyn std::fmt::Debug,
+) -> Result<(), TestCaseError> {
     match value.get("errors") {
         Some(Value::Array(errors)) => {
             prop_assert!(
