@@ -155,6 +155,11 @@ pub struct ServeArgs {
     /// Most events a projection worker applies in one batch (default 16,384).
     #[arg(long, env = "ANNALS_PROJECTION_BATCH")]
     pub projection_batch: Option<usize>,
+    /// Shortest time between two batches of a projection following the log, in
+    /// milliseconds: under load, one batch then carries several commit groups (default 2;
+    /// 0 applies every commit group on its own).
+    #[arg(long, env = "ANNALS_PROJECTION_STEP_MS", default_value_t = 2)]
+    pub projection_step_ms: u64,
     /// Run as a node of a cluster whose log is in NATS JetStream: the servers' URLs,
     /// comma-separated (`nats://10.0.0.1:4222,nats://10.0.0.2:4222`). Without it the log
     /// is embedded in the data directory.
@@ -263,6 +268,7 @@ impl ServeArgs {
         bus.cache_capacity = self.aggregate_cache.unwrap_or(bus.cache_capacity);
         let projections = &mut config.projections;
         projections.batch_size = self.projection_batch.unwrap_or(projections.batch_size);
+        projections.min_step_interval = Duration::from_millis(self.projection_step_ms);
         let server = &mut config.server;
         server.max_body_bytes = self.max_body_bytes;
         server.request_timeout = Duration::from_secs(self.request_timeout_secs);

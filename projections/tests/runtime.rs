@@ -95,6 +95,7 @@ fn options() -> RuntimeOptions {
         max_attempts: 2,
         retry_backoff: Duration::from_millis(1),
         drop_delay: Duration::ZERO,
+        min_step_interval: Duration::ZERO,
     }
 }
 

@@ -60,6 +60,12 @@ pub struct RuntimeOptions {
     /// started on it finish their query before its rows go. Default 5 s, the longest a
     /// read with `atLeast` waits by default.
     pub drop_delay: Duration,
+    /// Shortest time between two batches of a worker that is following the head. Default
+    /// 2 ms: under a heavy write load each batch then carries the events of several commit
+    /// groups (one read-model write instead of one per group), at the price of up to that
+    /// much more lag for a read that waits with `atLeast`. A worker catching up runs its
+    /// batches back to back regardless.
+    pub min_step_interval: Duration,
 }
 
 impl Default for RuntimeOptions {
@@ -69,6 +75,7 @@ impl Default for RuntimeOptions {
             max_attempts: 3,
             retry_backoff: Duration::from_millis(20),
             drop_delay: Duration::from_secs(5),
+            min_step_interval: Duration::from_millis(2),
         }
     }
 }

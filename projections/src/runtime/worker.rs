@@ -209,6 +209,7 @@ pub(super) async fn run_worker<S: EventStore>(ctx: WorkerCtx<S>) {
     let mut head_rx = ctx.store.subscribe_head();
     let mut head_open = true;
     let mut shutdown = ctx.shutdown.clone();
+    let mut last_step = Instant::now();
     tracing::info!(projection = %ctx.worker.name, checkpoint = state.checkpoint.0, "projection worker started");
     loop {
         if *shutdown.borrow() {
@@ -237,11 +238,21 @@ pub(super) async fn run_worker<S: EventStore>(ctx: WorkerCtx<S>) {
                 if changed.is_err() {
                     head_open = false;
                 }
+                // Following the head under load: let a few more commit groups in, so
+                // one batch (one read-model write) carries them all.
+                let next_step = last_step + ctx.options.min_step_interval;
+                if next_step > Instant::now() {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(next_step.into()) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
             }
             _ = ctx.worker.notify.notified() => {}
             _ = shutdown.changed() => {}
             _ = sleep_until(next_drop) => {}
         }
+        last_step = Instant::now();
     }
     tracing::info!(projection = %ctx.worker.name, checkpoint = state.checkpoint.0, "projection worker stopped");
 }
