@@ -544,15 +544,17 @@ mod tests {
 
     #[test]
     fn compensation_refunds_a_cancelled_paid_order_and_shipping_captures() {
-        let paid = log()
-            .event(
-                "payment-o1",
-                "PaymentAuthorized",
-                json!({ "authorization": "a" }),
-            )
-            .event("order-o1", "OrderConfirmed", json!({}));
+        let paid = || {
+            log()
+                .event(
+                    "payment-o1",
+                    "PaymentAuthorized",
+                    json!({ "authorization": "a" }),
+                )
+                .event("order-o1", "OrderConfirmed", json!({}))
+        };
         let (given_events, cancelled) =
-            last(paid.event("order-o1", "OrderCancelled", json!({ "reason": "changed" })));
+            last(paid().event("order-o1", "OrderCancelled", json!({ "reason": "changed" })));
         given(saga(), given_events)
             .when(cancelled)
             .then_commands([CheckoutCommand::RefundPayment {
@@ -560,14 +562,7 @@ mod tests {
                 reason: "order cancelled".into(),
             }])
             .then_state("o1", |s| assert_eq!(s.step(), CheckoutStep::Compensating));
-        let paid = log()
-            .event(
-                "payment-o1",
-                "PaymentAuthorized",
-                json!({ "authorization": "a" }),
-            )
-            .event("order-o1", "OrderConfirmed", json!({}));
-        let (given_events, shipped) = last(paid.event(
+        let (given_events, shipped) = last(paid().event(
             "order-o1",
             "OrderShipped",
             json!({ "tracking_number": "T" }),

@@ -2,21 +2,12 @@
 //! exit codes, run while this test process holds the event log open for writing.
 
 mod audit_support;
+mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use audit_support::*;
-
-fn annals(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_annals"))
-        .args(args)
-        .env_remove("ANNALS_DATA_DIR")
-        .env_remove("ANNALS_SIGN_KEY")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run annals")
-}
+use common::binary::annals;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

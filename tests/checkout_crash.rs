@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use annals_store::{EventStore, Position, ReadFilter, RecordedEvent, RocksEventStore};
-use common::binary::{self, Server};
+use common::binary::{self, Server, graphql};
 use serde_json::{Value, json};
 
 mod common;
@@ -43,22 +43,6 @@ fn spawn_server(data: &Path, log: &Path) -> Server {
 
 async fn wait_ready(server: &mut Server, http: &reqwest::Client, log: &Path) {
     binary::wait_ready(server, http, log, Duration::from_secs(30)).await;
-}
-
-/// A GraphQL request; `None` when the server did not answer (it was killed).
-async fn graphql(
-    http: &reqwest::Client,
-    base: &str,
-    query: &str,
-    variables: Value,
-) -> Option<Value> {
-    let response = http
-        .post(format!("{base}/graphql"))
-        .json(&json!({ "query": query, "variables": variables }))
-        .send()
-        .await
-        .ok()?;
-    response.json().await.ok()
 }
 
 const PLACE: &str = r#"mutation($o: String!, $p: String!, $q: Int!, $k: String!) {

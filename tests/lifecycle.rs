@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use annals::lifecycle::backup;
@@ -15,6 +15,7 @@ use annals_store::{
     EventStore, Position, ReadFilter, RecordedEvent, RetentionRule, RocksEventStore,
 };
 use common::TestServer;
+use common::binary::annals;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -39,16 +40,6 @@ const APPEND: &str = r#"mutation($s: String!, $n: Int!) {
 const ALICE: &str = "alice@example.com";
 const BOB: &str = "bob@example.com";
 
-fn annals(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_annals"))
-        .args(args)
-        .env_remove("ANNALS_DATA_DIR")
-        .env_remove("ANNALS_SIGN_KEY")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run annals")
-}
-
 fn ok(output: Output) -> String {
     assert!(
         output.status.success(),
@@ -64,6 +55,17 @@ fn ok(output: Output) -> String {
 fn node_on(data: &Path) -> NodeConfig {
     let mut config = NodeConfig::on_disk(data);
     config.checkout = None;
+    config
+}
+
+/// `config` with a retention rule keeping the last `max_count` events of each `line-…`
+/// stream.
+fn with_line_retention(mut config: NodeConfig, max_count: u64) -> NodeConfig {
+    config.retention.rules = vec![RetentionRule {
+        category: "line".into(),
+        max_age: None,
+        max_count: Some(max_count),
+    }];
     config
 }
 
@@ -355,12 +357,7 @@ async fn a_forgotten_customer_reads_as_erased_everywhere_and_the_chain_still_ver
 async fn retention_and_deletion_remove_what_they_should_and_the_chain_still_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_path_buf();
-    let mut config = node_on(&data);
-    config.retention.rules = vec![RetentionRule {
-        category: "line".into(),
-        max_age: None,
-        max_count: Some(2),
-    }];
+    let config = with_line_retention(node_on(&data), 2);
     let server = TestServer::with_config(config).await;
     for n in 0..5 {
         for s in ["line-1", "line-2", "keep-1"] {
@@ -612,12 +609,7 @@ async fn an_imported_export_equals_the_original_log_record_by_record() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_path_buf();
     let work = tempfile::tempdir().unwrap();
-    let mut config = node_on(&data);
-    config.retention.rules = vec![RetentionRule {
-        category: "line".into(),
-        max_age: None,
-        max_count: Some(1),
-    }];
+    let config = with_line_retention(node_on(&data), 1);
     let server = TestServer::with_config(config).await;
     common::product(&server, "p1", 500, 100).await;
     for n in 0..4 {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use annals::lifecycle::{LifecycleError, backup};
 use annals_store::{EventStore, Position, RocksEventStore, StoreOptions};
-use common::binary::{self, Server};
+use common::binary::{self, Server, graphql};
 use serde_json::{Value, json};
 
 mod common;
@@ -39,21 +39,6 @@ fn spawn_server(data: &Path, log: &Path) -> Server {
             "1",
         ],
     )
-}
-
-async fn graphql(
-    http: &reqwest::Client,
-    base: &str,
-    query: &str,
-    variables: Value,
-) -> Option<Value> {
-    let response = http
-        .post(format!("{base}/graphql"))
-        .json(&json!({ "query": query, "variables": variables }))
-        .send()
-        .await
-        .ok()?;
-    response.json().await.ok()
 }
 
 const APPEND: &str = r#"mutation($s: String!, $n: Int!) {

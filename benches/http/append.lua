@@ -1,12 +1,9 @@
 -- `appendToStream` of one event (fsynced before the answer), spread over many streams.
 local report = dofile("benches/http/report.lua")
-local query = 'mutation($s: String!) { appendToStream(streamId: $s, expectedVersion: {state: ANY}, events: [{type: \\"LoadTested\\", payload: {n: 1}}]) { position } }'
-local n, thread_id = 0, 0
-local counter = 0
-function setup(thread)
-  counter = counter + 1
-  thread:set("thread_id", counter)
-end
+local query = report.append_query
+-- Globals: `setup` sets `thread_id` per thread (a `local` would hide it).
+n, thread_id = 0, 0
+report.number_threads()
 function request()
   n = n + 1
   return wrk.format("POST", "/graphql", { ["Content-Type"] = "application/json" },

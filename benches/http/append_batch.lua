@@ -1,13 +1,10 @@
 -- A batched request of 100 `appendToStream` operations (a JSON array), one event each;
 -- multiply the request rate by 100 for events per second.
 local report = dofile("benches/http/report.lua")
-local query = 'mutation($s: String!) { appendToStream(streamId: $s, expectedVersion: {state: ANY}, events: [{type: \\"LoadTested\\", payload: {n: 1}}]) { position } }'
-local n, thread_id = 0, 0
-local counter = 0
-function setup(thread)
-  counter = counter + 1
-  thread:set("thread_id", counter)
-end
+local query = report.append_query
+-- Globals: `setup` sets `thread_id` per thread (a `local` would hide it).
+n, thread_id = 0, 0
+report.number_threads()
 function request()
   n = n + 1
   local ops = {}

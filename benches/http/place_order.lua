@@ -2,13 +2,10 @@
 -- and append in one atomic commit).
 local report = dofile("benches/http/report.lua")
 local query = 'mutation($o: String!, $c: String!, $p: String!) { placeOrder(orderId: $o, customerId: $c, lines: [{productId: $p, quantity: 1}]) { position } }'
-local n, thread_id, run = 0, 0, 0
-local counter = 0
-function setup(thread)
-  counter = counter + 1
-  thread:set("thread_id", counter)
-  thread:set("run", os.time())
-end
+-- Globals: each wrk thread has its own Lua state, and `setup` sets them per thread (a
+-- `local` here would hide them from `request`).
+n, thread_id, run = 0, 0, os.time()
+report.number_threads()
 function request()
   n = n + 1
   return wrk.format("POST", "/graphql", { ["Content-Type"] = "application/json" },

@@ -13,4 +13,17 @@ function M.done(summary, latency, requests)
     latency:percentile(99) / 1000, latency.max / 1000))
 end
 
+-- The one-event `appendToStream` of append.lua and append_batch.lua.
+M.append_query = 'mutation($s: String!) { appendToStream(streamId: $s, expectedVersion: {state: ANY}, events: [{type: \\"LoadTested\\", payload: {n: 1}}]) { position } }'
+
+-- Numbers wrk's threads from 1 (as the global `thread_id` of each), so each thread
+-- writes streams of its own.
+function M.number_threads()
+  local counter = 0
+  setup = function(thread)
+    counter = counter + 1
+    thread:set("thread_id", counter)
+  end
+end
+
 return M

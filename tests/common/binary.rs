@@ -96,3 +96,31 @@ pub fn client_runtime() -> (tokio::runtime::Runtime, reqwest::Client) {
     };
     (rt, http)
 }
+
+/// A GraphQL request to `base`; `None` when the server did not answer (it was killed).
+pub async fn graphql(
+    http: &reqwest::Client,
+    base: &str,
+    query: &str,
+    variables: serde_json::Value,
+) -> Option<serde_json::Value> {
+    let response = http
+        .post(format!("{base}/graphql"))
+        .json(&serde_json::json!({ "query": query, "variables": variables }))
+        .send()
+        .await
+        .ok()?;
+    response.json().await.ok()
+}
+
+/// Runs the `annals` binary with `args` (no data directory or signing key from the
+/// environment) and returns what it printed.
+pub fn annals(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_annals"))
+        .args(args)
+        .env_remove("ANNALS_DATA_DIR")
+        .env_remove("ANNALS_SIGN_KEY")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run annals")
+}

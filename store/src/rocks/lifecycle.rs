@@ -125,6 +125,17 @@ pub(crate) fn deleted_through(db: &DB, stream: &StreamId) -> Result<u64, StoreEr
         .map_or(0, u64::from_be_bytes))
 }
 
+/// Whether any stream of the log has a deletion mark.
+pub(crate) fn any_deleted(db: &DB) -> Result<bool, StoreError> {
+    let mut iter = db.raw_iterator_cf(cf(db, CF_META));
+    iter.seek(keys::META_DELETED_PREFIX);
+    let found = iter
+        .key()
+        .is_some_and(|k| k.starts_with(keys::META_DELETED_PREFIX));
+    iter.status()?;
+    Ok(found)
+}
+
 fn synced() -> WriteOptions {
     let mut options = WriteOptions::default();
     options.set_sync(true);
@@ -242,6 +253,7 @@ impl RocksEventStore {
             );
             batch.delete_cf(cf(&db, CF_SNAPSHOTS), &stream_key);
             db.write_opt(batch, &synced())?;
+            store.mark_deletions();
             let removed = match mode {
                 DeleteMode::Soft => 0,
                 DeleteMode::Hard => {
@@ -427,9 +439,11 @@ where
             });
         }
         *version = event.stream_version;
-        let value = if event.removed {
-            codec::encode_tombstone(&event)
+        let key = keys::position_key(event.position);
+        if event.removed {
+            batch.put_cf(events_cf, key, codec::encode_tombstone(&event));
         } else {
+            // The batch copies the bytes, so one buffer serves every record.
             buf.clear();
             codec::encode_record(
                 &RecordFields::of(&event),
@@ -437,9 +451,8 @@ where
                 &event.hash,
                 &mut buf,
             );
-            buf.clone()
-        };
-        batch.put_cf(events_cf, keys::position_key(event.position), value);
+            batch.put_cf(events_cf, key, &buf);
+        }
         let stream_key = keys::stream_key(event.stream_id.as_str());
         batch.put_cf(
             streams_cf,

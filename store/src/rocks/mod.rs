@@ -115,6 +115,9 @@ struct Inner {
     snapshot_lock: AsyncMutex<()>,
     /// Opened with [`RocksEventStore::open_read_only`]: no writer, every write refused.
     read_only: bool,
+    /// Whether any stream has ever been deleted: until one is, stream reads skip the
+    /// lookup of a deletion mark (they are on the command path's loads).
+    deletions: AtomicBool,
     /// The storage failure appends are refused for, until the writer has recovered.
     failure: Failure,
     /// Opened with [`RocksEventStore::open_replica`]: where this replica is in the
@@ -214,6 +217,7 @@ impl RocksEventStore {
         })?;
         let db = open_writable(&path, options.durability)?;
         let (head, tip) = recover_tip(&db)?;
+        let deletions = lifecycle::any_deleted(&db)?;
         let mut replica = None;
         let replication = match replicator {
             None => None,
@@ -286,6 +290,7 @@ impl RocksEventStore {
                 writer: std::sync::Mutex::new(Some(handle)),
                 snapshot_lock: AsyncMutex::new(()),
                 read_only: false,
+                deletions: AtomicBool::new(deletions),
                 failure,
                 replica,
             }),
@@ -320,6 +325,7 @@ impl RocksEventStore {
             }
         }
         let (head, _tip) = recover_tip(&db)?;
+        let deletions = lifecycle::any_deleted(&db)?;
         // Nobody receives on this channel: the read-only check in `append_multi` comes
         // first, and a request that got past it would fail as `Closed`.
         let (tx, _rx) = crossbeam_channel::bounded(1);
@@ -339,6 +345,7 @@ impl RocksEventStore {
                 writer: std::sync::Mutex::new(None),
                 snapshot_lock: AsyncMutex::new(()),
                 read_only: true,
+                deletions: AtomicBool::new(deletions),
                 failure: Failure::default(),
                 replica: None,
             }),
@@ -484,6 +491,11 @@ impl RocksEventStore {
         self.inner.db.get()
     }
 
+    /// Records that a stream now has a deletion mark, so stream reads look for marks.
+    pub(crate) fn mark_deletions(&self) {
+        self.inner.deletions.store(true, Ordering::Release);
+    }
+
     /// Whether appends are refused because of a storage failure the store has not yet
     /// recovered from (the writer retries reopening the database with a backoff).
     pub fn is_failed(&self) -> bool {
@@ -507,7 +519,11 @@ impl RocksEventStore {
         let head = self.head();
         let db = self.db();
         // A deleted stream's events up to its deletion read as absent.
-        let hidden = lifecycle::deleted_through(&db, stream)?;
+        let hidden = if self.inner.deletions.load(Ordering::Acquire) {
+            lifecycle::deleted_through(&db, stream)?
+        } else {
+            0
+        };
         let from_version = match direction {
             Direction::Forward => from_version.max(hidden + 1),
             Direction::Backward if from_version <= hidden => return Ok(Vec::new()),
