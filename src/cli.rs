@@ -205,6 +205,11 @@ pub struct ServeArgs {
     /// How often the retention rules run, in seconds.
     #[arg(long, env = "ANNALS_RETENTION_INTERVAL_SECS", default_value_t = 300)]
     pub retention_interval_secs: u64,
+    /// Signs the manifests of `GET /export` (and so the console's downloads) with this
+    /// ed25519 key: 64 hex digits or a file holding them (`annals keys new-signing` makes
+    /// one). Its public half is published in `overview { exportPublicKey }`.
+    #[arg(long, env = "ANNALS_EXPORT_SIGNING_KEY", value_name = "KEY_OR_FILE")]
+    pub export_signing_key: Option<String>,
 }
 
 /// On or off.
@@ -290,6 +295,17 @@ impl ServeArgs {
             interval: Some(Duration::from_secs(self.retention_interval_secs.max(1))),
         };
         config
+    }
+
+    /// The key that signs the server's exports, if one is configured.
+    pub fn load_export_signing_key(&self) -> Result<Option<ed25519_dalek::SigningKey>, String> {
+        self.export_signing_key
+            .as_deref()
+            .map(|key| {
+                crate::audit::parse_signing_key(key)
+                    .map_err(|e| format!("--export-signing-key: {e}"))
+            })
+            .transpose()
     }
 
     /// The configured API keys (file and inline together).

@@ -202,6 +202,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = args.node_config();
     config.server.api_keys = keys;
     config.server.rate_limit = rate_limit;
+    config.server.export_signing_key =
+        args.load_export_signing_key().map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;

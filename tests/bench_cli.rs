@@ -250,7 +250,12 @@ fn catchup_bench_builds_the_read_models_over_the_generated_log() {
     assert_eq!(report["benchmark"], "catchup");
     assert!(report["rebuild"]["seconds"].as_f64().unwrap() > 0.0);
     let per_projection = report["per_projection"].as_array().unwrap();
-    assert_eq!(per_projection.len(), 3);
+    // Every projection `annals serve` runs: the three read models and the stream catalog.
+    assert_eq!(
+        per_projection.len(),
+        annals::read_models::projections().len()
+    );
+    assert_eq!(per_projection.len(), 4);
     assert!(
         per_projection.iter().all(
             |p| p["seconds"].as_f64().unwrap() <= report["annals"]["seconds"].as_f64().unwrap()
@@ -262,7 +267,7 @@ fn catchup_bench_builds_the_read_models_over_the_generated_log() {
     assert_eq!(head(dir.path()), events);
     assert_eq!(
         report["projections"],
-        serde_json::json!(["orders", "products", "payments"])
+        serde_json::json!(["orders", "products", "payments", "streams"])
     );
     let out = annals(&[
         "bench",

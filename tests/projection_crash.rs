@@ -595,6 +595,12 @@ fn kill_9_during_a_blue_green_rebuild_resumes_it_from_its_checkpoint() {
                 && status.serving == *generation
             {
                 done.insert(name.clone(), true);
+            } else if !generation_of.contains_key(&name) && status.serving > 1 {
+                // A projection with little to redo (no payments in the sample log) can
+                // rebuild and take over between two status lines: it serves a newer
+                // generation than the one every projection started with.
+                generation_of.insert(name.clone(), status.serving);
+                done.insert(name.clone(), true);
             } else if let Some(OnDisk::Rebuilding(..)) = on_disk.get(&name) {
                 panic!("{name}: the recorded rebuild was not resumed after the restart");
             }

@@ -204,3 +204,37 @@ mod tests {
         assert_eq!(prefix_end(&[0xff, 0xff]), None);
     }
 }
+
+/// Keys of the stream catalog ([`crate::catalog`]).
+pub mod catalog {
+    /// Kind byte of a stream's summary: `s ‖ stream id`, so streams sort by id and a
+    /// prefix of ids is a prefix of keys.
+    pub const STREAM: u8 = b's';
+    /// Kind byte of the category index: `c ‖ category ‖ 0x00 ‖ stream id` → empty.
+    pub const IN_CATEGORY: u8 = b'c';
+    /// Kind byte of a category's summary: `k ‖ category`.
+    pub const CATEGORY: u8 = b'k';
+
+    /// The key of a stream's summary, or with a partial id the prefix of every stream id
+    /// that starts with it.
+    pub fn stream(id_prefix: &str) -> Vec<u8> {
+        [&[STREAM][..], id_prefix.as_bytes()].concat()
+    }
+
+    /// The category index key of a stream, or with a partial id the prefix of the
+    /// category's stream ids that start with it. Categories never hold 0x00 (stream ids
+    /// are printable), so one category's keys never run into another's.
+    pub fn in_category(category: &str, id_prefix: &str) -> Vec<u8> {
+        let mut key = Vec::with_capacity(2 + category.len() + id_prefix.len());
+        key.push(IN_CATEGORY);
+        key.extend_from_slice(category.as_bytes());
+        key.push(0);
+        key.extend_from_slice(id_prefix.as_bytes());
+        key
+    }
+
+    /// The key of a category's summary (with `""`, the prefix of all of them).
+    pub fn category(category: &str) -> Vec<u8> {
+        [&[CATEGORY][..], category.as_bytes()].concat()
+    }
+}

@@ -14,6 +14,9 @@
 //!   [`wait_for`](ProjectionRuntime::wait_for) for reading one's own writes.
 //! - [`ProjectionError`]: the one error type; the codes clients see are given at the
 //!   application's edge.
+//! - [`catalog`]: the stream catalog, a built-in projection that lists streams by id
+//!   prefix and category with their counts and last activity (the log itself finds
+//!   streams only by the hash of their id).
 //! - [`process`]: process managers — [`process::ProcessManager`] decides commands and
 //!   deadlines per instance; its decisions run as a projection
 //!   ([`process::ProcessProjection`]) that writes state, outbox and checkpoint in one batch,
@@ -52,6 +55,7 @@
 //! on HTTP, and knows no business domain. `tests/dependency_rules.rs` of the workspace
 //! checks it.
 
+pub mod catalog;
 mod error;
 pub mod keys;
 pub mod process;

@@ -7,6 +7,7 @@
 //! `extensions.code`.
 
 mod checkout;
+mod console;
 mod documents;
 pub mod error;
 mod lifecycle;
@@ -34,6 +35,7 @@ use crate::domain::Commerce;
 use crate::read_models::CommerceReadModels;
 use crate::server::auth::{KeyRing, Principal, Role};
 use checkout::{CheckoutQuery, ProcessMutation};
+use console::ConsoleQuery;
 use error::ApiError;
 use lifecycle::LifecycleMutation;
 use webhooks::{WebhookMutation, WebhookQuery};
@@ -45,7 +47,13 @@ pub use subscription::LogSubscription;
 
 /// Every query.
 #[derive(MergedObject, Default)]
-pub struct Query(LogQuery, ReadModelQuery, CheckoutQuery, WebhookQuery);
+pub struct Query(
+    LogQuery,
+    ReadModelQuery,
+    CheckoutQuery,
+    WebhookQuery,
+    ConsoleQuery,
+);
 
 /// Every mutation: domain commands (writer), raw appends and projection control (admin).
 #[derive(MergedObject, Default)]
@@ -122,6 +130,10 @@ pub struct ApiContext {
     pub privacy: crate::privacy::Privacy,
     /// Erasure, deletion, retention and backup (admin).
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    /// The node's last minutes, for `overview`.
+    pub samples: crate::server::samples::Samples,
+    /// The public key of the export signatures (hex), when exports are signed.
+    pub export_public_key: Option<String>,
 }
 
 /// Counts live subscriptions per principal. A slot is a guard: it is given back when the

@@ -39,6 +39,10 @@ pub struct Event {
     /// Whether the event was removed (a hard deletion or retention): a tombstone that
     /// keeps its position, envelope and hashes, without metadata or payload.
     pub removed: bool,
+    /// The hash of the event before it in the log (hex; zeros before the first event).
+    pub prev_hash: String,
+    /// This event's hash over `prevHash` and its record (hex): the audit chain's link.
+    pub hash: String,
 }
 
 /// Who did what, and why.
@@ -67,6 +71,8 @@ impl Event {
         privacy.reveal_json(&mut payload);
         Event {
             removed: e.removed,
+            prev_hash: hex::encode(e.prev_hash),
+            hash: hex::encode(e.hash),
             position: e.position.into(),
             category: e.category().to_string(),
             stream_id: e.stream_id.into(),

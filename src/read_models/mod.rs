@@ -6,6 +6,8 @@
 //! - `products`: stock per product (on hand, reserved, available) and a low-stock index
 //!   ordered by available units.
 //! - `payments`: every payment with its status and the gateway's answers.
+//! - `streams`: the stream catalog of `annals-projections` (every stream by id and
+//!   category), which the API's `streams` and `categories` queries read.
 //!
 //! The checkout saga's instances are the process manager's own state, read through
 //! [`crate::checkout::load`].
@@ -45,6 +47,8 @@ pub fn projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(OrdersProjection),
         Arc::new(ProductsProjection),
         Arc::new(PaymentsProjection),
+        // Domain-free: every stream by id and category, for `streams` and the console.
+        Arc::new(annals_projections::catalog::StreamCatalogProjection),
     ]
 }
 

@@ -1,7 +1,8 @@
 //! The HTTP server: `app(state) -> Router` and `run(listener, state, shutdown)`.
 //!
 //! Routes: `POST`/`GET /graphql` (GraphiQL for browsers), `GET /graphql/ws`
-//! (graphql-transport-ws), `GET /health`, `GET /ready`, `GET /metrics`. Every request
+//! (graphql-transport-ws), `GET /export`, `GET /health`, `GET /ready`, `GET /metrics`,
+//! and the admin console under `/admin/` ([`crate::console`]). Every request
 //! gets an `X-Request-ID` (the client's or a fresh UUID), echoed in the response and
 //! recorded on the tracing span that every log line of the request is emitted in.
 //!
@@ -13,6 +14,7 @@
 pub mod auth;
 pub mod metrics;
 mod routes;
+pub mod samples;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -72,6 +74,9 @@ pub struct ServerConfig {
     pub stale_read_timeout: Duration,
     /// Page sizes of the read-model list queries.
     pub page_limits: PageLimits,
+    /// The key `GET /export` signs its manifests with; unsigned without one. Its public
+    /// half is published in `overview { exportPublicKey }`.
+    pub export_signing_key: Option<ed25519_dalek::SigningKey>,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +90,7 @@ impl Default for ServerConfig {
             data_dir: None,
             stale_read_timeout: Duration::from_secs(5),
             page_limits: PageLimits::default(),
+            export_signing_key: None,
         }
     }
 }
@@ -113,6 +119,8 @@ struct Inner {
     gateway: crate::payments::GuardedGateway,
     /// The webhooks' delivery, for `/metrics`.
     webhooks: crate::webhooks::Deliverer,
+    /// The last minutes of the node, sampled each second by [`run`].
+    samples: samples::Samples,
 }
 
 impl std::fmt::Debug for AppState {
@@ -145,6 +153,7 @@ impl AppState {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let keys = KeyRing::new(config.api_keys.clone());
         let gateway = commerce.gateway().clone();
+        let samples = samples::Samples::default();
         let schema = graphql::build_schema(ApiContext {
             store: store.clone(),
             commerce,
@@ -162,6 +171,11 @@ impl AppState {
             webhooks: webhooks.clone(),
             privacy: lifecycle.privacy().clone(),
             lifecycle,
+            samples: samples.clone(),
+            export_public_key: config
+                .export_signing_key
+                .as_ref()
+                .map(|key| hex::encode(key.verifying_key().as_bytes())),
         });
         Self {
             inner: Arc::new(Inner {
@@ -177,8 +191,14 @@ impl AppState {
                 processes,
                 gateway,
                 webhooks,
+                samples,
             }),
         }
+    }
+
+    /// The node's samples of the last minutes.
+    pub fn samples(&self) -> &samples::Samples {
+        &self.inner.samples
     }
 
     /// The webhooks' delivery.
@@ -271,6 +291,7 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
         .route("/metrics", get(routes::metrics))
+        .merge(crate::console::router())
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(
             ServiceBuilder::new()
@@ -315,6 +336,22 @@ pub async fn run(
             }
         })
     };
+    let sampler = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let state = state.clone();
+                // Projection status reads the read-model database: off the async threads.
+                let _ = tokio::task::spawn_blocking(move || {
+                    state.samples().record(state.store(), state.projections());
+                })
+                .await;
+            }
+        })
+    };
     let draining = state.clone();
     let result = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
@@ -324,5 +361,6 @@ pub async fn run(
         })
         .await;
     maintenance.abort();
+    sampler.abort();
     result
 }

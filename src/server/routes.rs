@@ -3,7 +3,7 @@
 use annals_store::EventStore;
 
 use async_graphql::Data;
-use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::parser::types::OperationType;
 use async_graphql_axum::{GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
 use axum::body::Bytes;
@@ -12,7 +12,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{Map, Value, json};
 
@@ -254,15 +254,6 @@ fn wants_html(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains("text/html"))
 }
 
-/// The GraphiQL page, pointed at this server's endpoints.
-pub fn graphiql_page() -> String {
-    GraphiQLSource::build()
-        .endpoint("/graphql")
-        .subscription_endpoint("/graphql/ws")
-        .title("Annals GraphiQL")
-        .finish()
-}
-
 /// `GET /graphql`: GraphiQL for a browser, otherwise a query (never a mutation) from
 /// the query string.
 pub(super) async fn graphql_get(
@@ -272,7 +263,7 @@ pub(super) async fn graphql_get(
     request: Request,
 ) -> Response {
     if wants_html(&headers) {
-        return Html(graphiql_page()).into_response();
+        return crate::console::graphiql(headers).await;
     }
     let query = request.uri().query().unwrap_or_default();
     let graphql = match async_graphql::http::parse_query_string(query) {
@@ -511,7 +502,10 @@ pub(super) async fn export(
         None => return ApiError::unauthenticated("an API key is required").into_response(),
     }
     let options = match query {
-        Ok(axum::extract::Query(query)) => query.into_options(),
+        Ok(axum::extract::Query(query)) => query.into_options().map(|mut options| {
+            options.signing_key = state.config().export_signing_key.clone();
+            options
+        }),
         Err(rejection) => return ApiError::bad_input(rejection.body_text()).into_response(),
     };
     let result = options.and_then(|options| {

@@ -5,7 +5,7 @@
 //! generations.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use annals_store::{EventStore, Position, ReadFilter, Timestamp, Upcasters};
 use tokio::sync::{Notify, oneshot, watch};
@@ -210,13 +210,24 @@ pub(super) async fn run_worker<S: EventStore>(ctx: WorkerCtx<S>) {
     let mut head_open = true;
     let mut shutdown = ctx.shutdown.clone();
     let mut last_step = Instant::now();
+    // A step that failed on storage (a full disk, say) is retried after this long, doubled
+    // at each failure in a row: the read models catch up on their own once the cause is
+    // gone, as the log does. A handler's failure is not retried here: its event is parked
+    // or stops the projection (its policy), and an operator resumes it.
+    let mut backoff: Option<Duration> = None;
+    let mut retry_at: Option<Instant> = None;
     tracing::info!(projection = %ctx.worker.name, checkpoint = state.checkpoint.0, "projection worker started");
     loop {
         if *shutdown.borrow() {
             break;
         }
         let busy = match step(&ctx, &mut state).await {
-            Ok(busy) => busy,
+            Ok(busy) => {
+                if backoff.take().is_some() {
+                    tracing::info!(projection = %ctx.worker.name, "projection recovered");
+                }
+                busy
+            }
             Err(error) => {
                 tracing::error!(projection = %ctx.worker.name, error = %error, "projection failed");
                 ctx.worker.control.lock().expect("control lock").failed = true;
@@ -224,6 +235,9 @@ pub(super) async fn run_worker<S: EventStore>(ctx: WorkerCtx<S>) {
                     r.state = ProjectionState::Failed;
                     r.last_error = Some(error.to_string());
                 });
+                let wait = backoff.map_or(STORAGE_RETRY_FIRST, |b| (b * 2).min(STORAGE_RETRY_MAX));
+                backoff = Some(wait);
+                retry_at = Some(Instant::now() + wait);
                 false
             }
         };
@@ -251,11 +265,21 @@ pub(super) async fn run_worker<S: EventStore>(ctx: WorkerCtx<S>) {
             _ = ctx.worker.notify.notified() => {}
             _ = shutdown.changed() => {}
             _ = sleep_until(next_drop) => {}
+            _ = sleep_until(retry_at) => {
+                // Retried like an operator's resume; a failure again waits longer.
+                retry_at = None;
+                ctx.worker.control.lock().expect("control lock").failed = false;
+            }
         }
         last_step = Instant::now();
     }
     tracing::info!(projection = %ctx.worker.name, checkpoint = state.checkpoint.0, "projection worker stopped");
 }
+
+/// The first wait before a step that failed on storage is retried.
+const STORAGE_RETRY_FIRST: Duration = Duration::from_millis(500);
+/// The longest wait between retries.
+const STORAGE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 async fn sleep_until(at: Option<Instant>) {
     match at {
