@@ -36,6 +36,7 @@ pub mod admin;
 pub mod audit;
 pub mod checkout;
 pub mod cli;
+pub mod console;
 pub mod contracts;
 pub mod domain;
 pub mod error;
