@@ -1,9 +1,9 @@
 //! The stream catalog: a built-in projection that knows every stream of the log.
 //!
 //! The event log finds a stream by the hash of its id, so it cannot list streams or
-//! search them by prefix. The catalog keeps, per stream, its category, version, event
-//! count, first and last positions and times, ordered by stream id, with an index per
-//! category and a summary per category. It is domain-free: any application can run it
+//! search them by prefix. The catalog keeps, per stream, its category, version, and last
+//! position and time, ordered by stream id, with an index per category and a summary per
+//! category. It runs over every event of the log, so it never reads what it overwrites. It is domain-free: any application can run it
 //! beside its own projections ([`StreamCatalogProjection`]) and query it ([`streams`],
 //! [`categories`]).
 
@@ -16,24 +16,18 @@ use crate::{HandlerError, Projection, ProjectionError, ReadModelTx, ReadView};
 /// The catalog projection's name.
 pub const NAME: &str = "streams";
 
-/// One stream as the catalog knows it.
+/// One stream as the catalog knows it: what its last event says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamSummary {
     /// The stream's id.
     pub stream_id: String,
     /// Its category (the id up to the first `-`).
     pub category: String,
-    /// Its current version (the last event's).
+    /// Its current version: the events appended to it (versions run from 1 without gaps).
     pub version: u64,
-    /// Events the catalog has seen in it.
-    pub events: u64,
-    /// Position of its first event.
-    pub first_position: u64,
     /// Position of its last event.
     pub last_position: u64,
-    /// When its first event was recorded (microseconds since the Unix epoch).
-    pub first_recorded_micros: i64,
-    /// When its last event was recorded.
+    /// When its last event was recorded (microseconds since the Unix epoch).
     pub last_recorded_micros: i64,
 }
 
@@ -63,37 +57,25 @@ impl Projection for StreamCatalogProjection {
         ReadFilter::all()
     }
 
+    /// Writes without reading: an event says all the catalog keeps of its stream, so the
+    /// summary and the index entry are overwritten blind (a batch writes each key once,
+    /// however many of its events name it). Only the category's totals are read, and they
+    /// stay in the batch. A stream counts as new at its version 1.
     fn handle(&self, event: &RecordedEvent, tx: &mut ReadModelTx<'_>) -> Result<(), HandlerError> {
         let id = event.stream_id.as_str();
         let category = event.category();
         let at = event.recorded_at.as_micros();
-        let position = event.position.get();
-        let key = keys::stream(id);
-        let previous: Option<StreamSummary> = tx.get_typed(&key)?;
-        let is_new = previous.is_none();
-        let summary = match previous {
-            Some(mut summary) => {
-                summary.version = event.stream_version;
-                summary.events += 1;
-                summary.last_position = position;
-                summary.last_recorded_micros = at;
-                summary
-            }
-            None => StreamSummary {
+        tx.put_typed(
+            keys::stream(id),
+            StreamSummary {
                 stream_id: id.to_string(),
                 category: category.to_string(),
                 version: event.stream_version,
-                events: 1,
-                first_position: position,
-                last_position: position,
-                first_recorded_micros: at,
+                last_position: event.position.get(),
                 last_recorded_micros: at,
             },
-        };
-        tx.put_typed(key, summary);
-        if is_new {
-            tx.put(keys::in_category(category, id), Vec::new());
-        }
+        );
+        tx.put(keys::in_category(category, id), Vec::new());
         let key = keys::category(category);
         let mut totals: CategorySummary = tx.get_typed(&key)?.unwrap_or(CategorySummary {
             name: category.to_string(),
@@ -101,7 +83,7 @@ impl Projection for StreamCatalogProjection {
             events: 0,
             last_recorded_micros: at,
         });
-        totals.streams += u64::from(is_new);
+        totals.streams += u64::from(event.stream_version == 1);
         totals.events += 1;
         totals.last_recorded_micros = at;
         tx.put_typed(key, totals);
@@ -211,12 +193,9 @@ mod tests {
             assert!(!all.has_more);
             let order_1 = &all.streams[1];
             assert_eq!(order_1.category, "order");
-            assert_eq!((order_1.version, order_1.events), (2, 2));
-            assert_eq!((order_1.first_position, order_1.last_position), (1, 4));
-            assert_eq!(
-                (order_1.first_recorded_micros, order_1.last_recorded_micros),
-                (T + 1, T + 4)
-            );
+            assert_eq!(order_1.version, 2);
+            assert_eq!(order_1.last_position, 4);
+            assert_eq!(order_1.last_recorded_micros, T + 4);
         });
     }
 

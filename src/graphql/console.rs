@@ -134,14 +134,10 @@ pub struct StreamSummary {
     pub category: String,
     /// Its current version.
     pub version: Version,
-    /// Events in it.
+    /// Events appended to it (its version: versions run from 1 without gaps).
     pub events: Amount,
-    /// Position of its first event.
-    pub first_position: Position,
     /// Position of its last event.
     pub last_position: Position,
-    /// When its first event was recorded, RFC 3339.
-    pub first_recorded_at: String,
     /// When its last event was recorded (its last activity), RFC 3339.
     pub last_recorded_at: String,
 }
@@ -152,10 +148,8 @@ impl From<catalog::StreamSummary> for StreamSummary {
             stream_id: s.stream_id,
             category: s.category,
             version: Version(s.version),
-            events: Amount(s.events),
-            first_position: Position(s.first_position),
+            events: Amount(s.version),
             last_position: Position(s.last_position),
-            first_recorded_at: time::format(s.first_recorded_micros).unwrap_or_default(),
             last_recorded_at: time::format(s.last_recorded_micros).unwrap_or_default(),
         }
     }

@@ -622,7 +622,7 @@
   const CATEGORIES_QUERY = `query Categories { categories { name streams events lastRecordedAt } }`;
   const STREAMS_QUERY = `query Streams($category: String, $prefix: String, $first: Int, $after: String) {
     streams(category: $category, prefix: $prefix, first: $first, after: $after) {
-      nodes { streamId category version events firstPosition lastPosition lastRecordedAt }
+      nodes { streamId category version events lastPosition lastRecordedAt }
       pageInfo { hasNextPage endCursor }
     }
   }`;
@@ -639,7 +639,7 @@
       el('div', { class: 'field' }, el('label', { for: 'stream-category' }, 'Category'), category),
       el('div', { class: 'field field-action' }, el('button', { type: 'submit', class: 'button button-primary' }, 'Search')));
     const results = dataTable([
-      'Stream', 'Category', ['Version', 'num'], ['Events', 'num'], ['Positions', 'num'], 'Last activity',
+      'Stream', 'Category', ['Version', 'num'], ['Events', 'num'], ['Last position', 'num'], 'Last activity',
     ], { caption: 'Streams' });
     const empty = emptyNote('No streams match.');
     const pager = el('div', { class: 'pager' });
@@ -708,7 +708,7 @@
       s.category,
       { text: s.version, class: 'num mono' },
       { text: fmt.int(s.events), class: 'num' },
-      { text: `${s.firstPosition}–${s.lastPosition}`, class: 'num mono' },
+      { text: s.lastPosition, class: 'num mono' },
       { build: () => timeEl(s.lastRecordedAt, fmt.ago(s.lastRecordedAt)), sig: s.lastRecordedAt },
     ];
   }
