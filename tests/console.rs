@@ -10,8 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use annals::server::ServerConfig;
-use annals::server::auth::{ApiKeys, Role, generate_key};
+use annals::server::auth::Role;
 use common::TestServer;
 use common::browser::Browser;
 use fantoccini::Locator;
@@ -62,13 +61,8 @@ async fn confirm(browser: &Browser, button: &str, answer: &str) {
 /// a new event arrives in the live tail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_browses_streams_events_and_the_live_tail_without_write_actions() {
-    let (reader, reader_line) = generate_key(Role::Reader).unwrap();
-    let (admin, admin_line) = generate_key(Role::Admin).unwrap();
-    let server = TestServer::start(ServerConfig {
-        api_keys: ApiKeys::parse(&format!("{reader_line}\n{admin_line}\n")).unwrap(),
-        ..ServerConfig::default()
-    })
-    .await;
+    let (server, keys) = TestServer::with_keys(&[Role::Reader, Role::Admin]).await;
+    let (reader, admin) = (keys[0].clone(), keys[1].clone());
     let cause = Uuid::new_v4();
     append(
         &server,

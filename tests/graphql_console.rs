@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use annals::audit::{VerifyOptions, parse_public_key, verify};
 use annals::server::ServerConfig;
-use annals::server::auth::{ApiKeys, Role, generate_key};
+use annals::server::auth::Role;
 use annals_store::SharedStore;
 use common::TestServer;
 use serde_json::{Value, json};
@@ -169,13 +169,8 @@ async fn one_event_by_id_or_position_and_the_chain_around_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_viewer_its_role_and_the_overview_of_the_last_seconds() {
-    let (reader, reader_line) = generate_key(Role::Reader).unwrap();
-    let (admin, admin_line) = generate_key(Role::Admin).unwrap();
-    let server = TestServer::start(ServerConfig {
-        api_keys: ApiKeys::parse(&format!("{reader_line}\n{admin_line}\n")).unwrap(),
-        ..ServerConfig::default()
-    })
-    .await;
+    let (server, keys) = TestServer::with_keys(&[Role::Reader, Role::Admin]).await;
+    let (reader, admin) = (keys[0].clone(), keys[1].clone());
     let viewer = server
         .ok_as(Some(&reader), "{ viewer { id role } }", json!({}))
         .await;

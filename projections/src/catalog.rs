@@ -109,44 +109,35 @@ pub fn streams(
     after: Option<&str>,
     limit: usize,
 ) -> Result<StreamList, ProjectionError> {
-    let mut streams = Vec::with_capacity(limit.min(1024));
-    let has_more = match category {
-        None => {
-            let after = after.map(keys::stream);
-            let mut rows = view.scan(&keys::stream(prefix), after.as_deref(), limit + 1)?;
-            let has_more = rows.len() > limit;
-            rows.truncate(limit);
-            for (_, value) in rows {
-                streams.push(serde_json::from_slice(&value)?);
-            }
-            has_more
-        }
-        Some(category) => {
-            let after = after.map(|id| keys::in_category(category, id));
-            let mut rows = view.scan(
-                &keys::in_category(category, prefix),
-                after.as_deref(),
-                limit + 1,
-            )?;
-            let has_more = rows.len() > limit;
-            rows.truncate(limit);
-            let start = keys::in_category(category, "").len();
-            for (key, _) in rows {
-                let id = String::from_utf8_lossy(&key[start..]);
+    // Without a category the summaries are scanned themselves; within one, its index is,
+    // and each entry's summary is read.
+    let key = |id: &str| match category {
+        None => keys::stream(id),
+        Some(category) => keys::in_category(category, id),
+    };
+    let after = after.map(key);
+    let mut rows = view.scan(&key(prefix), after.as_deref(), limit + 1)?;
+    let has_more = rows.len() > limit;
+    rows.truncate(limit);
+    let id_start = key("").len();
+    let mut streams = Vec::with_capacity(rows.len());
+    for (row_key, value) in rows {
+        let summary = match category {
+            None => serde_json::from_slice(&value)?,
+            Some(_) => {
+                let id = String::from_utf8_lossy(&row_key[id_start..]);
                 // The index and the summaries are written in one batch: a hole is a bug.
-                let summary = view.get_json(&keys::stream(&id))?.ok_or_else(|| {
-                    ProjectionError::Corruption {
+                view.get_json(&keys::stream(&id))?
+                    .ok_or_else(|| ProjectionError::Corruption {
                         what: "stream catalog".into(),
                         reason: format!(
                             "the category index names stream {id}, which has no summary"
                         ),
-                    }
-                })?;
-                streams.push(summary);
+                    })?
             }
-            has_more
-        }
-    };
+        };
+        streams.push(summary);
+    }
     Ok(StreamList { streams, has_more })
 }
 

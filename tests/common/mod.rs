@@ -94,6 +94,24 @@ impl TestServer {
         Self::start(ServerConfig::default()).await
     }
 
+    /// A server that accepts one fresh key per role in `roles`, and those keys, in order.
+    pub async fn with_keys(roles: &[annals::server::auth::Role]) -> (Self, Vec<String>) {
+        let mut keys = Vec::new();
+        let mut lines = String::new();
+        for role in roles {
+            let (key, line) = annals::server::auth::generate_key(*role).unwrap();
+            keys.push(key);
+            lines.push_str(&line);
+            lines.push('\n');
+        }
+        let server = Self::start(ServerConfig {
+            api_keys: annals::server::auth::ApiKeys::parse(&lines).unwrap(),
+            ..ServerConfig::default()
+        })
+        .await;
+        (server, keys)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
