@@ -5,8 +5,10 @@ mod common;
 
 use annals::server::ServerConfig;
 use annals::server::auth::{ApiKeys, RateLimit, Role, generate_key};
+use annals_store::EventStore;
 use common::*;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_queries_head_stream_and_events() {
@@ -808,4 +810,71 @@ async fn each_key_has_its_own_rate_limit() {
     assert_eq!(e["extensions"]["retryAfter"], retry_after);
     // Another key is not affected.
     server.ok_as(Some(&writer), "{ head }", json!({})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_its_request_id_cors_and_a_coded_timeout() {
+    let server = TestServer::start(ServerConfig {
+        request_timeout: Duration::from_millis(300),
+        stale_read_timeout: Duration::from_secs(5),
+        ..ServerConfig::default()
+    })
+    .await;
+    // The client's id is echoed; without one the server makes a UUID.
+    let response = server
+        .client
+        .post(server.url("/graphql"))
+        .header("x-request-id", "edge-test-1")
+        .header("origin", "https://app.example")
+        .json(&json!({ "query": "{ head }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "edge-test-1");
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+    let response = server
+        .client
+        .get(server.url("/health"))
+        .send()
+        .await
+        .unwrap();
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    // A read waiting for a paused read model outlives the request timeout: the answer is
+    // a coded GraphQL error, and it keeps its CORS headers.
+    server
+        .ok(
+            r#"mutation { pauseProjection(name: "products") { state } }"#,
+            json!({}),
+        )
+        .await;
+    product(&server, "edge-p", 100, 1).await;
+    let head = server.store.head().get().to_string();
+    let response = server
+        .client
+        .post(server.url("/graphql"))
+        .header("origin", "https://app.example")
+        .json(&json!({
+            "query": "query($at: Position) { product(id: \"edge-p\", atLeast: $at) { id } }",
+            "variables": { "at": head },
+        }))
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (response.status(), response.headers().clone());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(headers["access-control-allow-origin"], "*");
+    assert!(headers.contains_key("x-request-id"));
+    let (code, error) = first_error(&body);
+    assert_eq!(code, "INTERNAL");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("longer than the server allows")
+    );
 }

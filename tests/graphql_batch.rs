@@ -245,3 +245,81 @@ async fn orders_for_one_product_queue_in_the_process_instead_of_conflicting() {
         .await;
     assert_eq!(data["product"]["reserved"], "480");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_variable_runs_nothing_whether_or_not_the_text_is_cached() {
+    let server = TestServer::open().await;
+    // Two appends in one mutation: the second's variable decides whether any runs.
+    let two = r#"mutation($a: String!, $n: Int!, $kind: StreamState!) {
+      first: appendToStream(streamId: $a, expectedVersion: {state: ANY}, events: [{type: "T", payload: {}}]) { position }
+      second: appendToStream(streamId: $a, expectedVersion: {state: $kind}, events: [{type: "T", payload: {n: $n}}]) { position }
+    }"#;
+    let cases = [
+        (json!({ "a": "vars-1", "n": "one", "kind": "ANY" }), "$n"),
+        (
+            json!({ "a": "vars-1", "n": 1, "kind": "SOMETIMES" }),
+            "$kind",
+        ),
+        (json!({ "a": "vars-1", "kind": "ANY" }), "$n"),
+        (json!({ "a": null, "n": 1, "kind": "ANY" }), "$a"),
+    ];
+    // The first request validates the text; the rest meet it in the cache.
+    for round in 0..2 {
+        for (variables, name) in &cases {
+            let (code, error) = server.error(two, variables.clone()).await;
+            assert_eq!(code, "BAD_USER_INPUT", "round {round}: {error}");
+            let message = error["message"].as_str().unwrap();
+            assert!(message.contains(name), "round {round}: {message}");
+            assert_eq!(server.store.head().get(), 0, "round {round}: nothing ran");
+        }
+    }
+    let data = server
+        .ok(two, json!({ "a": "vars-1", "n": 1, "kind": "ANY" }))
+        .await;
+    assert_eq!(data["second"]["position"], "2");
+    // A wrong literal stays a validation error after the text's variables were cached.
+    let literal = r#"mutation($a: String!) { appendToStream(streamId: $a, expectedVersion: {state: SOMETIMES}, events: []) { position } }"#;
+    for _ in 0..2 {
+        let (code, _) = server.error(literal, json!({ "a": "x" })).await;
+        assert_eq!(code, "BAD_USER_INPUT");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persisted_mutation_is_refused_over_get() {
+    let server = TestServer::open().await;
+    let hash = hex::encode(Sha256::digest(APPEND.as_bytes()));
+    let persisted = json!({ "persistedQuery": { "version": 1, "sha256Hash": hash } });
+    let (_, body) = post(
+        &server,
+        json!({ "query": APPEND, "variables": { "s": "get-1", "n": 1 }, "extensions": persisted }),
+    )
+    .await;
+    assert!(body.get("errors").is_none(), "{body}");
+    let response = server
+        .client
+        .get(server.url("/graphql"))
+        .query(&[
+            ("variables", json!({ "s": "get-1", "n": 2 }).to_string()),
+            ("extensions", persisted.to_string()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    let (code, error) = common::first_error(&body);
+    assert_eq!(code, "BAD_USER_INPUT");
+    assert!(
+        error["message"].as_str().unwrap().contains("POST"),
+        "{error}"
+    );
+    assert_eq!(server.store.head().get(), 1, "the GET appended nothing");
+    // A hash that does not match the text is refused.
+    let (_, body) = post(
+        &server,
+        json!({ "query": "{ head }", "extensions": persisted }),
+    )
+    .await;
+    let (code, _) = common::first_error(&body);
+    assert_eq!(code, "BAD_USER_INPUT");
+}

@@ -33,7 +33,7 @@ fn spawn_server(data: &Path, keys: &Path, log: &Path, format: &str) -> Server {
         .arg(keys)
         .env_remove("ANNALS_API_KEYS")
         .env_remove("ANNALS_LOG_FORMAT")
-        .env("RUST_LOG", "info,tower_http=debug")
+        .env("RUST_LOG", "info,annals::server=debug")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()

@@ -25,10 +25,9 @@ use std::time::Duration;
 
 use annals_projections::ProjectionRuntime;
 use annals_store::{CommandContext, SharedStore};
-use async_graphql::extensions::apollo_persisted_queries::{
-    ApolloPersistedQueries, LruCacheStorage,
+use async_graphql::{
+    Context, Guard, MergedObject, MergedSubscription, Schema, SchemaBuilder, ValidationMode,
 };
-use async_graphql::{Context, Guard, MergedObject, MergedSubscription, Schema, SchemaBuilder};
 use tokio::sync::watch;
 
 use crate::domain::Commerce;
@@ -40,6 +39,7 @@ use error::ApiError;
 use lifecycle::LifecycleMutation;
 use webhooks::{WebhookMutation, WebhookQuery};
 
+pub use documents::Graphql;
 pub use mutation::{AdminMutation, CommandMutation};
 pub use query::LogQuery;
 pub use read_models::{Amount, ProjectionMutation, ReadModelQuery};
@@ -204,15 +204,20 @@ pub fn schema_builder(limits: GraphqlLimits) -> SchemaBuilder<Query, Mutation, S
     )
     .limit_depth(limits.max_depth)
     .limit_complexity(limits.max_complexity)
-    .extension(documents::DocumentCache::default())
-    // Automatic persisted queries: a client may send the query's sha256 instead of its
-    // text once the server has seen the text (Apollo's protocol).
-    .extension(ApolloPersistedQueries::new(LruCacheStorage::new(1024)))
 }
 
-/// The executable schema.
-pub fn build_schema(context: ApiContext) -> AnnalsSchema {
-    schema_builder(context.limits).data(context).finish()
+/// The executable schema behind its document cache: the schema proper validates in fast
+/// mode (limits only) because [`Graphql`] validates each document's text once with a
+/// strict copy of it and checks the variables of every request (see [`documents`]).
+pub fn build_schema(context: ApiContext) -> Graphql {
+    let limits = context.limits;
+    let validated = documents::ValidateOnly::default();
+    let validator = schema_builder(limits).extension(validated.clone()).finish();
+    let schema = schema_builder(limits)
+        .validation_mode(ValidationMode::Fast)
+        .data(context)
+        .finish();
+    Graphql::new(schema, validator, validated)
 }
 
 /// The schema in SDL, as published in `schema/annals.graphql`.

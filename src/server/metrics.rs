@@ -8,8 +8,6 @@
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -47,7 +45,7 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 pub struct OperationLabel(pub String);
 
 /// The label of a request that no handler named: its route when known.
-fn route_label(path: &str) -> &'static str {
+pub(super) fn route_label(path: &str) -> &'static str {
     match path {
         "/graphql" => "graphql",
         "/graphql/ws" => "subscription",
@@ -58,21 +56,25 @@ fn route_label(path: &str) -> &'static str {
     }
 }
 
-/// Counts every request and times it, by operation and status.
-pub async fn track(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = route_label(request.uri().path());
-    let response = next.run(request).await;
-    let operation = response
-        .extensions()
-        .get::<OperationLabel>()
-        .map_or_else(|| route.to_string(), |l| l.0.clone());
-    let status = response.status().as_u16().to_string();
+/// Counts a request and times it, by operation (the GraphQL operation a handler named,
+/// else `route`) and status.
+pub(super) fn record(route: &'static str, response: &Response, started: Instant) {
+    let operation: metrics::SharedString = match response.extensions().get::<OperationLabel>() {
+        Some(label) => label.0.clone().into(),
+        None => route.into(),
+    };
+    let status: metrics::SharedString = match response.status().as_u16() {
+        200 => "200".into(),
+        400 => "400".into(),
+        401 => "401".into(),
+        403 => "403".into(),
+        429 => "429".into(),
+        code => code.to_string().into(),
+    };
     metrics::counter!("http_requests_total", "operation" => operation.clone(), "status" => status.clone())
         .increment(1);
     metrics::histogram!("http_request_duration_seconds", "operation" => operation, "status" => status)
         .record(started.elapsed().as_secs_f64());
-    response
 }
 
 /// Copies the store's write-path counters into the registry, then renders it.

@@ -6,12 +6,14 @@
 //! gets an `X-Request-ID` (the client's or a fresh UUID), echoed in the response and
 //! recorded on the tracing span that every log line of the request is emitted in.
 //!
-//! Layers, outermost first: request id → the caller's principal (resolved once) → trace
-//! span → metrics → CORS → compression → timeout → body-limit errors as GraphQL errors → body limit (refuses a body whose
-//! `Content-Length` is over the limit before reading it, and stops reading a streamed
-//! one at the limit). The GraphQL routes add authentication and the per-key rate limit.
+//! Layers, outermost first: CORS → compression → the edge ([`edge`]: request id, the
+//! caller's principal resolved once, trace span, timeout, metrics, and the errors of the
+//! layers below as GraphQL errors) → body limit (refuses a body whose `Content-Length`
+//! is over the limit before reading it, and stops reading a streamed one at the limit).
+//! The GraphQL routes add authentication and the per-key rate limit.
 
 pub mod auth;
+mod edge;
 pub mod metrics;
 mod routes;
 pub mod samples;
@@ -27,8 +29,8 @@ use annals_projections::process::ProcessHandle;
 use annals_store::SharedStore;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Method, StatusCode, header};
-use axum::middleware::{from_fn, from_fn_with_state};
+use axum::http::{HeaderName, Method, header};
+use axum::middleware::from_fn_with_state;
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -36,12 +38,9 @@ use tower::ServiceBuilder;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 
 use crate::domain::Commerce;
-use crate::graphql::{self, AnnalsSchema, ApiContext, GraphqlLimits};
+use crate::graphql::{self, ApiContext, Graphql, GraphqlLimits};
 use crate::read_models::{CommerceReadModels, PageLimits};
 use auth::{ApiKeys, KeyRateLimiter, KeyRing, RateLimit};
 
@@ -104,7 +103,7 @@ pub struct AppState {
 struct Inner {
     store: SharedStore,
     projections: ProjectionRuntime,
-    schema: AnnalsSchema,
+    schema: Graphql,
     limiter: KeyRateLimiter,
     config: ServerConfig,
     shutdown: watch::Sender<bool>,
@@ -231,8 +230,8 @@ impl AppState {
         &self.inner.projections
     }
 
-    /// The executable schema.
-    pub fn schema(&self) -> &AnnalsSchema {
+    /// The executable schema, behind its document cache.
+    pub fn schema(&self) -> &Graphql {
         &self.inner.schema
     }
 
@@ -295,21 +294,9 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(
             ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                .layer(from_fn_with_state(state.clone(), routes::identify))
-                .layer(TraceLayer::new_for_http().make_span_with(routes::request_span))
-                .layer(from_fn(metrics::track))
                 .layer(cors)
                 .layer(CompressionLayer::new())
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::REQUEST_TIMEOUT,
-                    config.request_timeout,
-                ))
-                .layer(from_fn_with_state(
-                    config.max_body_bytes,
-                    routes::layer_errors_as_graphql,
-                ))
+                .layer(from_fn_with_state(state.clone(), edge::edge))
                 .layer(RequestBodyLimitLayer::new(config.max_body_bytes)),
         )
         .with_state(state)

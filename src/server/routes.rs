@@ -2,9 +2,9 @@
 
 use annals_store::EventStore;
 
-use async_graphql::Data;
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::parser::types::OperationType;
+use async_graphql::{Data, Executor};
 use async_graphql_axum::{GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -19,48 +19,8 @@ use serde_json::{Map, Value, json};
 use super::auth::Principal;
 use super::metrics::OperationLabel;
 use super::{AppState, REQUEST_ID};
-use crate::graphql::RequestId;
 use crate::graphql::error::{self, ApiError};
-
-/// Resolves the caller's API key once per request, before the request's span is made, and
-/// leaves the principal in the request's extensions: the span records it (so every log
-/// line of the request carries it) and [`authenticate`] uses it. A refused key is left to
-/// `authenticate`, which answers it on the routes that need a key.
-pub(super) async fn identify(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if let Ok(Some(principal)) = state.api_keys().authenticate(header) {
-        request.extensions_mut().insert(principal);
-    }
-    next.run(request).await
-}
-
-/// The span every log line of a request is emitted in: method, path, request id and the
-/// principal [`identify`] found.
-pub(super) fn request_span(request: &Request) -> tracing::Span {
-    let request_id = request
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
-    let span = tracing::info_span!(
-        "request",
-        method = %request.method(),
-        path = %request.uri().path(),
-        request_id = %request_id,
-        principal = tracing::field::Empty,
-    );
-    if let Some(principal) = request.extensions().get::<Principal>() {
-        span.record("principal", principal.id.as_str());
-    }
-    span
-}
+use crate::graphql::{Graphql, RequestId};
 
 fn request_id(headers: &HeaderMap) -> RequestId {
     RequestId(
@@ -70,6 +30,18 @@ fn request_id(headers: &HeaderMap) -> RequestId {
             .unwrap_or_default()
             .to_string(),
     )
+}
+
+/// The request id (set by the request-id layer), taken without copying the headers.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(request_id(&parts.headers))
+    }
 }
 
 /// Resolves the caller's API key and takes one request from its rate budget. A wrong
@@ -104,28 +76,6 @@ pub(super) async fn authenticate(
     next.run(request).await
 }
 
-/// Turns the bare error responses of the body-limit and timeout layers into GraphQL
-/// errors with codes.
-pub(super) async fn layer_errors_as_graphql(
-    State(limit): State<usize>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let response = next.run(request).await;
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("json"));
-    if is_json {
-        return response;
-    }
-    match error::from_status(response.status(), limit) {
-        Some(error) => error.into_response(),
-        None => response,
-    }
-}
-
 fn operation_label(request: &async_graphql::Request) -> String {
     match request.operation_name.as_deref() {
         Some(name)
@@ -139,11 +89,19 @@ fn operation_label(request: &async_graphql::Request) -> String {
     }
 }
 
+/// Whether a request may run a mutation: a GET may not.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Get,
+    Post,
+}
+
 async fn execute(
     state: &AppState,
     principal: Option<Principal>,
     request_id: RequestId,
     request: async_graphql::Request,
+    method: Method,
 ) -> Response {
     let Some(principal) = principal else {
         return ApiError::unauthenticated(
@@ -152,8 +110,19 @@ async fn execute(
         .into_response();
     };
     let label = operation_label(&request);
-    let request = request.data(principal).data(request_id);
-    let mut response = state.schema().execute(request).await;
+    let mut response = match state.schema().prepare(request).await {
+        Ok(mut request) => {
+            // Known only now: an automatic persisted query's text was not in the request.
+            if method == Method::Get
+                && Graphql::operation_type(&mut request) == Some(OperationType::Mutation)
+            {
+                return ApiError::bad_input("mutations must be sent with POST").into_response();
+            }
+            let request = request.data(principal).data(request_id);
+            state.schema().execute_prepared(request).await
+        }
+        Err(errors) => async_graphql::Response::from_errors(errors),
+    };
     error::finish_response(&mut response);
     let mut http = GraphQLResponse::from(response).into_response();
     http.extensions_mut().insert(OperationLabel(label));
@@ -164,7 +133,7 @@ async fn execute(
 pub(super) async fn graphql_post(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,
-    headers: HeaderMap,
+    request_id: RequestId,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let body = match body {
@@ -182,13 +151,7 @@ pub(super) async fn graphql_post(
             Ok(requests) => requests,
             Err(e) => return error::malformed_body(&e).into_response(),
         };
-        return execute_batch(
-            &state,
-            principal.map(|p| p.0),
-            request_id(&headers),
-            requests,
-        )
-        .await;
+        return execute_batch(&state, principal.map(|p| p.0), request_id, requests).await;
     }
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(request) => request,
@@ -197,8 +160,9 @@ pub(super) async fn graphql_post(
     execute(
         &state,
         principal.map(|p| p.0),
-        request_id(&headers),
+        request_id,
         request,
+        Method::Post,
     )
     .await
 }
@@ -270,29 +234,14 @@ pub(super) async fn graphql_get(
         Ok(graphql) => graphql,
         Err(e) => return error::malformed_body(&e).into_response(),
     };
-    if is_mutation(&graphql) {
-        return ApiError::bad_input("mutations must be sent with POST").into_response();
-    }
     execute(
         &state,
         principal.map(|p| p.0),
         request_id(&headers),
         graphql,
+        Method::Get,
     )
     .await
-}
-
-fn is_mutation(request: &async_graphql::Request) -> bool {
-    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
-        return false;
-    };
-    document.operations.iter().any(|(name, op)| {
-        let selected = match (&request.operation_name, name) {
-            (Some(wanted), Some(name)) => wanted.as_str() == name.as_str(),
-            _ => true,
-        };
-        selected && op.node.ty == OperationType::Mutation
-    })
 }
 
 /// `GET /graphql/ws`: subscriptions over graphql-transport-ws (and the legacy
