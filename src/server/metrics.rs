@@ -5,7 +5,8 @@
 //! installed once ([`handle`]) and shared by every server the process runs (tests run
 //! several).
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
 use axum::response::Response;
@@ -56,25 +57,51 @@ pub(super) fn route_label(path: &str) -> &'static str {
     }
 }
 
+/// A request's counter and timer, by status and then operation.
+type Handles = HashMap<u16, HashMap<Box<str>, (metrics::Counter, metrics::Histogram)>>;
+
+/// Labels kept at most in [`HANDLES`]; past it a request's handles are looked up in the
+/// registry each time (operation names come from clients).
+const MAX_HANDLES: usize = 4096;
+
+/// The handles of the labels seen so far: the registry's lookup builds and hashes a key
+/// of labels per call, which costs more than the rest of a small request's accounting.
+static HANDLES: OnceLock<RwLock<(usize, Handles)>> = OnceLock::new();
+
 /// Counts a request and times it, by operation (the GraphQL operation a handler named,
 /// else `route`) and status.
 pub(super) fn record(route: &'static str, response: &Response, started: Instant) {
-    let operation: metrics::SharedString = match response.extensions().get::<OperationLabel>() {
-        Some(label) => label.0.clone().into(),
-        None => route.into(),
-    };
-    let status: metrics::SharedString = match response.status().as_u16() {
-        200 => "200".into(),
-        400 => "400".into(),
-        401 => "401".into(),
-        403 => "403".into(),
-        429 => "429".into(),
-        code => code.to_string().into(),
-    };
-    metrics::counter!("http_requests_total", "operation" => operation.clone(), "status" => status.clone())
-        .increment(1);
-    metrics::histogram!("http_request_duration_seconds", "operation" => operation, "status" => status)
-        .record(started.elapsed().as_secs_f64());
+    let operation = response
+        .extensions()
+        .get::<OperationLabel>()
+        .map_or(route, |label| label.0.as_str());
+    let status = response.status().as_u16();
+    let seconds = started.elapsed().as_secs_f64();
+    let handles = HANDLES.get_or_init(Default::default);
+    {
+        let held = handles.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some((requests, duration)) = held.1.get(&status).and_then(|m| m.get(operation)) {
+            requests.increment(1);
+            duration.record(seconds);
+            return;
+        }
+    }
+    let labels = [
+        ("operation", operation.to_string()),
+        ("status", status.to_string()),
+    ];
+    let requests = metrics::counter!("http_requests_total", &labels);
+    let duration = metrics::histogram!("http_request_duration_seconds", &labels);
+    requests.increment(1);
+    duration.record(seconds);
+    let mut held = handles.write().unwrap_or_else(PoisonError::into_inner);
+    if held.0 < MAX_HANDLES {
+        held.0 += 1;
+        held.1
+            .entry(status)
+            .or_default()
+            .insert(operation.into(), (requests, duration));
+    }
 }
 
 /// Copies the store's write-path counters into the registry, then renders it.
