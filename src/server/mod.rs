@@ -10,7 +10,8 @@
 //! caller's principal resolved once, trace span, timeout, metrics, and the errors of the
 //! layers below as GraphQL errors) → body limit (refuses a body whose `Content-Length`
 //! is over the limit before reading it, and stops reading a streamed one at the limit).
-//! The GraphQL routes add authentication and the per-key rate limit.
+//! The GraphQL routes and `/export` take their caller with `routes::Caller`, which
+//! refuses a wrong key and applies the per-key rate limit.
 
 pub mod auth;
 mod edge;
@@ -278,8 +279,7 @@ pub fn app(state: AppState) -> Router {
             get(routes::graphql_get).post(routes::graphql_post),
         )
         .route("/graphql/ws", get(routes::graphql_ws))
-        .route("/export", get(routes::export))
-        .route_layer(from_fn_with_state(state.clone(), routes::authenticate));
+        .route("/export", get(routes::export));
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST])

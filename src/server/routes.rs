@@ -6,14 +6,13 @@ use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::parser::types::OperationType;
 use async_graphql::{Data, Executor};
 use async_graphql_axum::{GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde_json::{Map, Value, json};
 
 use super::auth::Principal;
@@ -44,36 +43,42 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
     }
 }
 
-/// Resolves the caller's API key and takes one request from its rate budget. A wrong
-/// key is refused here; a missing one is left to the route (GraphiQL needs none, the
-/// WebSocket route may get the key in `connection_init`).
-pub(super) async fn authenticate(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let identified = request.extensions().get::<Principal>().cloned();
-    let resolved = match identified {
-        Some(principal) => Ok(Some(principal)),
-        None => {
-            let header = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .map(|v| v.to_str().unwrap_or("<not UTF-8>"));
-            state.api_keys().authenticate(header)
-        }
-    };
-    match resolved {
-        Err(error) => return error.into_response(),
-        Ok(Some(principal)) => {
-            if let Err(error) = state.limiter().check(&principal) {
-                return error.into_response();
+/// The caller of a route that takes an API key, with one request taken from its rate
+/// budget. A wrong key is refused; a missing one is left to the route (GraphiQL needs
+/// none, the WebSocket route may get the key in `connection_init`). An extractor rather
+/// than a layer: a layer would clone the route's service for every request.
+pub(super) struct Caller(pub Option<Principal>);
+
+impl axum::extract::FromRequestParts<AppState> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        // The edge resolved a good key already.
+        let resolved = match parts.extensions.get::<Principal>() {
+            Some(principal) => Ok(Some(principal.clone())),
+            None => {
+                let header = parts
+                    .headers
+                    .get(header::AUTHORIZATION)
+                    .map(|v| v.to_str().unwrap_or("<not UTF-8>"));
+                state.api_keys().authenticate(header)
             }
-            request.extensions_mut().insert(principal);
+        };
+        match resolved {
+            Err(error) => Err(error.into_response()),
+            Ok(Some(principal)) => {
+                state
+                    .limiter()
+                    .check(&principal)
+                    .map_err(IntoResponse::into_response)?;
+                Ok(Caller(Some(principal)))
+            }
+            Ok(None) => Ok(Caller(None)),
         }
-        Ok(None) => {}
     }
-    next.run(request).await
 }
 
 fn operation_label(request: &async_graphql::Request) -> String {
@@ -132,7 +137,7 @@ async fn execute(
 /// `POST /graphql`: one GraphQL request as JSON.
 pub(super) async fn graphql_post(
     State(state): State<AppState>,
-    principal: Option<Extension<Principal>>,
+    Caller(principal): Caller,
     request_id: RequestId,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -151,20 +156,13 @@ pub(super) async fn graphql_post(
             Ok(requests) => requests,
             Err(e) => return error::malformed_body(&e).into_response(),
         };
-        return execute_batch(&state, principal.map(|p| p.0), request_id, requests).await;
+        return execute_batch(&state, principal, request_id, requests).await;
     }
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => return error::malformed_body(&e).into_response(),
     };
-    execute(
-        &state,
-        principal.map(|p| p.0),
-        request_id,
-        request,
-        Method::Post,
-    )
-    .await
+    execute(&state, principal, request_id, request, Method::Post).await
 }
 
 /// A batch: every operation counts against the key's rate limit, they run concurrently
@@ -222,7 +220,7 @@ fn wants_html(headers: &HeaderMap) -> bool {
 /// the query string.
 pub(super) async fn graphql_get(
     State(state): State<AppState>,
-    principal: Option<Extension<Principal>>,
+    Caller(principal): Caller,
     headers: HeaderMap,
     request: Request,
 ) -> Response {
@@ -236,7 +234,7 @@ pub(super) async fn graphql_get(
     };
     execute(
         &state,
-        principal.map(|p| p.0),
+        principal,
         request_id(&headers),
         graphql,
         Method::Get,
@@ -250,14 +248,13 @@ pub(super) async fn graphql_get(
 /// a WebSocket).
 pub(super) async fn graphql_ws(
     State(state): State<AppState>,
-    principal: Option<Extension<Principal>>,
+    Caller(principal): Caller,
     headers: HeaderMap,
     protocol: GraphQLProtocol,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let schema = state.schema().clone();
     let request_id = request_id(&headers);
-    let principal = principal.map(|p| p.0);
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| async move {
@@ -437,15 +434,15 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
 /// streamed in constant memory up to the head at the start of the request. Admin role.
 pub(super) async fn export(
     State(state): State<AppState>,
-    principal: Option<axum::Extension<crate::server::auth::Principal>>,
+    Caller(principal): Caller,
     query: Result<
         axum::extract::Query<crate::audit::ExportQuery>,
         axum::extract::rejection::QueryRejection,
     >,
 ) -> Response {
     match principal {
-        Some(axum::Extension(p)) if p.role >= crate::server::auth::Role::Admin => {}
-        Some(axum::Extension(p)) => {
+        Some(p) if p.role >= crate::server::auth::Role::Admin => {}
+        Some(p) => {
             return ApiError::forbidden("admin", p.role.as_str()).into_response();
         }
         None => return ApiError::unauthenticated("an API key is required").into_response(),
