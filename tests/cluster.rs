@@ -625,6 +625,36 @@ async fn sixty_four_buyers_for_ten_units_over_two_nodes() {
 
 /// Every node of a cluster keeps the checkouts' state, and only the writing node calls
 /// the payment gateway: each payment is authorized with one call in the whole cluster.
+
+/// A command on the node that does not write decides on its replica, which may be a
+/// moment behind the writer: a refusal (here: the product is unknown) is final only once
+/// the replica holds everything the stream acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_right_after_a_write_on_another_node_sees_that_write() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (nats, root, http) = cluster();
+    let [a, b] = two_nodes(&nats, root.path(), &http).await;
+    let (writer, follower) = if a.leading(&http).await {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    for i in 0..40 {
+        let id = format!("fresh-{i}");
+        graphql(&http, &writer.base(), REGISTER, json!({ "id": id }))
+            .await
+            .unwrap();
+        graphql(
+            &http,
+            &follower.base(),
+            RECEIVE,
+            json!({ "id": id, "n": 1 }),
+        )
+        .await
+        .unwrap_or_else(|code| panic!("receiving {id} right after its registration: {code}"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_checks_out_with_one_gateway_call_per_payment() {
     let _one = ONE_AT_A_TIME.lock().await;

@@ -54,6 +54,8 @@ pub struct ClusterEventStore {
 struct Inner {
     replica: RocksEventStore,
     client: Client,
+    /// The log's stream, for the last sequence a read barrier waits for.
+    stream: jetstream::stream::Stream,
     options: ClusterOptions,
     append_subject: String,
     /// Most estimated bytes of one append, so that any group fits in one message.
@@ -194,7 +196,7 @@ impl ClusterEventStore {
         if options.role == Role::All {
             let lease = Lease {
                 bucket,
-                stream,
+                stream: stream.clone(),
                 replica: replica.clone(),
                 client: client.clone(),
                 append_subject: append_subject.clone(),
@@ -209,6 +211,7 @@ impl ClusterEventStore {
             inner: Arc::new(Inner {
                 replica,
                 client,
+                stream,
                 options,
                 append_subject,
                 max_append_bytes,
@@ -630,6 +633,35 @@ impl EventStore for ClusterEventStore {
 
     fn is_failed(&self) -> bool {
         EventStore::is_failed(&self.inner.replica) || self.inner.health.diverged().is_some()
+    }
+
+    /// The writer's replica holds every acknowledged group already. Another node asks the
+    /// stream for its last sequence and waits (at most the request timeout) until its
+    /// replica has applied it. Without NATS the barrier cannot be had, and the view stays
+    /// as it is.
+    async fn catch_up(&self) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        if inner.replica.is_leading() {
+            return Ok(false);
+        }
+        let before = inner.replica.log_sequence();
+        let last = match inner.stream.get_info().await {
+            Ok(info) => info.state.last_sequence,
+            Err(error) => {
+                tracing::debug!(%error, "no read barrier: the log's stream did not answer");
+                return Ok(false);
+            }
+        };
+        if last <= before {
+            return Ok(false);
+        }
+        let mut sequence = inner.replica.subscribe_log_sequence();
+        let _ = tokio::time::timeout(
+            inner.options.request_timeout,
+            sequence.wait_for(|s| *s >= last),
+        )
+        .await;
+        Ok(inner.replica.log_sequence() > before)
     }
 
     fn close(&self) {

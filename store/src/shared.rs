@@ -61,6 +61,7 @@ trait ErasedStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<ChainReport, StoreError>>;
     fn stats(&self) -> StoreStats;
     fn is_failed(&self) -> bool;
+    fn catch_up(&self) -> BoxFuture<'_, Result<bool, StoreError>>;
     fn close(&self);
     fn load_snapshot<'a>(
         &'a self,
@@ -134,6 +135,9 @@ impl<S: EventStore + SnapshotStore> ErasedStore for S {
     }
     fn is_failed(&self) -> bool {
         EventStore::is_failed(self)
+    }
+    fn catch_up(&self) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(EventStore::catch_up(self))
     }
     fn close(&self) {
         EventStore::close(self)
@@ -242,6 +246,10 @@ impl EventStore for SharedStore {
 
     fn is_failed(&self) -> bool {
         self.inner.is_failed()
+    }
+
+    fn catch_up(&self) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        self.inner.catch_up()
     }
 
     fn close(&self) {

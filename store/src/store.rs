@@ -205,6 +205,16 @@ pub trait EventStore: Send + Sync + 'static {
         to: Position,
     ) -> impl Future<Output = Result<ChainReport, StoreError>> + Send;
 
+    /// Brings this store's view of the log up to every append acknowledged so far,
+    /// wherever it was made (a read barrier), and tells whether the view moved. A store
+    /// that is the only writer of its log is always current, which is the default. The
+    /// command bus calls it before a domain refusal becomes final: on a node that follows
+    /// another writer, a refusal decided on a replica a moment behind would otherwise be
+    /// final, since no expected version catches it.
+    fn catch_up(&self) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        async { Ok(false) }
+    }
+
     /// Counters of the write path, for metrics (zeros where the store keeps none).
     fn stats(&self) -> StoreStats {
         StoreStats::default()

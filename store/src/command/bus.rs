@@ -307,6 +307,15 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
                 tx = self.begin(ctx, attempt + 1, last_conflict.as_ref()).await;
                 decided = decision.decide(&mut tx).await;
             }
+            // For the same reason, a refusal is final only on the latest log: a store that
+            // follows another writer (a cluster node) may hold a replica a moment behind.
+            if matches!(decided, Err(CommandError::Rejected(_)))
+                && matches!(self.store.catch_up().await, Ok(true))
+            {
+                drop(tx);
+                tx = self.begin(ctx, attempt + 1, last_conflict.as_ref()).await;
+                decided = decision.decide(&mut tx).await;
+            }
             decided?;
             match tx.commit().await {
                 Err(StoreError::WrongExpectedVersion { stream, .. }) => {
