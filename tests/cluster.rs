@@ -623,9 +623,6 @@ async fn sixty_four_buyers_for_ten_units_over_two_nodes() {
     }
 }
 
-/// Every node of a cluster keeps the checkouts' state, and only the writing node calls
-/// the payment gateway: each payment is authorized with one call in the whole cluster.
-
 /// A command on the node that does not write decides on its replica, which may be a
 /// moment behind the writer: a refusal (here: the product is unknown) is final only once
 /// the replica holds everything the stream acknowledged.
@@ -655,6 +652,8 @@ async fn a_command_right_after_a_write_on_another_node_sees_that_write() {
     }
 }
 
+/// Every node of a cluster keeps the checkouts' state, and only the writing node calls
+/// the payment gateway: each payment is authorized with one call in the whole cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_checks_out_with_one_gateway_call_per_payment() {
     let _one = ONE_AT_A_TIME.lock().await;

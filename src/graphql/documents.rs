@@ -4,12 +4,12 @@
 //! Validation splits in two. What a document's text decides (fields exist, arguments are
 //! known and their literals have the right types, fragments, variables declared and used
 //! where allowed) is checked once per text by a second schema, `validator`, in strict
-//! mode and with no variables, and the parsed document is kept. What the variables
-//! decide (each value against its declared type) is checked on every request when the
-//! operation reads them, as execution coerces them; a wrong value is then an error of
-//! the field that reads it. The executing schema runs in fast mode, which still enforces
-//! the depth and complexity limits on every request, so a cached document never skips a
-//! limit.
+//! mode and with no variables, and the parsed document is kept. What the variables decide
+//! is checked on every request, here: each variable the selected operation declares must
+//! be a valid value of its declared type, as GraphQL's variable coercion requires before
+//! execution, so a wrong value refuses the whole request and nothing runs. The executing
+//! schema runs in fast mode, which still enforces the depth and complexity limits on every
+//! request, so a cached document never skips a limit.
 //!
 //! No schema extension is installed: with any extension, async-graphql wraps every field
 //! of every request in the extension chain, which costs more than the work of a small
@@ -128,11 +128,6 @@ impl Graphql {
                 persisted: Bounded::new(),
             }),
         }
-    }
-
-    /// The executing schema (for its SDL and registry; execute through [`Self::execute`]).
-    pub fn schema(&self) -> &AnnalsSchema {
-        &self.inner.schema
     }
 
     /// Resolves the request's document: its persisted text, then the validated and
