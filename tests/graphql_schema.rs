@@ -166,7 +166,7 @@ fn serve_logs_request_ids_and_stops_gracefully_on_sigterm() {
     let mut child = annals()
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
-        .env("RUST_LOG", "info,tower_http=debug")
+        .env("RUST_LOG", "info,annals::server=debug")
         .env("NO_COLOR", "1")
         .env_remove("ANNALS_API_KEYS")
         .env_remove("ANNALS_API_KEYS_FILE")

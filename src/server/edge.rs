@@ -52,6 +52,7 @@ pub(super) async fn edge(
     let config = state.config();
     let (timeout, limit) = (config.request_timeout, config.max_body_bytes);
     let mut response = async move {
+        tracing::debug!("started processing request");
         let response = match tokio::time::timeout(timeout, next.run(request)).await {
             Ok(response) => response,
             Err(_) => StatusCode::REQUEST_TIMEOUT.into_response(),
@@ -67,7 +68,7 @@ pub(super) async fn edge(
             tracing::debug!(
                 status = status.as_u16(),
                 latency_us = started.elapsed().as_micros() as u64,
-                "request finished"
+                "finished processing request"
             );
         }
         response
@@ -98,12 +99,12 @@ fn request_span(request: &Request, id: &str) -> tracing::Span {
     let principal = request
         .extensions()
         .get::<Principal>()
-        .map(|p| p.id.as_str());
+        .map(|p| tracing::field::display(p.id.as_str()));
     tracing::info_span!(
         "request",
         method = %request.method(),
-        path = request.uri().path(),
-        request_id = id,
+        path = %request.uri().path(),
+        request_id = %id,
         principal,
     )
 }
