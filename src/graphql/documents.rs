@@ -19,7 +19,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextExecute};
-use async_graphql::parser::types::{ExecutableDocument, OperationType};
+use async_graphql::parser::Positioned;
+use async_graphql::parser::types::{ExecutableDocument, OperationDefinition, OperationType};
 use async_graphql::registry::{MetaType, MetaTypeName, Registry};
 use async_graphql::{Data, Name, Request, Response, SchemaEnv, ServerError, Value};
 use futures::stream::BoxStream;
@@ -160,18 +161,11 @@ impl Graphql {
     }
 
     /// The operation type the request selects, once [`Self::prepare`] has set its
-    /// document (`None` when it names no operation of the document).
+    /// document (`None` when it selects none: the schema then names the error).
     pub fn operation_type(request: &mut Request) -> Option<OperationType> {
         let wanted = request.operation_name.clone();
         let document = request.parsed_query().ok()?;
-        document
-            .operations
-            .iter()
-            .find(|(name, _)| match (&wanted, name) {
-                (Some(wanted), Some(name)) => wanted.as_str() == name.as_str(),
-                _ => true,
-            })
-            .map(|(_, operation)| operation.node.ty)
+        selected_operation(document, wanted.as_deref()).map(|operation| operation.node.ty)
     }
 
     /// Fills in the text of an automatic persisted query (Apollo's protocol): a hash the
@@ -235,6 +229,24 @@ fn error(message: &str) -> ServerError {
     ServerError::new(message, None)
 }
 
+/// The operation a request selects: the one named `wanted`, or the document's only one.
+/// `None` when the name is unknown or the document holds several and none is named.
+fn selected_operation<'a>(
+    document: &'a ExecutableDocument,
+    wanted: Option<&str>,
+) -> Option<&'a Positioned<OperationDefinition>> {
+    let mut operations = document.operations.iter();
+    match wanted {
+        Some(wanted) => operations
+            .find(|(name, _)| name.is_some_and(|name| name.as_str() == wanted))
+            .map(|(_, operation)| operation),
+        None => match (operations.next(), operations.next()) {
+            (Some((_, operation)), None) => Some(operation),
+            _ => None,
+        },
+    }
+}
+
 /// Checks each variable the selected operation declares against its declared type, as
 /// GraphQL's variable coercion does before execution: a wrong value is a request error
 /// and nothing runs (which matters for a mutation of several fields). An operation the
@@ -244,19 +256,7 @@ fn check_variables(
     document: &ExecutableDocument,
     request: &Request,
 ) -> Result<(), Vec<ServerError>> {
-    let wanted = request.operation_name.as_deref();
-    if wanted.is_none() && document.operations.iter().nth(1).is_some() {
-        return Ok(());
-    }
-    let Some((_, operation)) = document
-        .operations
-        .iter()
-        .find(|(name, _)| match (wanted, name) {
-            (Some(wanted), Some(name)) => wanted == name.as_str(),
-            (Some(_), None) => false,
-            (None, _) => true,
-        })
-    else {
+    let Some(operation) = selected_operation(document, request.operation_name.as_deref()) else {
         return Ok(());
     };
     let mut errors = Vec::new();

@@ -66,7 +66,7 @@ const MAX_HANDLES: usize = 4096;
 
 /// The handles of the labels seen so far: the registry's lookup builds and hashes a key
 /// of labels per call, which costs more than the rest of a small request's accounting.
-static HANDLES: OnceLock<RwLock<(usize, Handles)>> = OnceLock::new();
+static HANDLES: OnceLock<RwLock<Handles>> = OnceLock::new();
 
 /// Counts a request and times it, by operation (the GraphQL operation a handler named,
 /// else `route`) and status.
@@ -80,7 +80,7 @@ pub(super) fn record(route: &'static str, response: &Response, started: Instant)
     let handles = HANDLES.get_or_init(Default::default);
     {
         let held = handles.read().unwrap_or_else(PoisonError::into_inner);
-        if let Some((requests, duration)) = held.1.get(&status).and_then(|m| m.get(operation)) {
+        if let Some((requests, duration)) = held.get(&status).and_then(|m| m.get(operation)) {
             requests.increment(1);
             duration.record(seconds);
             return;
@@ -95,10 +95,8 @@ pub(super) fn record(route: &'static str, response: &Response, started: Instant)
     requests.increment(1);
     duration.record(seconds);
     let mut held = handles.write().unwrap_or_else(PoisonError::into_inner);
-    if held.0 < MAX_HANDLES {
-        held.0 += 1;
-        held.1
-            .entry(status)
+    if held.values().map(HashMap::len).sum::<usize>() < MAX_HANDLES {
+        held.entry(status)
             .or_default()
             .insert(operation.into(), (requests, duration));
     }

@@ -21,17 +21,7 @@ use super::{AppState, REQUEST_ID};
 use crate::graphql::error::{self, ApiError};
 use crate::graphql::{Graphql, RequestId};
 
-fn request_id(headers: &HeaderMap) -> RequestId {
-    RequestId(
-        headers
-            .get(REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string(),
-    )
-}
-
-/// The request id (set by the request-id layer), taken without copying the headers.
+/// The request id (set by the edge), taken without copying the headers.
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
     type Rejection = std::convert::Infallible;
 
@@ -39,7 +29,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
         parts: &mut axum::http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        Ok(request_id(&parts.headers))
+        let id = parts.headers.get(REQUEST_ID).and_then(|v| v.to_str().ok());
+        Ok(RequestId(id.unwrap_or_default().to_string()))
     }
 }
 
@@ -101,6 +92,13 @@ enum Method {
     Post,
 }
 
+/// The caller of an operation: one without a key is refused.
+fn required(principal: Option<Principal>) -> Result<Principal, ApiError> {
+    principal.ok_or_else(|| {
+        ApiError::unauthenticated("an API key is required: send `Authorization: Bearer <key>`")
+    })
+}
+
 async fn execute(
     state: &AppState,
     principal: Option<Principal>,
@@ -108,11 +106,9 @@ async fn execute(
     request: async_graphql::Request,
     method: Method,
 ) -> Response {
-    let Some(principal) = principal else {
-        return ApiError::unauthenticated(
-            "an API key is required: send `Authorization: Bearer <key>`",
-        )
-        .into_response();
+    let principal = match required(principal) {
+        Ok(principal) => principal,
+        Err(error) => return error.into_response(),
     };
     let label = operation_label(&request);
     let mut response = match state.schema().prepare(request).await {
@@ -173,11 +169,9 @@ async fn execute_batch(
     request_id: RequestId,
     requests: Vec<async_graphql::Request>,
 ) -> Response {
-    let Some(principal) = principal else {
-        return ApiError::unauthenticated(
-            "an API key is required: send `Authorization: Bearer <key>`",
-        )
-        .into_response();
+    let principal = match required(principal) {
+        Ok(principal) => principal,
+        Err(error) => return error.into_response(),
     };
     let limit = state.config().graphql.max_batch;
     if requests.is_empty() || requests.len() > limit {
@@ -221,25 +215,18 @@ fn wants_html(headers: &HeaderMap) -> bool {
 pub(super) async fn graphql_get(
     State(state): State<AppState>,
     Caller(principal): Caller,
-    headers: HeaderMap,
+    request_id: RequestId,
     request: Request,
 ) -> Response {
-    if wants_html(&headers) {
-        return crate::console::graphiql(headers).await;
+    if wants_html(request.headers()) {
+        return crate::console::graphiql(request.headers().clone()).await;
     }
     let query = request.uri().query().unwrap_or_default();
     let graphql = match async_graphql::http::parse_query_string(query) {
         Ok(graphql) => graphql,
         Err(e) => return error::malformed_body(&e).into_response(),
     };
-    execute(
-        &state,
-        principal,
-        request_id(&headers),
-        graphql,
-        Method::Get,
-    )
-    .await
+    execute(&state, principal, request_id, graphql, Method::Get).await
 }
 
 /// `GET /graphql/ws`: subscriptions over graphql-transport-ws (and the legacy
@@ -249,12 +236,11 @@ pub(super) async fn graphql_get(
 pub(super) async fn graphql_ws(
     State(state): State<AppState>,
     Caller(principal): Caller,
-    headers: HeaderMap,
+    request_id: RequestId,
     protocol: GraphQLProtocol,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let schema = state.schema().clone();
-    let request_id = request_id(&headers);
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| async move {

@@ -298,23 +298,18 @@ impl<S: EventStore + SnapshotStore> CommandBus<S> {
         for attempt in 0..attempts {
             let mut tx = self.begin(ctx, attempt, last_conflict.as_ref()).await;
             let mut decided = decision.decide(&mut tx).await;
-            if matches!(decided, Err(CommandError::Rejected(_))) && !tx.fresh {
-                // A refusal decided on cached state is final only if fresh state agrees:
-                // the cache can be behind the log for a moment (a commit whose cache
-                // update has not landed yet), and a domain rule's refusal, unlike a stale
-                // success, is not caught by the expected version.
-                drop(tx);
-                tx = self.begin(ctx, attempt + 1, last_conflict.as_ref()).await;
-                decided = decision.decide(&mut tx).await;
-            }
-            // For the same reason, a refusal is final only on the latest log: a store that
-            // follows another writer (a cluster node) may hold a replica a moment behind.
-            if matches!(decided, Err(CommandError::Rejected(_)))
-                && matches!(self.store.catch_up().await, Ok(true))
-            {
-                drop(tx);
-                tx = self.begin(ctx, attempt + 1, last_conflict.as_ref()).await;
-                decided = decision.decide(&mut tx).await;
+            if matches!(decided, Err(CommandError::Rejected(_))) {
+                // A refusal is final only if the latest state agrees: a domain rule's
+                // refusal, unlike a stale success, is not caught by the expected version.
+                // Cached state can be behind the log for a moment (a commit whose cache
+                // update has not landed yet), and so can the store's own view when it
+                // follows another writer (a cluster node's replica).
+                let moved = matches!(self.store.catch_up().await, Ok(true));
+                if moved || !tx.fresh {
+                    drop(tx);
+                    tx = self.begin(ctx, attempt + 1, last_conflict.as_ref()).await;
+                    decided = decision.decide(&mut tx).await;
+                }
             }
             decided?;
             match tx.commit().await {
